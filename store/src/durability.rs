@@ -1,0 +1,220 @@
+//! What survives what: the durability vocabulary, tickets and the durable watermark.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use crate::error::{Result, StoreError};
+
+/// How far a write has come, from weakest to strongest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// Accepted and visible to readers of this process; lost if the process dies.
+    Buffered,
+    /// Flushed to the operating system: survives a crash or `kill -9` of Depot, not a power loss.
+    ProcessCrash,
+    /// Flushed and `fdatasync`ed: survives a power loss of the machine.
+    PowerLoss,
+}
+
+/// A write's place in the commit order; durable once the watermark reaches it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Ticket(pub(crate) u64);
+
+impl Ticket {
+    /// The ticket's position in the commit order.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+/// The committer's published state: every ticket up to `durable` is durable.
+#[derive(Debug, Clone, Default)]
+pub struct Watermark {
+    /// Highest ticket covered by a completed commit.
+    pub durable: u64,
+    /// Set once a flush failed; no ticket after `durable` will ever become durable.
+    pub poisoned: Option<Arc<str>>,
+    /// Set after the final commit of a closing store; later tickets never become durable.
+    pub closed: bool,
+}
+
+/// Shared between writers, waiters and the committer thread.
+pub(crate) struct CommitState {
+    /// Last ticket handed out.
+    issued: AtomicU64,
+    /// True while the committer sleeps waiting for work; writers wake it only then.
+    committer_idle: AtomicBool,
+    /// Fast-path copy of `watermark.poisoned.is_some()`, checked on every write.
+    poisoned: AtomicBool,
+    shutdown: AtomicBool,
+    watermark: Mutex<Watermark>,
+    /// Signals waiters when the watermark moves.
+    durable_moved: Condvar,
+    /// Signals the idle committer that work arrived.
+    work_arrived: Condvar,
+    /// The same watermark for async waiters.
+    watch: tokio::sync::watch::Sender<Watermark>,
+}
+
+impl CommitState {
+    pub(crate) fn new() -> Self {
+        CommitState {
+            issued: AtomicU64::new(0),
+            committer_idle: AtomicBool::new(false),
+            poisoned: AtomicBool::new(false),
+            shutdown: AtomicBool::new(false),
+            watermark: Mutex::new(Watermark::default()),
+            durable_moved: Condvar::new(),
+            work_arrived: Condvar::new(),
+            watch: tokio::sync::watch::channel(Watermark::default()).0,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Watermark> {
+        // A panic while holding this lock cannot leave the watermark half-written
+        // (it is assigned whole), so a poisoned mutex is still consistent.
+        self.watermark.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Refuses writes once poisoned or closed.
+    pub(crate) fn check_writable(&self) -> Result<()> {
+        if self.poisoned.load(Ordering::Acquire) {
+            let reason = self.lock().poisoned.clone().unwrap_or_else(|| "unknown".into());
+            return Err(StoreError::Poisoned(reason.to_string()));
+        }
+        if self.shutdown.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
+        Ok(())
+    }
+
+    /// Hands out the next ticket; call after the write is in place (visible to the committer).
+    pub(crate) fn issue(&self) -> Ticket {
+        let ticket = self.issued.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.committer_idle.load(Ordering::SeqCst) {
+            let _guard = self.lock();
+            self.work_arrived.notify_one();
+        }
+        Ticket(ticket)
+    }
+
+    pub(crate) fn issued(&self) -> u64 {
+        self.issued.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn watermark(&self) -> Watermark {
+        self.lock().clone()
+    }
+
+    /// Blocks the committer until a ticket is pending or shutdown is asked. Returns false on shutdown.
+    pub(crate) fn wait_for_work(&self) -> bool {
+        let mut guard = self.lock();
+        loop {
+            if self.shutdown.load(Ordering::SeqCst) {
+                return false;
+            }
+            self.committer_idle.store(true, Ordering::SeqCst);
+            if self.issued.load(Ordering::SeqCst) > guard.durable && guard.poisoned.is_none() {
+                self.committer_idle.store(false, Ordering::SeqCst);
+                return true;
+            }
+            guard = self
+                .work_arrived
+                .wait(guard)
+                .unwrap_or_else(|e| e.into_inner());
+            self.committer_idle.store(false, Ordering::SeqCst);
+        }
+    }
+
+    pub(crate) fn publish_durable(&self, upto: u64) {
+        let mut guard = self.lock();
+        if upto > guard.durable {
+            guard.durable = upto;
+            let snapshot = guard.clone();
+            drop(guard);
+            self.durable_moved.notify_all();
+            self.watch.send_replace(snapshot);
+        }
+    }
+
+    pub(crate) fn poison(&self, reason: String) {
+        let mut guard = self.lock();
+        if guard.poisoned.is_none() {
+            tracing::error!(%reason, "store poisoned: writes are refused from now on");
+            guard.poisoned = Some(reason.into());
+        }
+        self.poisoned.store(true, Ordering::Release);
+        let snapshot = guard.clone();
+        drop(guard);
+        self.durable_moved.notify_all();
+        self.watch.send_replace(snapshot);
+    }
+
+    pub(crate) fn begin_shutdown(&self) {
+        self.shutdown.store(true, Ordering::SeqCst);
+        let _guard = self.lock();
+        self.work_arrived.notify_all();
+    }
+
+    fn outcome(ticket: Ticket, mark: &Watermark) -> Option<Result<()>> {
+        if mark.durable >= ticket.0 {
+            Some(Ok(()))
+        } else if let Some(reason) = &mark.poisoned {
+            Some(Err(StoreError::Poisoned(reason.to_string())))
+        } else if mark.closed {
+            Some(Err(StoreError::Closed))
+        } else {
+            None
+        }
+    }
+
+    /// Marks the store closed after its final commit and releases every remaining waiter.
+    pub(crate) fn mark_closed(&self) {
+        let mut guard = self.lock();
+        guard.closed = true;
+        let snapshot = guard.clone();
+        drop(guard);
+        self.durable_moved.notify_all();
+        self.watch.send_replace(snapshot);
+    }
+
+    /// Blocks until `ticket` is durable, the store is poisoned, or `timeout` passes (Ok(false)).
+    pub(crate) fn wait(&self, ticket: Ticket, timeout: Option<Duration>) -> Result<bool> {
+        let deadline = timeout.map(|t| std::time::Instant::now() + t);
+        let mut guard = self.lock();
+        loop {
+            if let Some(outcome) = Self::outcome(ticket, &guard) {
+                return outcome.map(|()| true);
+            }
+            guard = match deadline {
+                None => self
+                    .durable_moved
+                    .wait(guard)
+                    .unwrap_or_else(|e| e.into_inner()),
+                Some(deadline) => {
+                    let now = std::time::Instant::now();
+                    if now >= deadline {
+                        return Ok(false);
+                    }
+                    self.durable_moved
+                        .wait_timeout(guard, deadline - now)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+            };
+        }
+    }
+
+    /// Waits asynchronously until `ticket` is durable or the store is poisoned.
+    pub(crate) async fn wait_async(&self, ticket: Ticket) -> Result<()> {
+        let mut rx = self.watch.subscribe();
+        let mark = rx
+            .wait_for(|mark| Self::outcome(ticket, mark).is_some())
+            .await
+            .map_err(|_| StoreError::Closed)?
+            .clone();
+        Self::outcome(ticket, &mark).unwrap_or(Err(StoreError::Closed))
+    }
+}

@@ -1,0 +1,29 @@
+//! Depot's disk core, on sled. No zmq here: services feed it and read from it.
+//!
+//! Layout:
+//! - `store`: the data folder, its lock, and the committer thread (group commit).
+//! - `durability`: what survives what ([`Durability`]), tickets and the durable watermark.
+//! - `log`: named streams of records with per-stream sequences, reads, retention, recovery.
+//! - `block`: how records are packed, compressed and checksummed into blocks (pure code).
+//! - `keys`: big-endian key layout.
+//! - `record`: the record types.
+//! - `error`: [`StoreError`].
+//!
+//! A write's life: [`Log::append`] puts records in the stream's open block and returns a
+//! [`Ticket`]; the committer seals open blocks, flushes sled and `fdatasync`s its file, then
+//! moves the watermark; [`Store::wait_durable`] (or [`Store::durable`]) returns once the
+//! watermark covers the ticket. Acknowledge to a client only then.
+
+mod block;
+mod durability;
+mod error;
+mod keys;
+pub mod log;
+mod record;
+mod store;
+
+pub use durability::{Durability, Ticket, Watermark};
+pub use error::{Result, StoreError};
+pub use log::{now_ns, Appended, Log, Retention, RetentionOutcome, StreamStats};
+pub use record::{validate_stream_name, NewRecord, Record, Seq, MAX_RECORD_BYTES, MAX_STREAM_NAME};
+pub use store::{CommitStats, Store, StoreConfig, DB_DIR, LOCK_FILE};

@@ -1,0 +1,379 @@
+//! Named log streams stored as compressed blocks in sled.
+//!
+//! An append encodes records into the stream's open block; a block is sealed (compressed and
+//! written to sled) when it reaches its size goal, and the committer seals every partial block
+//! before each flush, so whatever was appended before a commit is durable after it.
+
+mod recovery;
+mod retention;
+mod stream;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub use retention::{Retention, RetentionOutcome};
+pub use stream::StreamStats;
+
+use crate::block::{self, BlockMeta, FRAGMENT_BYTES};
+use crate::durability::{CommitState, Ticket};
+use crate::error::{Result, StoreError};
+use crate::keys;
+use crate::record::{validate_stream_name, NewRecord, Record, Seq, MAX_RECORD_BYTES};
+use stream::{Stream, StreamInfo};
+
+/// Where an append landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Sequence of the batch's first record.
+    pub first: Seq,
+    /// Sequence of the batch's last record.
+    pub last: Seq,
+    /// Durable once the store's watermark reaches it.
+    pub ticket: Ticket,
+}
+
+/// The sled trees behind the log.
+#[derive(Clone)]
+pub(crate) struct Trees {
+    /// Stream name → [`StreamInfo`].
+    pub streams: sled::Tree,
+    /// (stream id, first seq) → [`BlockMeta`].
+    pub meta: sled::Tree,
+    /// (stream id, first seq, fragment) → a fragment of a block's value.
+    pub blocks: sled::Tree,
+}
+
+/// All log streams of a store.
+pub struct Log {
+    trees: Trees,
+    commit: Arc<CommitState>,
+    streams: RwLock<HashMap<String, Arc<Mutex<Stream>>>>,
+    /// Serialises stream creation so ids are unique.
+    next_stream_id: Mutex<u32>,
+}
+
+fn lock(stream: &Mutex<Stream>) -> MutexGuard<'_, Stream> {
+    // Stream state is only changed in whole steps after the sled writes succeed, so a panic
+    // elsewhere cannot leave it half-updated.
+    stream.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Nanoseconds since the Unix epoch, now.
+pub fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+impl Log {
+    pub(crate) fn open(db: &sled::Db, commit: Arc<CommitState>) -> Result<Log> {
+        let trees = Trees {
+            streams: db.open_tree("log.streams")?,
+            meta: db.open_tree("log.meta")?,
+            blocks: db.open_tree("log.blocks")?,
+        };
+        let recovered = recovery::recover(&trees)?;
+        let next_id = recovered.iter().map(|s| s.id + 1).max().unwrap_or(1);
+        let streams = recovered
+            .into_iter()
+            .map(|s| (s.name.clone(), Arc::new(Mutex::new(s))))
+            .collect();
+        Ok(Log {
+            trees,
+            commit,
+            streams: RwLock::new(streams),
+            next_stream_id: Mutex::new(next_id),
+        })
+    }
+
+    /// Appends records to `stream` (created on first use), stamped with the current time.
+    pub fn append(&self, stream: &str, records: &[NewRecord<'_>]) -> Result<Appended> {
+        self.append_at(stream, now_ns(), records)
+    }
+
+    /// Appends records stamped `ts_ns` (raised to the stream's last timestamp if earlier).
+    pub fn append_at(&self, stream: &str, ts_ns: u64, records: &[NewRecord<'_>]) -> Result<Appended> {
+        self.commit.check_writable()?;
+        if records.is_empty() {
+            return Err(StoreError::Invalid("empty batch".into()));
+        }
+        if let Some(big) = records
+            .iter()
+            .find(|r| r.source.len() + r.body.len() > MAX_RECORD_BYTES)
+        {
+            return Err(StoreError::Invalid(format!(
+                "record of {} bytes exceeds the store's limit of {MAX_RECORD_BYTES}",
+                big.source.len() + big.body.len()
+            )));
+        }
+        let handle = self.stream_or_create(stream)?;
+        let mut s = lock(&handle);
+        let ts = ts_ns.max(s.last_ts);
+        let first = s.next_seq;
+        for record in records {
+            let seq = s.next_seq;
+            s.open.push(seq, ts, record)?;
+            s.next_seq += 1;
+            if s.open.raw.len() >= s.raw_target {
+                self.seal(&mut s)?;
+            }
+        }
+        s.last_ts = ts;
+        let last = s.next_seq - 1;
+        // The ticket is taken while the stream is locked, so the committer, which seals under
+        // the same lock after reading the issued count, always finds these records.
+        let ticket = self.commit.issue();
+        Ok(Appended { first, last, ticket })
+    }
+
+    fn stream_handle(&self, name: &str) -> Option<Arc<Mutex<Stream>>> {
+        self.streams
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    fn stream_or_create(&self, name: &str) -> Result<Arc<Mutex<Stream>>> {
+        if let Some(handle) = self.stream_handle(name) {
+            return Ok(handle);
+        }
+        validate_stream_name(name).map_err(StoreError::Invalid)?;
+        let mut next_id = self.next_stream_id.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(handle) = self.stream_handle(name) {
+            return Ok(handle);
+        }
+        let info = StreamInfo {
+            id: *next_id,
+            deleted_through: 0,
+        };
+        self.trees
+            .streams
+            .insert(name.as_bytes(), block::encode_versioned(&info)?)?;
+        *next_id += 1;
+        let stream = Stream {
+            id: info.id,
+            name: name.to_owned(),
+            next_seq: 1,
+            deleted_through: 0,
+            last_ts: 0,
+            blocks: Default::default(),
+            open: Default::default(),
+            stored_bytes: 0,
+            raw_bytes: 0,
+            raw_target: block::raw_target(None),
+        };
+        let handle = Arc::new(Mutex::new(stream));
+        self.streams
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_owned(), handle.clone());
+        tracing::debug!(stream = name, id = info.id, "created log stream");
+        Ok(handle)
+    }
+
+    /// Compresses the open block and writes it: fragments first, then its metadata, so a
+    /// metadata entry implies its fragments were written before it.
+    fn seal(&self, s: &mut Stream) -> Result<()> {
+        if s.open.is_empty() {
+            return Ok(());
+        }
+        let (meta, value) = s.open.seal();
+        let written = self.write_block(s.id, &meta, &value);
+        if let Err(e) = written {
+            self.commit.poison(format!("writing block of stream {}: {e}", s.name));
+            return Err(e);
+        }
+        s.stored_bytes += u64::from(meta.stored_bytes);
+        s.raw_bytes += u64::from(meta.raw_bytes);
+        s.raw_target = block::raw_target(Some(&meta));
+        s.blocks.push_back(meta);
+        Ok(())
+    }
+
+    fn write_block(&self, id: u32, meta: &BlockMeta, value: &[u8]) -> Result<()> {
+        for (i, fragment) in value.chunks(FRAGMENT_BYTES).enumerate() {
+            let key = keys::fragment_key(id, meta.first_seq, i as u16);
+            self.trees.blocks.insert(key, fragment)?;
+        }
+        let key = keys::block_key(id, meta.first_seq);
+        self.trees.meta.insert(key, block::encode_versioned(meta)?)?;
+        Ok(())
+    }
+
+    /// Seals every stream's open block; the committer calls this before each flush.
+    pub(crate) fn seal_open_blocks(&self) -> Result<()> {
+        let handles: Vec<_> = self
+            .streams
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for handle in handles {
+            let mut s = lock(&handle);
+            self.seal(&mut s)?;
+        }
+        Ok(())
+    }
+
+    /// Reads a stored block's value, joining its fragments. `None` if it is gone.
+    fn read_block_value(&self, id: u32, meta: &BlockMeta) -> Result<Option<Vec<u8>>> {
+        let mut value = Vec::with_capacity(meta.stored_bytes as usize);
+        for i in 0..meta.fragments {
+            match self.trees.blocks.get(keys::fragment_key(id, meta.first_seq, i))? {
+                Some(fragment) => value.extend_from_slice(&fragment),
+                None if i == 0 => return Ok(None),
+                None => {
+                    return Err(StoreError::corrupt(format!(
+                        "block at sequence {} is missing fragment {i}",
+                        meta.first_seq
+                    )))
+                }
+            }
+        }
+        Ok(Some(value))
+    }
+
+    /// Records of `stream` with sequence in `from..=to`, at most `limit` of them, in order.
+    /// Sequences removed by retention are skipped; an unknown stream reads as empty.
+    pub fn read(&self, stream: &str, from: Seq, to: Seq, limit: usize) -> Result<Vec<Record>> {
+        let Some(handle) = self.stream_handle(stream) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        let (id, blocks, open_records) = {
+            let s = lock(&handle);
+            let from = from.max(s.first_seq());
+            let mut blocks = Vec::new();
+            let mut covered = 0u64;
+            for meta in s.blocks.range(s.block_index_for_seq(from)..) {
+                if meta.first_seq > to || covered >= limit as u64 {
+                    break;
+                }
+                covered += meta.last_seq - meta.first_seq.max(from) + 1;
+                blocks.push(*meta);
+            }
+            let mut open_records = Vec::new();
+            if covered < limit as u64 {
+                s.open.records(from, to, &mut open_records)?;
+            }
+            (s.id, blocks, open_records)
+        };
+        for meta in blocks {
+            if out.len() >= limit {
+                break;
+            }
+            match self.read_block_value(id, &meta)? {
+                Some(value) => block::decode_block(&value, meta.first_seq, from, to, &mut out)
+                    .map_err(|e| self.locate(stream, &meta, e))?,
+                // Retention removed it after the index was read; later blocks still follow.
+                None if self.first_seq(stream) > meta.last_seq => continue,
+                None => {
+                    return Err(StoreError::corrupt(format!(
+                        "stream {stream}: block at sequence {} is missing",
+                        meta.first_seq
+                    )))
+                }
+            }
+        }
+        out.extend(open_records);
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    fn locate(&self, stream: &str, meta: &BlockMeta, e: StoreError) -> StoreError {
+        StoreError::corrupt(format!(
+            "stream {stream}, block of sequences {}..={}: {e}",
+            meta.first_seq, meta.last_seq
+        ))
+    }
+
+    /// First sequence of `stream` whose record is stamped at or after `ts_ns`
+    /// (the next sequence to be assigned if there is none).
+    pub fn seq_at_time(&self, stream: &str, ts_ns: u64) -> Result<Seq> {
+        let Some(handle) = self.stream_handle(stream) else {
+            return Ok(1);
+        };
+        let (id, candidate, next) = {
+            let s = lock(&handle);
+            let candidate = s.blocks.get(s.block_index_for_time(ts_ns)).copied();
+            if candidate.is_none() {
+                let mut open = Vec::new();
+                s.open.records(0, u64::MAX, &mut open)?;
+                let found = open.iter().find(|r| r.ts_ns >= ts_ns).map(|r| r.seq);
+                return Ok(found.unwrap_or(s.next_seq));
+            }
+            (s.id, candidate, s.next_seq)
+        };
+        let Some(meta) = candidate else {
+            return Ok(next);
+        };
+        let mut records = Vec::new();
+        if let Some(value) = self.read_block_value(id, &meta)? {
+            block::decode_block(&value, meta.first_seq, 0, u64::MAX, &mut records)
+                .map_err(|e| self.locate(stream, &meta, e))?;
+        }
+        Ok(records
+            .iter()
+            .find(|r| r.ts_ns >= ts_ns)
+            .map_or(meta.last_seq + 1, |r| r.seq))
+    }
+
+    /// Records of `stream` stamped in `from_ns..=to_ns`, at most `limit`, in order.
+    pub fn read_time_range(&self, stream: &str, from_ns: u64, to_ns: u64, limit: usize) -> Result<Vec<Record>> {
+        let mut next = self.seq_at_time(stream, from_ns)?;
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let batch = self.read(stream, next, Seq::MAX, (limit - out.len()).min(4096))?;
+            let Some(last) = batch.last() else { break };
+            next = last.seq + 1;
+            for record in batch {
+                if record.ts_ns > to_ns {
+                    return Ok(out);
+                }
+                out.push(record);
+            }
+        }
+        Ok(out)
+    }
+
+    /// First stored sequence of `stream` (greater than the last when nothing is stored).
+    pub fn first_seq(&self, stream: &str) -> Seq {
+        self.stream_handle(stream).map_or(1, |h| lock(&h).first_seq())
+    }
+
+    /// Last assigned sequence of `stream`, 0 if none.
+    pub fn last_seq(&self, stream: &str) -> Seq {
+        self.stream_handle(stream).map_or(0, |h| lock(&h).last_seq())
+    }
+
+    /// Names of all streams, sorted.
+    pub fn streams(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .streams
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Figures for every stream, sorted by name.
+    pub fn stats(&self) -> Vec<StreamStats> {
+        let handles: Vec<_> = self
+            .streams
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut stats: Vec<StreamStats> = handles.iter().map(|h| StreamStats::from(&*lock(h))).collect();
+        stats.sort_by(|a, b| a.name.cmp(&b.name));
+        stats
+    }
+}

@@ -1,0 +1,51 @@
+//! Log records as callers give them and get them back.
+
+use serde::Serialize;
+
+/// Largest record (source plus body) the store accepts; services enforce smaller limits.
+pub const MAX_RECORD_BYTES: usize = 16 * 1024 * 1024;
+/// Longest stream name.
+pub const MAX_STREAM_NAME: usize = 255;
+
+/// A per-stream sequence number; the first record of a stream is 1.
+pub type Seq = u64;
+
+/// A record to append; the store assigns its sequence and receive timestamp.
+#[derive(Debug, Clone, Copy)]
+pub struct NewRecord<'a> {
+    /// Severity, syslog numbering (0 emergency … 7 debug).
+    pub level: u8,
+    /// Who sent it (host, application, peer).
+    pub source: &'a str,
+    /// The message itself.
+    pub body: &'a [u8],
+}
+
+/// A stored record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Record {
+    /// Position in its stream.
+    pub seq: Seq,
+    /// Receive time, nanoseconds since the Unix epoch; never decreases within a stream.
+    pub ts_ns: u64,
+    /// Severity, syslog numbering.
+    pub level: u8,
+    /// Who sent it.
+    pub source: String,
+    /// The message itself.
+    pub body: Vec<u8>,
+}
+
+/// Checks a stream name: 1 to 255 bytes, no control characters.
+pub fn validate_stream_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_STREAM_NAME {
+        return Err(format!(
+            "stream name must be 1 to {MAX_STREAM_NAME} bytes, got {}",
+            name.len()
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err("stream name must not contain control characters".into());
+    }
+    Ok(())
+}

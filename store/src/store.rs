@@ -1,0 +1,294 @@
+//! The store: one sled database in the data folder, a lock that keeps other processes out, and
+//! the committer thread that makes writes durable in groups.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::durability::{CommitState, Durability, Ticket, Watermark};
+use crate::error::{Result, StoreError};
+use crate::log::Log;
+
+/// How the store commits.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Shortest time between two commits; writes arriving meanwhile share the next one.
+    pub commit_interval: Duration,
+    /// `fdatasync` sled's data file after each flush, making commits survive a power loss.
+    pub sync: bool,
+    /// Memory sled may use for its page cache.
+    pub cache_bytes: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            commit_interval: Duration::from_millis(2),
+            sync: true,
+            cache_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// Counters about commits.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct CommitStats {
+    /// Commits completed.
+    pub commits: u64,
+    /// Duration of the last commit (seal, flush, sync), microseconds.
+    pub last_commit_us: u64,
+    /// Highest durable ticket.
+    pub durable_ticket: u64,
+    /// Tickets issued.
+    pub issued_ticket: u64,
+}
+
+struct Inner {
+    dir: PathBuf,
+    db: sled::Db,
+    /// sled's data file, synced after each flush because sled's flush does not fsync.
+    db_file: File,
+    config: StoreConfig,
+    commit: Arc<CommitState>,
+    log: Log,
+    commits: AtomicU64,
+    last_commit_us: AtomicU64,
+    /// Held for the store's lifetime; the OS releases it if the process dies.
+    _lock: File,
+}
+
+/// Depot's durable storage in one data folder.
+pub struct Store {
+    inner: Arc<Inner>,
+    committer: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Name of the lock file in the data folder.
+pub const LOCK_FILE: &str = "depot.lock";
+/// Name of sled's folder inside the data folder.
+pub const DB_DIR: &str = "store";
+
+fn lock_data_dir(dir: &Path) -> Result<File> {
+    let path = dir.join(LOCK_FILE);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| StoreError::io(&path, e))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            let pid = pid.trim();
+            return Err(StoreError::Locked {
+                path: dir.to_path_buf(),
+                holder: if pid.is_empty() { String::new() } else { format!(" (pid {pid})") },
+            });
+        }
+        Err(TryLockError::Error(e)) => return Err(StoreError::io(&path, e)),
+    }
+    let written = file
+        .set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| writeln!(file, "{}", std::process::id()));
+    written.map_err(|e| StoreError::io(&path, e))?;
+    Ok(file)
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`, recovers it and starts the committer.
+    pub fn open(dir: impl AsRef<Path>, config: StoreConfig) -> Result<Store> {
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?;
+        let lock = lock_data_dir(&dir)?;
+        let db_dir = dir.join(DB_DIR);
+        let db = sled::Config::new()
+            .path(&db_dir)
+            .cache_capacity(config.cache_bytes)
+            .flush_every_ms(None)
+            .open()
+            .map_err(|e| {
+                StoreError::corrupt(format!(
+                    "cannot open the database in {}: {e}. If it is damaged, move the folder aside \
+                     and restore it from a backup",
+                    db_dir.display()
+                ))
+            })?;
+        let db_path = db_dir.join("db");
+        let db_file = File::open(&db_path).map_err(|e| StoreError::io(&db_path, e))?;
+        let commit = Arc::new(CommitState::new());
+        let log = Log::open(&db, commit.clone())?;
+        db.flush()?;
+        let inner = Arc::new(Inner {
+            dir,
+            db,
+            db_file,
+            config,
+            commit,
+            log,
+            commits: AtomicU64::new(0),
+            last_commit_us: AtomicU64::new(0),
+            _lock: lock,
+        });
+        let committer = {
+            let inner = inner.clone();
+            std::thread::Builder::new()
+                .name("store-commit".into())
+                .spawn(move || inner.run_committer())
+                .map_err(|e| StoreError::io("committer thread", e))?
+        };
+        Ok(Store {
+            inner,
+            committer: Mutex::new(Some(committer)),
+        })
+    }
+
+    /// The log streams.
+    pub fn log(&self) -> &Log {
+        &self.inner.log
+    }
+
+    /// The data folder.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// What a durable write survives with this configuration.
+    pub fn durability(&self) -> Durability {
+        if self.inner.config.sync {
+            Durability::PowerLoss
+        } else {
+            Durability::ProcessCrash
+        }
+    }
+
+    /// How far `ticket` has come.
+    pub fn durability_of(&self, ticket: Ticket) -> Durability {
+        if self.inner.commit.watermark().durable >= ticket.0 {
+            self.durability()
+        } else {
+            Durability::Buffered
+        }
+    }
+
+    /// Blocks until `ticket` is durable; fails if the store is poisoned or closed first.
+    pub fn wait_durable(&self, ticket: Ticket) -> Result<()> {
+        self.inner.commit.wait(ticket, None).map(|_| ())
+    }
+
+    /// Like [`Store::wait_durable`], giving up after `timeout` (then `Ok(false)`).
+    pub fn wait_durable_timeout(&self, ticket: Ticket, timeout: Duration) -> Result<bool> {
+        self.inner.commit.wait(ticket, Some(timeout))
+    }
+
+    /// Waits asynchronously until `ticket` is durable; fails if poisoned or closed first.
+    pub async fn durable(&self, ticket: Ticket) -> Result<()> {
+        self.inner.commit.wait_async(ticket).await
+    }
+
+    /// The committer's watermark now.
+    pub fn watermark(&self) -> Watermark {
+        self.inner.commit.watermark()
+    }
+
+    /// Commit counters.
+    pub fn commit_stats(&self) -> CommitStats {
+        CommitStats {
+            commits: self.inner.commits.load(Ordering::Relaxed),
+            last_commit_us: self.inner.last_commit_us.load(Ordering::Relaxed),
+            durable_ticket: self.inner.commit.watermark().durable,
+            issued_ticket: self.inner.commit.issued(),
+        }
+    }
+
+    /// Bytes the database occupies on disk.
+    pub fn disk_bytes(&self) -> u64 {
+        self.inner.db.size_on_disk().unwrap_or(0)
+    }
+
+    /// Stops accepting writes, commits everything written, and stops the committer.
+    pub fn close(&self) -> Result<()> {
+        let handle = self
+            .committer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let Some(handle) = handle else {
+            return Ok(());
+        };
+        self.inner.commit.begin_shutdown();
+        if handle.join().is_err() {
+            self.inner.commit.poison("committer thread panicked".into());
+        }
+        let result = match self.inner.commit.watermark().poisoned {
+            Some(reason) => Err(StoreError::Poisoned(reason.to_string())),
+            None => Ok(()),
+        };
+        self.inner.commit.mark_closed();
+        result
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Err(e) = self.close() {
+            tracing::error!(error = %e, "closing the store");
+        }
+    }
+}
+
+impl Inner {
+    fn run_committer(&self) {
+        let interval = self.config.commit_interval;
+        let mut last_start = Instant::now() - interval;
+        while self.commit.wait_for_work() {
+            let since = last_start.elapsed();
+            if since < interval {
+                std::thread::sleep(interval - since);
+            }
+            last_start = Instant::now();
+            self.commit_once();
+        }
+        // Shutdown: one last commit for everything issued before it.
+        if self.commit.issued() > self.commit.watermark().durable {
+            self.commit_once();
+        }
+    }
+
+    fn commit_once(&self) {
+        if self.commit.watermark().poisoned.is_some() {
+            return;
+        }
+        let started = Instant::now();
+        let upto = self.commit.issued();
+        let result = self
+            .log
+            .seal_open_blocks()
+            .and_then(|()| self.db.flush().map(|_| ()).map_err(StoreError::from))
+            .and_then(|()| {
+                if self.config.sync {
+                    self.db_file
+                        .sync_data()
+                        .map_err(|e| StoreError::io(self.dir.join(DB_DIR).join("db"), e))
+                } else {
+                    Ok(())
+                }
+            });
+        match result {
+            Ok(()) => {
+                self.commit.publish_durable(upto);
+                self.commits.fetch_add(1, Ordering::Relaxed);
+                self.last_commit_us
+                    .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            }
+            Err(e) => self.commit.poison(format!("commit failed: {e}")),
+        }
+    }
+}
