@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::error::{Result, StoreError};
 
 /// How far a write has come, from weakest to strongest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Durability {
     /// Accepted and visible to readers of this process; lost if the process dies.

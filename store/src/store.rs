@@ -35,7 +35,7 @@ impl Default for StoreConfig {
 }
 
 /// Counters about commits.
-#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
 pub struct CommitStats {
     /// Commits completed.
     pub commits: u64,
@@ -102,6 +102,65 @@ fn lock_data_dir(dir: &Path) -> Result<File> {
     Ok(file)
 }
 
+/// Name of the file beside the database that remembers which database belongs here.
+pub const IDENTITY_FILE: &str = "store.id";
+/// Key of the identity inside the database.
+const IDENTITY_KEY: &[u8] = b"depot.store.id";
+
+/// Makes sure the database is the one this folder had: sled opens a truncated or garbled
+/// database as an empty one, and an empty store must not be mistaken for a healthy one.
+fn check_identity(dir: &Path, db: &sled::Db) -> Result<()> {
+    let path = dir.join(IDENTITY_FILE);
+    let on_file = match std::fs::read_to_string(&path) {
+        Ok(text) => Some(text.trim().to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(StoreError::io(&path, e)),
+    };
+    let in_db = db
+        .get(IDENTITY_KEY)?
+        .map(|v| String::from_utf8_lossy(&v).into_owned());
+    let write_file = |id: &str| -> Result<()> {
+        let tmp = dir.join(format!("{IDENTITY_FILE}.tmp"));
+        let mut file = File::create(&tmp).map_err(|e| StoreError::io(&tmp, e))?;
+        writeln!(file, "{id}")
+            .and_then(|()| file.sync_all())
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .and_then(|()| File::open(dir)?.sync_all())
+            .map_err(|e| StoreError::io(&path, e))
+    };
+    match (on_file, in_db) {
+        (None, None) => {
+            let id = format!("{:032x}", now_ns_u128() ^ (u128::from(std::process::id()) << 64));
+            db.insert(IDENTITY_KEY, id.as_bytes())?;
+            db.flush()?;
+            write_file(&id)
+        }
+        (Some(file_id), Some(db_id)) if file_id == db_id => Ok(()),
+        (Some(file_id), None) => Err(StoreError::corrupt(format!(
+            "the database in {} has lost its contents (this folder held store {file_id}, the database \
+             opens empty): it is damaged. Stop, move {} aside, and restore the data folder from a backup",
+            dir.join(DB_DIR).display(),
+            dir.join(DB_DIR).display()
+        ))),
+        (Some(file_id), Some(db_id)) => Err(StoreError::corrupt(format!(
+            "{} names store {file_id} but the database is store {db_id}: the folder mixes two stores; \
+             restore it from one backup",
+            path.display()
+        ))),
+        (None, Some(db_id)) => {
+            tracing::warn!(file = %path.display(), "identity file missing: writing it again");
+            write_file(&db_id)
+        }
+    }
+}
+
+fn now_ns_u128() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
 impl Store {
     /// Opens (or creates) the store in `dir`, recovers it and starts the committer.
     pub fn open(dir: impl AsRef<Path>, config: StoreConfig) -> Result<Store> {
@@ -121,6 +180,7 @@ impl Store {
                     db_dir.display()
                 ))
             })?;
+        check_identity(&dir, &db)?;
         let db_path = db_dir.join("db");
         let db_file = File::open(&db_path).map_err(|e| StoreError::io(&db_path, e))?;
         let commit = Arc::new(CommitState::new());

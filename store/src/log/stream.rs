@@ -67,7 +67,7 @@ impl Stream {
 }
 
 /// Figures about one stream.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StreamStats {
     /// The stream's name.
     pub name: String,

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what building and testing Depot needs, where it is missing. Idempotent.
+# Usage: scripts/setup.sh [run|test]
+set -euo pipefail
+mode=${1:-run}
+
+missing=()
+command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+pkg-config --exists libzmq 2>/dev/null || missing+=(libzmq3-dev)
+if [ "$mode" = test ]; then
+  command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+fi
+
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null 2>&1 || { echo "setup: need root (or sudo) to install ${missing[*]}" >&2; exit 1; }
+    sudo=sudo
+  fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "setup: the Rust toolchain (cargo) is needed; install it with rustup" >&2
+  exit 1
+fi
+
+if [ "$mode" = test ] && [ "$(id -u)" -eq 0 ]; then
+  # PGM/EPGM tests run over loopback, which needs multicast enabled.
+  ip link set lo multicast on 2>/dev/null || echo "setup: could not enable multicast on lo (multicast tests may fail)"
+fi

@@ -1,0 +1,258 @@
+//! `depot.toml`: one section per service. A missing file means built-in defaults; unknown keys
+//! and bad values are errors naming the key and the line.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::{Deserialize, Deserializer};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The disk core.
+    pub store: StoreSection,
+    /// The HTTP admin endpoint.
+    pub admin: AdminSection,
+    /// How long log streams are kept.
+    pub retention: RetentionSection,
+}
+
+/// `[store]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSection {
+    /// Data folder (the `--data` flag wins over it).
+    pub data_dir: PathBuf,
+    /// Shortest time between group commits.
+    #[serde(deserialize_with = "commit_interval")]
+    pub commit_interval: Duration,
+    /// fdatasync after each commit (power-loss durability).
+    pub sync: bool,
+    /// Memory for the storage engine's cache.
+    #[serde(deserialize_with = "size")]
+    pub cache_size: u64,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        let store = depot_store::StoreConfig::default();
+        StoreSection {
+            data_dir: PathBuf::from("depot-data"),
+            commit_interval: store.commit_interval,
+            sync: store.sync,
+            cache_size: store.cache_bytes,
+        }
+    }
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSection {
+    /// Address of the HTTP endpoint (`/health`, `/metrics`, `/status`).
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        AdminSection {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9560)),
+        }
+    }
+}
+
+/// `[retention]`: defaults for every stream, and overrides per stream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionSection {
+    /// Remove records older than this.
+    #[serde(deserialize_with = "optional_duration")]
+    pub max_age: Option<Duration>,
+    /// Keep at most this many stored bytes per stream.
+    #[serde(deserialize_with = "optional_size")]
+    pub max_bytes: Option<u64>,
+    /// How often retention runs.
+    #[serde(deserialize_with = "duration")]
+    pub interval: Duration,
+    /// Per-stream overrides, by stream name.
+    pub streams: BTreeMap<String, StreamRetention>,
+}
+
+impl Default for RetentionSection {
+    fn default() -> Self {
+        RetentionSection {
+            max_age: None,
+            max_bytes: None,
+            interval: Duration::from_secs(10),
+            streams: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[retention.streams."NAME"]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamRetention {
+    /// Remove records older than this.
+    #[serde(deserialize_with = "optional_duration")]
+    pub max_age: Option<Duration>,
+    /// Keep at most this many stored bytes.
+    #[serde(deserialize_with = "optional_size")]
+    pub max_bytes: Option<u64>,
+}
+
+impl RetentionSection {
+    /// The policy for `stream`: its own settings, falling back to the defaults.
+    pub fn policy(&self, stream: &str) -> depot_store::Retention {
+        let own = self.streams.get(stream);
+        depot_store::Retention {
+            max_age: own.and_then(|s| s.max_age).or(self.max_age),
+            max_bytes: own.and_then(|s| s.max_bytes).or(self.max_bytes),
+        }
+    }
+}
+
+impl Config {
+    /// Parses configuration text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &Path) -> anyhow::Result<Config> {
+        toml::from_str(text).map_err(|e| anyhow::anyhow!("invalid configuration {}: {e}", origin.display()))
+    }
+
+    /// Reads `path`; a missing file gives the defaults only when `required` is false.
+    pub fn load(path: &Path, required: bool) -> anyhow::Result<Config> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::parse(&text, path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => Ok(Config::default()),
+            Err(e) => Err(e).with_context(|| format!("cannot read configuration {}", path.display())),
+        }
+    }
+
+    /// The store's settings.
+    pub fn store_config(&self) -> depot_store::StoreConfig {
+        depot_store::StoreConfig {
+            commit_interval: self.store.commit_interval,
+            sync: self.store.sync,
+            cache_bytes: self.store.cache_size,
+        }
+    }
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|e| format!("invalid duration {text:?} ({e}); write it like \"2ms\", \"10s\" or \"7d\""))
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
+}
+
+fn commit_interval<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let value = duration(d)?;
+    if value < Duration::from_micros(100) || value > Duration::from_secs(1) {
+        return Err(serde::de::Error::custom(format!(
+            "commit_interval must be between 100us and 1s, got {value:?}"
+        )));
+    }
+    Ok(value)
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SizeText {
+    Number(u64),
+    Text(String),
+}
+
+fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    match SizeText::deserialize(d)? {
+        SizeText::Number(n) => Ok(n),
+        SizeText::Text(text) => depot_common::size::parse_size(&text).map_err(serde::de::Error::custom),
+    }
+}
+
+fn optional_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    size(d).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> anyhow::Result<Config> {
+        Config::parse(text, Path::new("depot.toml"))
+    }
+
+    #[test]
+    fn empty_text_gives_defaults() {
+        let config = parse("").unwrap();
+        assert_eq!(config.admin.listen.to_string(), "127.0.0.1:9560");
+        assert_eq!(config.store.commit_interval, Duration::from_millis(2));
+        assert!(config.store.sync);
+        assert_eq!(config.store.data_dir, PathBuf::from("depot-data"));
+    }
+
+    #[test]
+    fn reads_every_section() {
+        let config = parse(
+            r#"
+[store]
+data_dir = "/var/lib/depot"
+commit_interval = "5ms"
+cache_size = "128MiB"
+
+[admin]
+listen = "127.0.0.1:19560"
+
+[retention]
+max_age = "7d"
+max_bytes = "10GiB"
+
+[retention.streams."audit"]
+max_age = "365d"
+"#,
+        )
+        .unwrap();
+        assert_eq!(config.store.cache_size, 128 << 20);
+        assert_eq!(config.store.commit_interval, Duration::from_millis(5));
+        let audit = config.retention.policy("audit");
+        assert_eq!(audit.max_age, Some(Duration::from_secs(365 * 86_400)));
+        assert_eq!(audit.max_bytes, Some(10 << 30));
+        assert_eq!(config.retention.policy("other").max_age, Some(Duration::from_secs(7 * 86_400)));
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let err = parse("[store]\nsync = true\ncomit_interval = \"2ms\"\n").unwrap_err().to_string();
+        assert!(err.contains("comit_interval"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_is_named_with_its_line_and_reason() {
+        let err = parse("[admin]\n\nlisten = \"localhost:http\"\n").unwrap_err().to_string();
+        assert!(err.contains("line 3"), "{err}");
+        let err = parse("[store]\ncommit_interval = \"soon\"\n").unwrap_err().to_string();
+        assert!(err.contains("line 2") && err.contains("invalid duration"), "{err}");
+        let err = parse("[store]\ncommit_interval = \"5s\"\n").unwrap_err().to_string();
+        assert!(err.contains("between 100us and 1s"), "{err}");
+        let err = parse("[retention]\nmax_bytes = \"lots\"\n").unwrap_err().to_string();
+        assert!(err.contains("line 2") && err.contains("invalid size"), "{err}");
+    }
+
+    #[test]
+    fn missing_optional_file_gives_defaults_but_required_one_fails() {
+        let missing = Path::new("/nonexistent/depot.toml");
+        assert!(Config::load(missing, false).is_ok());
+        let err = Config::load(missing, true).unwrap_err().to_string();
+        assert!(err.contains("/nonexistent/depot.toml"), "{err}");
+    }
+}

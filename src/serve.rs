@@ -1,0 +1,146 @@
+//! `depot serve`: open the store, start the services and the admin endpoint, run until a
+//! signal, then shut down cleanly.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::config::{Config, RetentionSection};
+use crate::state::AppState;
+
+/// Name of the file in the data folder that tells clients where the running appliance listens.
+pub const RUN_FILE: &str = "run.json";
+
+/// What `run.json` holds.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RunInfo {
+    /// Process id of the appliance.
+    pub pid: u32,
+    /// Address of the admin HTTP endpoint.
+    pub admin: String,
+    /// Depot's version.
+    pub version: String,
+}
+
+/// Runs the appliance with `config` and data in `data_dir` until SIGINT or SIGTERM.
+pub fn run(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
+    let store = depot_store::Store::open(&data_dir, config.store_config())
+        .with_context(|| format!("cannot open the data folder {}", data_dir.display()))?;
+    let store = Arc::new(store);
+    tracing::info!(
+        data = %data_dir.display(),
+        durability = ?store.durability(),
+        streams = store.log().streams().len(),
+        "store opened"
+    );
+    let state = Arc::new(AppState::new(store.clone(), data_dir.clone()));
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("depot-io")
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (retention_stop, retention_thread) = start_retention(store.clone(), state.clone(), config.retention.clone())?;
+
+    let served = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(config.admin.listen)
+            .await
+            .with_context(|| format!("admin endpoint http://{}: cannot listen", config.admin.listen))?;
+        let admin_addr = listener.local_addr().context("admin endpoint address")?;
+        let admin = tokio::spawn(crate::admin::serve(listener, state.clone(), shutdown_rx.clone()));
+        tokio::spawn(watch_signals(shutdown_tx));
+        write_run_file(&data_dir, admin_addr)?;
+        tracing::info!(admin = %format!("http://{admin_addr}"), "depot serving");
+
+        let mut shutdown = shutdown_rx.clone();
+        let _ = shutdown.wait_for(|stop| *stop).await;
+        tracing::info!("shutting down: draining and flushing");
+        let _ = admin.await;
+        anyhow::Ok(())
+    });
+
+    drop(retention_stop);
+    let _ = retention_thread.join();
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    let _ = std::fs::remove_file(data_dir.join(RUN_FILE));
+    let closed = store.close().context("final flush failed");
+    served?;
+    closed?;
+    tracing::info!(commits = store.commit_stats().commits, "depot stopped cleanly");
+    Ok(())
+}
+
+fn write_run_file(data_dir: &Path, admin: std::net::SocketAddr) -> anyhow::Result<()> {
+    let info = RunInfo {
+        pid: std::process::id(),
+        admin: admin.to_string(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    };
+    let path = data_dir.join(RUN_FILE);
+    let tmp = data_dir.join(format!("{RUN_FILE}.tmp"));
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&info)?)
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// First SIGINT/SIGTERM: graceful shutdown. Second: exit at once (acknowledged data is durable).
+async fn watch_signals(shutdown: watch::Sender<bool>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop Depot with SIGKILL");
+        return;
+    };
+    let mut seen = 0;
+    loop {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        seen += 1;
+        if seen == 1 {
+            tracing::info!(signal = name, "stopping; send it again to exit at once");
+            let _ = shutdown.send(true);
+        } else {
+            tracing::warn!(signal = name, "second signal: exiting at once");
+            std::process::exit(130);
+        }
+    }
+}
+
+/// Runs retention every `interval` on its own thread (it does disk I/O) until the returned
+/// sender is dropped.
+fn start_retention(
+    store: Arc<depot_store::Store>,
+    state: Arc<AppState>,
+    retention: RetentionSection,
+) -> anyhow::Result<(mpsc::Sender<()>, std::thread::JoinHandle<()>)> {
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let handle = std::thread::Builder::new()
+        .name("retention".into())
+        .spawn(move || {
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stop_rx.recv_timeout(retention.interval) {
+                for stream in store.log().streams() {
+                    let policy = retention.policy(&stream);
+                    if policy.max_age.is_none() && policy.max_bytes.is_none() {
+                        continue;
+                    }
+                    match store.log().apply_retention(&stream, policy, depot_store::now_ns()) {
+                        Ok(outcome) => {
+                            state.retention_removed.fetch_add(outcome.records, Ordering::Relaxed);
+                        }
+                        Err(e) => tracing::warn!(stream, error = %e, "retention failed"),
+                    }
+                }
+            }
+        })
+        .context("cannot start the retention thread")?;
+    Ok((stop_tx, handle))
+}

@@ -1,0 +1,176 @@
+//! What the running appliance knows about itself: the shared state behind `/health`,
+//! `/metrics` and `/status`.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use depot_common::metrics::{Kind, MetricsText};
+use depot_store::{CommitStats, Durability, Store, StreamStats};
+use serde::{Deserialize, Serialize};
+
+/// Shared by the admin endpoint and the background tasks.
+pub struct AppState {
+    /// The disk core.
+    pub store: Arc<Store>,
+    /// When serving started, for uptime.
+    pub started: Instant,
+    /// The data folder as given.
+    pub data_dir: PathBuf,
+    /// Records removed by retention since start.
+    pub retention_removed: AtomicU64,
+    /// Admin HTTP requests answered.
+    pub http_requests: AtomicU64,
+}
+
+/// `/health` body.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Health {
+    /// True while every part works.
+    pub ok: bool,
+    /// "ok", or what is wrong.
+    pub status: String,
+}
+
+/// `/status` body, printed by `depot status`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// Depot's version.
+    pub version: String,
+    /// Process id.
+    pub pid: u32,
+    /// Seconds since start.
+    pub uptime_secs: u64,
+    /// The data folder.
+    pub data_dir: String,
+    /// What an acknowledged write survives.
+    pub durability: Durability,
+    /// Set when the store refuses writes after a failed flush.
+    pub poisoned: Option<String>,
+    /// Group commit counters.
+    pub commits: CommitStats,
+    /// Bytes of the database on disk.
+    pub disk_bytes: u64,
+    /// libzmq version, e.g. "4.3.4".
+    pub libzmq: String,
+    /// libzmq capabilities of interest (curve, pgm, norm).
+    pub libzmq_capabilities: Vec<String>,
+    /// Log streams.
+    pub streams: Vec<StreamStats>,
+}
+
+impl AppState {
+    /// State for a freshly started appliance.
+    pub fn new(store: Arc<Store>, data_dir: PathBuf) -> Self {
+        AppState {
+            store,
+            started: Instant::now(),
+            data_dir,
+            retention_removed: AtomicU64::new(0),
+            http_requests: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts one answered admin request.
+    pub fn count_http_request(&self) {
+        self.http_requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether the appliance can take writes.
+    pub fn health(&self) -> Health {
+        match self.store.watermark().poisoned {
+            None => Health {
+                ok: true,
+                status: "ok".into(),
+            },
+            Some(reason) => Health {
+                ok: false,
+                status: format!("store poisoned: {reason}"),
+            },
+        }
+    }
+
+    /// The status report.
+    pub fn status(&self) -> StatusReport {
+        let (major, minor, patch) = zmq::version();
+        StatusReport {
+            version: env!("CARGO_PKG_VERSION").into(),
+            pid: std::process::id(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            data_dir: self.data_dir.display().to_string(),
+            durability: self.store.durability(),
+            poisoned: self.store.watermark().poisoned.map(|r| r.to_string()),
+            commits: self.store.commit_stats(),
+            disk_bytes: self.store.disk_bytes(),
+            libzmq: format!("{major}.{minor}.{patch}"),
+            libzmq_capabilities: ["curve", "pgm", "norm", "ipc"]
+                .into_iter()
+                .filter(|cap| zmq::has(cap).unwrap_or(false))
+                .map(String::from)
+                .collect(),
+            streams: self.store.log().stats(),
+        }
+    }
+
+    /// Prometheus text for `/metrics`.
+    pub fn metrics(&self) -> String {
+        let status = self.status();
+        let mut m = MetricsText::new();
+        m.single("depot_up", Kind::Gauge, "1 while the appliance serves", 1.0);
+        m.single(
+            "depot_uptime_seconds",
+            Kind::Gauge,
+            "Seconds since the appliance started",
+            self.started.elapsed().as_secs_f64(),
+        );
+        m.single(
+            "depot_store_poisoned",
+            Kind::Gauge,
+            "1 once a failed flush made the store refuse writes",
+            f64::from(u8::from(status.poisoned.is_some())),
+        );
+        m.single(
+            "depot_store_commits_total",
+            Kind::Counter,
+            "Group commits completed",
+            status.commits.commits as f64,
+        );
+        m.single(
+            "depot_store_last_commit_seconds",
+            Kind::Gauge,
+            "Duration of the last group commit (seal, flush, fdatasync)",
+            status.commits.last_commit_us as f64 / 1e6,
+        );
+        m.single(
+            "depot_store_disk_bytes",
+            Kind::Gauge,
+            "Bytes of the database on disk",
+            status.disk_bytes as f64,
+        );
+        m.single(
+            "depot_retention_removed_records_total",
+            Kind::Counter,
+            "Records removed by retention since start",
+            self.retention_removed.load(Ordering::Relaxed) as f64,
+        );
+        m.single(
+            "depot_admin_requests_total",
+            Kind::Counter,
+            "Admin HTTP requests answered",
+            self.http_requests.load(Ordering::Relaxed) as f64,
+        );
+        let families: [(&str, &str, fn(&StreamStats) -> u64); 3] = [
+            ("depot_log_records", "Records stored per stream", |s| s.records),
+            ("depot_log_last_seq", "Last sequence per stream", |s| s.last_seq),
+            ("depot_log_stored_bytes", "Stored bytes per stream", |s| s.stored_bytes),
+        ];
+        for (name, help, value) in families {
+            m.family(name, Kind::Gauge, help);
+            for stream in &status.streams {
+                m.sample(name, &[("stream", &stream.name)], value(stream) as f64);
+            }
+        }
+        m.finish()
+    }
+}
