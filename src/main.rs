@@ -6,8 +6,10 @@
 //! - `state`: what `/health`, `/metrics` and `/status` report.
 //! - `admin`: the HTTP admin endpoint.
 //! - `status`: `depot status`, the client side of `/status`.
+//! - `bench`: load tools (`depot bench ...`).
 
 mod admin;
+mod bench;
 mod config;
 mod serve;
 mod state;
@@ -44,6 +46,15 @@ enum Command {
     Serve(ServeArgs),
     /// Show what the running appliance holds.
     Status(StatusArgs),
+    /// Load tools that measure Depot on this machine.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Durable appends and read-back against the disk core, with the on-disk size.
+    Store(bench::StoreBenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -128,6 +139,7 @@ fn main() -> ExitCode {
             // The appliance reports through its log, which collectors read.
             .inspect_err(|e| tracing::error!("{e:#}")),
         Command::Status(args) => status(args).inspect_err(|e| eprintln!("depot: {e:#}")),
+        Command::Bench(BenchCommand::Store(args)) => bench::store(args).inspect_err(|e| eprintln!("depot: {e:#}")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -160,7 +160,8 @@ impl AppState {
             "Admin HTTP requests answered",
             self.http_requests.load(Ordering::Relaxed) as f64,
         );
-        let families: [(&str, &str, fn(&StreamStats) -> u64); 3] = [
+        type Field = fn(&StreamStats) -> u64;
+        let families: [(&str, &str, Field); 3] = [
             ("depot_log_records", "Records stored per stream", |s| s.records),
             ("depot_log_last_seq", "Last sequence per stream", |s| s.last_seq),
             ("depot_log_stored_bytes", "Stored bytes per stream", |s| s.stored_bytes),
