@@ -73,7 +73,8 @@ pub fn parse_request_line(head: &[u8]) -> Result<(&str, &str), &'static str> {
         .ok_or("no request line")?;
     let line = std::str::from_utf8(&head[..line_end]).map_err(|_| "request line is not UTF-8")?;
     let mut parts = line.split(' ');
-    let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err("malformed request line");
     };
@@ -100,13 +101,20 @@ pub fn route(state: &AppState, method: &str, path: &str) -> Response {
             content_type: "text/plain; version=0.0.4; charset=utf-8",
             body: state.metrics(),
         },
-        "/status" => Response::json(200, serde_json::to_string(&state.status()).unwrap_or_default()),
+        "/status" => Response::json(
+            200,
+            serde_json::to_string(&state.status()).unwrap_or_default(),
+        ),
         _ => Response::text(404, "not found; try /health, /metrics or /status\n"),
     }
 }
 
 /// Serves requests until `shutdown` turns true.
-pub async fn serve(listener: TcpListener, state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {

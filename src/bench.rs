@@ -94,7 +94,9 @@ pub fn store(args: &StoreBenchArgs) -> anyhow::Result<()> {
         })
         .collect();
     for handle in handles {
-        handle.join().map_err(|_| anyhow::anyhow!("producer panicked"))??;
+        handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("producer panicked"))??;
     }
     let append_secs = started.elapsed().as_secs_f64();
     let total = per_producer * args.producers as u64;
@@ -128,7 +130,11 @@ pub fn store(args: &StoreBenchArgs) -> anyhow::Result<()> {
         append_secs,
         total as f64 / append_secs
     );
-    println!("read:   {read} records: {:.2} s, {:.0} records/s", read_secs, read as f64 / read_secs);
+    println!(
+        "read:   {read} records: {:.2} s, {:.0} records/s",
+        read_secs,
+        read as f64 / read_secs
+    );
     println!(
         "disk:   {disk} bytes for {raw} raw bytes (body + source): {:.2}x; blob files: {blobs}",
         disk as f64 / raw as f64

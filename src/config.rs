@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
+use depot_common::config::{duration, optional_duration, optional_size, size};
 use serde::{Deserialize, Deserializer};
 
 /// The whole configuration.
@@ -19,6 +20,8 @@ pub struct Config {
     pub admin: AdminSection,
     /// How long log streams are kept.
     pub retention: RetentionSection,
+    /// The log service.
+    pub logd: depot_logd::LogdConfig,
 }
 
 /// `[store]`
@@ -119,15 +122,20 @@ impl RetentionSection {
 impl Config {
     /// Parses configuration text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &Path) -> anyhow::Result<Config> {
-        toml::from_str(text).map_err(|e| anyhow::anyhow!("invalid configuration {}: {e}", origin.display()))
+        toml::from_str(text)
+            .map_err(|e| anyhow::anyhow!("invalid configuration {}: {e}", origin.display()))
     }
 
     /// Reads `path`; a missing file gives the defaults only when `required` is false.
     pub fn load(path: &Path, required: bool) -> anyhow::Result<Config> {
         match std::fs::read_to_string(path) {
             Ok(text) => Config::parse(&text, path),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => Ok(Config::default()),
-            Err(e) => Err(e).with_context(|| format!("cannot read configuration {}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                Ok(Config::default())
+            }
+            Err(e) => {
+                Err(e).with_context(|| format!("cannot read configuration {}", path.display()))
+            }
         }
     }
 
@@ -141,20 +149,6 @@ impl Config {
     }
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text)
-        .map_err(|e| format!("invalid duration {text:?} ({e}); write it like \"2ms\", \"10s\" or \"7d\""))
-}
-
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(d)?;
-    parse_duration(&text).map_err(serde::de::Error::custom)
-}
-
-fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    duration(d).map(Some)
-}
-
 fn commit_interval<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let value = duration(d)?;
     if value < Duration::from_micros(100) || value > Duration::from_secs(1) {
@@ -163,24 +157,6 @@ fn commit_interval<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error
         )));
     }
     Ok(value)
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum SizeText {
-    Number(u64),
-    Text(String),
-}
-
-fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    match SizeText::deserialize(d)? {
-        SizeText::Number(n) => Ok(n),
-        SizeText::Text(text) => depot_common::size::parse_size(&text).map_err(serde::de::Error::custom),
-    }
-}
-
-fn optional_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    size(d).map(Some)
 }
 
 #[cfg(test)]
@@ -226,26 +202,45 @@ max_age = "365d"
         let audit = config.retention.policy("audit");
         assert_eq!(audit.max_age, Some(Duration::from_secs(365 * 86_400)));
         assert_eq!(audit.max_bytes, Some(10 << 30));
-        assert_eq!(config.retention.policy("other").max_age, Some(Duration::from_secs(7 * 86_400)));
+        assert_eq!(
+            config.retention.policy("other").max_age,
+            Some(Duration::from_secs(7 * 86_400))
+        );
     }
 
     #[test]
     fn unknown_key_is_named_with_its_line() {
-        let err = parse("[store]\nsync = true\ncomit_interval = \"2ms\"\n").unwrap_err().to_string();
+        let err = parse("[store]\nsync = true\ncomit_interval = \"2ms\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("comit_interval"), "{err}");
         assert!(err.contains("line 3"), "{err}");
     }
 
     #[test]
     fn bad_value_is_named_with_its_line_and_reason() {
-        let err = parse("[admin]\n\nlisten = \"localhost:http\"\n").unwrap_err().to_string();
+        let err = parse("[admin]\n\nlisten = \"localhost:http\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("line 3"), "{err}");
-        let err = parse("[store]\ncommit_interval = \"soon\"\n").unwrap_err().to_string();
-        assert!(err.contains("line 2") && err.contains("invalid duration"), "{err}");
-        let err = parse("[store]\ncommit_interval = \"5s\"\n").unwrap_err().to_string();
+        let err = parse("[store]\ncommit_interval = \"soon\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 2") && err.contains("invalid duration"),
+            "{err}"
+        );
+        let err = parse("[store]\ncommit_interval = \"5s\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("between 100us and 1s"), "{err}");
-        let err = parse("[retention]\nmax_bytes = \"lots\"\n").unwrap_err().to_string();
-        assert!(err.contains("line 2") && err.contains("invalid size"), "{err}");
+        let err = parse("[retention]\nmax_bytes = \"lots\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 2") && err.contains("invalid size"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -7,10 +7,12 @@
 //! - `admin`: the HTTP admin endpoint.
 //! - `status`: `depot status`, the client side of `/status`.
 //! - `bench`: load tools (`depot bench ...`).
+//! - `logcmd`: `depot log ...`, the command-line log client.
 
 mod admin;
 mod bench;
 mod config;
+mod logcmd;
 mod serve;
 mod state;
 mod status;
@@ -46,9 +48,64 @@ enum Command {
     Serve(ServeArgs),
     /// Show what the running appliance holds.
     Status(StatusArgs),
+    /// Send, tail and replay log records.
+    Log(LogArgs),
     /// Load tools that measure Depot on this machine.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(clap::Args)]
+struct LogArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    #[command(subcommand)]
+    command: LogCommand,
+}
+
+#[derive(Subcommand)]
+enum LogCommand {
+    /// Append records on the acked path; exits 0 once every record is durable.
+    Send(logcmd::SendArgs),
+    /// Print stored records, and with -f follow new ones.
+    Tail(logcmd::TailArgs),
+    /// List streams.
+    Streams {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Finds the running appliance: its run.json in the data folder, else the configuration.
+fn endpoints(args: &ConfigArgs) -> anyhow::Result<logcmd::Endpoints> {
+    let (config, data_dir) = args.load()?;
+    let run = std::fs::read(data_dir.join(serve::RUN_FILE))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serve::RunInfo>(&bytes).ok());
+    Ok(match run {
+        Some(run) => logcmd::Endpoints {
+            acked: run.logd.acked,
+            live: run.logd.live,
+            replay: run.logd.replay,
+            admin: run.admin,
+        },
+        None => logcmd::Endpoints {
+            acked: config.logd.acked,
+            live: config.logd.live,
+            replay: config.logd.replay,
+            admin: config.admin.listen.to_string(),
+        },
+    })
+}
+
+fn log(args: &LogArgs) -> anyhow::Result<()> {
+    let endpoints = endpoints(&args.config)?;
+    match &args.command {
+        LogCommand::Send(send) => logcmd::send(&endpoints, send),
+        LogCommand::Tail(tail) => logcmd::tail(&endpoints, tail),
+        LogCommand::Streams { json } => logcmd::streams(&endpoints, *json),
+    }
 }
 
 #[derive(Subcommand)]
@@ -60,10 +117,10 @@ enum BenchCommand {
 #[derive(clap::Args)]
 struct ConfigArgs {
     /// Configuration file (default: ./depot.toml if it exists, else built-in defaults).
-    #[arg(long, short)]
+    #[arg(long, short, global = true)]
     config: Option<PathBuf>,
     /// Data folder (overrides [store] data_dir).
-    #[arg(long)]
+    #[arg(long, global = true)]
     data: Option<PathBuf>,
 }
 
@@ -73,7 +130,10 @@ impl ConfigArgs {
             Some(path) => Config::load(path, true)?,
             None => Config::load(Path::new("depot.toml"), false)?,
         };
-        let data_dir = self.data.clone().unwrap_or_else(|| config.store.data_dir.clone());
+        let data_dir = self
+            .data
+            .clone()
+            .unwrap_or_else(|| config.store.data_dir.clone());
         Ok((config, data_dir))
     }
 }
@@ -139,7 +199,10 @@ fn main() -> ExitCode {
             // The appliance reports through its log, which collectors read.
             .inspect_err(|e| tracing::error!("{e:#}")),
         Command::Status(args) => status(args).inspect_err(|e| eprintln!("depot: {e:#}")),
-        Command::Bench(BenchCommand::Store(args)) => bench::store(args).inspect_err(|e| eprintln!("depot: {e:#}")),
+        Command::Log(args) => log(args).inspect_err(|e| eprintln!("depot: {e:#}")),
+        Command::Bench(BenchCommand::Store(args)) => {
+            bench::store(args).inspect_err(|e| eprintln!("depot: {e:#}"))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -26,6 +26,8 @@ pub struct RunInfo {
     pub admin: String,
     /// Depot's version.
     pub version: String,
+    /// Where the log service listens.
+    pub logd: depot_logd::LogdEndpoints,
 }
 
 /// Runs the appliance with `config` and data in `data_dir` until SIGINT or SIGTERM.
@@ -47,17 +49,30 @@ pub fn run(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    let ctx = zmq::Context::new();
+    let logd = depot_logd::Logd::start(&ctx, store.clone(), &config.logd, runtime.handle())?;
+    state.logd.set(logd.metrics.clone()).ok();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let (retention_stop, retention_thread) = start_retention(store.clone(), state.clone(), config.retention.clone())?;
+    let (retention_stop, retention_thread) =
+        start_retention(store.clone(), state.clone(), config.retention.clone())?;
 
     let served = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(config.admin.listen)
             .await
-            .with_context(|| format!("admin endpoint http://{}: cannot listen", config.admin.listen))?;
+            .with_context(|| {
+                format!(
+                    "admin endpoint http://{}: cannot listen",
+                    config.admin.listen
+                )
+            })?;
         let admin_addr = listener.local_addr().context("admin endpoint address")?;
-        let admin = tokio::spawn(crate::admin::serve(listener, state.clone(), shutdown_rx.clone()));
+        let admin = tokio::spawn(crate::admin::serve(
+            listener,
+            state.clone(),
+            shutdown_rx.clone(),
+        ));
         tokio::spawn(watch_signals(shutdown_tx));
-        write_run_file(&data_dir, admin_addr)?;
+        write_run_file(&data_dir, admin_addr, &logd.endpoints)?;
         tracing::info!(admin = %format!("http://{admin_addr}"), "depot serving");
 
         let mut shutdown = shutdown_rx.clone();
@@ -67,6 +82,7 @@ pub fn run(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
         anyhow::Ok(())
     });
 
+    logd.shutdown();
     drop(retention_stop);
     let _ = retention_thread.join();
     runtime.shutdown_timeout(Duration::from_secs(2));
@@ -74,15 +90,23 @@ pub fn run(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
     let closed = store.close().context("final flush failed");
     served?;
     closed?;
-    tracing::info!(commits = store.commit_stats().commits, "depot stopped cleanly");
+    tracing::info!(
+        commits = store.commit_stats().commits,
+        "depot stopped cleanly"
+    );
     Ok(())
 }
 
-fn write_run_file(data_dir: &Path, admin: std::net::SocketAddr) -> anyhow::Result<()> {
+fn write_run_file(
+    data_dir: &Path,
+    admin: std::net::SocketAddr,
+    logd: &depot_logd::LogdEndpoints,
+) -> anyhow::Result<()> {
     let info = RunInfo {
         pid: std::process::id(),
         admin: admin.to_string(),
         version: env!("CARGO_PKG_VERSION").into(),
+        logd: logd.clone(),
     };
     let path = data_dir.join(RUN_FILE);
     let tmp = data_dir.join(format!("{RUN_FILE}.tmp"));
@@ -94,7 +118,10 @@ fn write_run_file(data_dir: &Path, admin: std::net::SocketAddr) -> anyhow::Resul
 /// First SIGINT/SIGTERM: graceful shutdown. Second: exit at once (acknowledged data is durable).
 async fn watch_signals(shutdown: watch::Sender<bool>) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers; stop Depot with SIGKILL");
         return;
     };
@@ -126,15 +153,22 @@ fn start_retention(
     let handle = std::thread::Builder::new()
         .name("retention".into())
         .spawn(move || {
-            while let Err(mpsc::RecvTimeoutError::Timeout) = stop_rx.recv_timeout(retention.interval) {
+            while let Err(mpsc::RecvTimeoutError::Timeout) =
+                stop_rx.recv_timeout(retention.interval)
+            {
                 for stream in store.log().streams() {
                     let policy = retention.policy(&stream);
                     if policy.max_age.is_none() && policy.max_bytes.is_none() {
                         continue;
                     }
-                    match store.log().apply_retention(&stream, policy, depot_store::now_ns()) {
+                    match store
+                        .log()
+                        .apply_retention(&stream, policy, depot_store::now_ns())
+                    {
                         Ok(outcome) => {
-                            state.retention_removed.fetch_add(outcome.records, Ordering::Relaxed);
+                            state
+                                .retention_removed
+                                .fetch_add(outcome.records, Ordering::Relaxed);
                         }
                         Err(e) => tracing::warn!(stream, error = %e, "retention failed"),
                     }

@@ -22,6 +22,8 @@ pub struct AppState {
     pub retention_removed: AtomicU64,
     /// Admin HTTP requests answered.
     pub http_requests: AtomicU64,
+    /// The log service's counters, once it runs.
+    pub logd: std::sync::OnceLock<Arc<depot_logd::LogdMetrics>>,
 }
 
 /// `/health` body.
@@ -69,6 +71,7 @@ impl AppState {
             data_dir,
             retention_removed: AtomicU64::new(0),
             http_requests: AtomicU64::new(0),
+            logd: std::sync::OnceLock::new(),
         }
     }
 
@@ -162,15 +165,24 @@ impl AppState {
         );
         type Field = fn(&StreamStats) -> u64;
         let families: [(&str, &str, Field); 3] = [
-            ("depot_log_records", "Records stored per stream", |s| s.records),
-            ("depot_log_last_seq", "Last sequence per stream", |s| s.last_seq),
-            ("depot_log_stored_bytes", "Stored bytes per stream", |s| s.stored_bytes),
+            ("depot_log_records", "Records stored per stream", |s| {
+                s.records
+            }),
+            ("depot_log_last_seq", "Last sequence per stream", |s| {
+                s.last_seq
+            }),
+            ("depot_log_stored_bytes", "Stored bytes per stream", |s| {
+                s.stored_bytes
+            }),
         ];
         for (name, help, value) in families {
             m.family(name, Kind::Gauge, help);
             for stream in &status.streams {
                 m.sample(name, &[("stream", &stream.name)], value(stream) as f64);
             }
+        }
+        if let Some(logd) = self.logd.get() {
+            logd.render(&mut m);
         }
         m.finish()
     }

@@ -15,10 +15,15 @@ pub fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
         .with_context(|| format!("invalid admin address {addr}"))?
         .next()
         .with_context(|| format!("admin address {addr} resolves to nothing"))?;
-    let mut stream = TcpStream::connect_timeout(&target, Duration::from_secs(3))
-        .with_context(|| format!("no Depot answering at http://{addr} (is `depot serve` running?)"))?;
+    let mut stream =
+        TcpStream::connect_timeout(&target, Duration::from_secs(3)).with_context(|| {
+            format!("no Depot answering at http://{addr} (is `depot serve` running?)")
+        })?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut response = String::new();
     stream
         .read_to_string(&mut response)
@@ -74,7 +79,10 @@ pub fn render(report: &StatusReport) -> String {
         human_duration(report.uptime_secs)
     ));
     out.push_str(&format!("data folder  {}\n", report.data_dir));
-    out.push_str(&format!("disk         {}\n", human_bytes(report.disk_bytes)));
+    out.push_str(&format!(
+        "disk         {}\n",
+        human_bytes(report.disk_bytes)
+    ));
     let health = match &report.poisoned {
         None => "ok".to_string(),
         Some(reason) => format!("POISONED: {reason}"),
@@ -94,7 +102,13 @@ pub fn render(report: &StatusReport) -> String {
         out.push_str("streams      none yet\n");
         return out;
     }
-    let width = report.streams.iter().map(|s| s.name.len()).max().unwrap_or(6).max(6);
+    let width = report
+        .streams
+        .iter()
+        .map(|s| s.name.len())
+        .max()
+        .unwrap_or(6)
+        .max(6);
     out.push_str(&format!(
         "\n{:<width$}  {:>12}  {:>12}  {:>12}  {:>10}  {:>10}\n",
         "STREAM", "FIRST SEQ", "LAST SEQ", "RECORDS", "STORED", "RAW"

@@ -1,10 +1,14 @@
 //! What several Depot services share.
 //!
 //! Layout:
+//! - `config`: serde helpers for durations and sizes in configuration.
 //! - `metrics`: writing Prometheus text exposition.
-//! - `size`: parsing byte sizes such as `512MiB` in configuration.
+//! - `ratelimit`: warnings at most once a second per kind.
+//! - `size`: parsing byte sizes such as `512MiB`.
 //! - `loadgen`: synthetic log lines for benchmarks and load tools.
 
+pub mod config;
 pub mod loadgen;
 pub mod metrics;
+pub mod ratelimit;
 pub mod size;

@@ -8,10 +8,18 @@ pub struct LogLines {
 }
 
 const METHODS: [&str; 4] = ["GET", "POST", "PUT", "DELETE"];
-const PATHS: [&str; 6] = ["/api/v1/items", "/api/v1/users", "/login", "/api/v2/orders", "/static/app.js", "/health"];
+const PATHS: [&str; 6] = [
+    "/api/v1/items",
+    "/api/v1/users",
+    "/login",
+    "/api/v2/orders",
+    "/static/app.js",
+    "/health",
+];
 const LEVELS: [&str; 4] = ["INFO", "INFO", "WARN", "DEBUG"];
 const WORDS: [&str; 12] = [
-    "cache", "miss", "retry", "upstream", "timeout", "session", "renewed", "queue", "depth", "slow", "query", "ok",
+    "cache", "miss", "retry", "upstream", "timeout", "session", "renewed", "queue", "depth",
+    "slow", "query", "ok",
 ];
 
 impl LogLines {

@@ -84,7 +84,10 @@ mod tests {
         m.family("depot_log_records", Kind::Gauge, "Records stored")
             .sample("depot_log_records", &[("stream", "a\"b\\c\nd")], 42.0);
         let text = m.finish();
-        assert!(text.contains("# TYPE depot_up gauge\ndepot_up 1\n"), "{text}");
+        assert!(
+            text.contains("# TYPE depot_up gauge\ndepot_up 1\n"),
+            "{text}"
+        );
         assert!(
             text.contains("depot_log_records{stream=\"a\\\"b\\\\c\\nd\"} 42\n"),
             "{text}"

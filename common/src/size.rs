@@ -9,7 +9,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
     if digits.is_empty() {
-        return Err(format!("invalid size {text:?}: expected a number such as 512MiB"));
+        return Err(format!(
+            "invalid size {text:?}: expected a number such as 512MiB"
+        ));
     }
     let number: u64 = digits
         .parse()

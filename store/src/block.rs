@@ -32,7 +32,10 @@ pub(crate) fn encode_versioned<T: Serialize>(value: &T) -> Result<Vec<u8>> {
 }
 
 /// Decodes a versioned bincode value; `what` names it in errors.
-pub(crate) fn decode_versioned<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T> {
+pub(crate) fn decode_versioned<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    what: &str,
+) -> Result<T> {
     match bytes.split_first() {
         Some((&FORMAT_VERSION, rest)) => bincode::serde::decode_from_slice(rest, bincode_config())
             .map(|(value, _)| value)
@@ -127,7 +130,8 @@ impl OpenBlock {
         };
         let mut value = vec![FORMAT_VERSION];
         // A fixed-size header of plain integers cannot fail to encode into a Vec.
-        let _ = bincode::serde::encode_into_std_write(header, &mut value, bincode::config::standard());
+        let _ =
+            bincode::serde::encode_into_std_write(header, &mut value, bincode::config::standard());
         value.extend_from_slice(&compressed);
         let meta = BlockMeta {
             first_seq: self.first_seq,
@@ -148,18 +152,34 @@ impl OpenBlock {
         if self.is_empty() {
             return Ok(());
         }
-        decode_records(&self.raw, self.first_seq, self.first_ts, self.count, from, to, out)
-            .map_err(|e| StoreError::corrupt(format!("open block: {e}")))
+        decode_records(
+            &self.raw,
+            self.first_seq,
+            self.first_ts,
+            self.count,
+            from,
+            to,
+            out,
+        )
+        .map_err(|e| StoreError::corrupt(format!("open block: {e}")))
     }
 }
 
 /// Decodes a whole block value; records with sequence in `from..=to` are pushed to `out`.
-pub(crate) fn decode_block(value: &[u8], first_seq: u64, from: u64, to: u64, out: &mut Vec<Record>) -> Result<()> {
+pub(crate) fn decode_block(
+    value: &[u8],
+    first_seq: u64,
+    from: u64,
+    to: u64,
+    out: &mut Vec<Record>,
+) -> Result<()> {
     let (version, rest) = value
         .split_first()
         .ok_or_else(|| StoreError::corrupt("empty block"))?;
     if *version != FORMAT_VERSION {
-        return Err(StoreError::corrupt(format!("unknown block format version {version}")));
+        return Err(StoreError::corrupt(format!(
+            "unknown block format version {version}"
+        )));
     }
     let (header, used): (BlockHeader, usize) =
         bincode::serde::decode_from_slice(rest, bincode::config::standard().with_limit::<64>())
@@ -173,7 +193,15 @@ pub(crate) fn decode_block(value: &[u8], first_seq: u64, from: u64, to: u64, out
     }
     let raw = lz4_flex::block::decompress(compressed, header.raw_len as usize)
         .map_err(|e| StoreError::corrupt(format!("block decompression: {e}")))?;
-    decode_records(&raw, first_seq, header.first_ts, header.count, from, to, out)
+    decode_records(
+        &raw,
+        first_seq,
+        header.first_ts,
+        header.count,
+        from,
+        to,
+        out,
+    )
 }
 
 fn decode_records(
@@ -239,7 +267,8 @@ mod tests {
         let mut open = OpenBlock::default();
         for i in 0..100u64 {
             let body = format!("line {i}");
-            open.push(10 + i, 1_000 + i * 3, &record(body.as_bytes())).unwrap();
+            open.push(10 + i, 1_000 + i * 3, &record(body.as_bytes()))
+                .unwrap();
         }
         let (meta, value) = open.seal();
         assert!(open.is_empty());

@@ -7,7 +7,9 @@ use std::time::Duration;
 use crate::error::{Result, StoreError};
 
 /// How far a write has come, from weakest to strongest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Durability {
     /// Accepted and visible to readers of this process; lost if the process dies.
@@ -81,7 +83,11 @@ impl CommitState {
     /// Refuses writes once poisoned or closed.
     pub(crate) fn check_writable(&self) -> Result<()> {
         if self.poisoned.load(Ordering::Acquire) {
-            let reason = self.lock().poisoned.clone().unwrap_or_else(|| "unknown".into());
+            let reason = self
+                .lock()
+                .poisoned
+                .clone()
+                .unwrap_or_else(|| "unknown".into());
             return Err(StoreError::Poisoned(reason.to_string()));
         }
         if self.shutdown.load(Ordering::Acquire) {

@@ -33,7 +33,7 @@ mod tests {
 
     #[test]
     fn keys_sort_by_stream_then_sequence_then_fragment() {
-        let mut keys = vec![
+        let mut keys = [
             fragment_key(2, 1, 0).to_vec(),
             fragment_key(1, 256, 0).to_vec(),
             fragment_key(1, 255, 1).to_vec(),

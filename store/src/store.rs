@@ -89,7 +89,11 @@ fn lock_data_dir(dir: &Path) -> Result<File> {
             let pid = pid.trim();
             return Err(StoreError::Locked {
                 path: dir.to_path_buf(),
-                holder: if pid.is_empty() { String::new() } else { format!(" (pid {pid})") },
+                holder: if pid.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (pid {pid})")
+                },
             });
         }
         Err(TryLockError::Error(e)) => return Err(StoreError::io(&path, e)),

@@ -29,6 +29,8 @@ pub struct Appended {
     pub first: Seq,
     /// Sequence of the batch's last record.
     pub last: Seq,
+    /// Receive timestamp given to every record of the batch, ns since the Unix epoch.
+    pub ts_ns: u64,
     /// Durable once the store's watermark reaches it.
     pub ticket: Ticket,
 }
@@ -94,7 +96,12 @@ impl Log {
     }
 
     /// Appends records stamped `ts_ns` (raised to the stream's last timestamp if earlier).
-    pub fn append_at(&self, stream: &str, ts_ns: u64, records: &[NewRecord<'_>]) -> Result<Appended> {
+    pub fn append_at(
+        &self,
+        stream: &str,
+        ts_ns: u64,
+        records: &[NewRecord<'_>],
+    ) -> Result<Appended> {
         self.commit.check_writable()?;
         if records.is_empty() {
             return Err(StoreError::Invalid("empty batch".into()));
@@ -125,7 +132,12 @@ impl Log {
         // The ticket is taken while the stream is locked, so the committer, which seals under
         // the same lock after reading the issued count, always finds these records.
         let ticket = self.commit.issue();
-        Ok(Appended { first, last, ticket })
+        Ok(Appended {
+            first,
+            last,
+            ts_ns: ts,
+            ticket,
+        })
     }
 
     fn stream_handle(&self, name: &str) -> Option<Arc<Mutex<Stream>>> {
@@ -141,7 +153,10 @@ impl Log {
             return Ok(handle);
         }
         validate_stream_name(name).map_err(StoreError::Invalid)?;
-        let mut next_id = self.next_stream_id.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next_id = self
+            .next_stream_id
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if let Some(handle) = self.stream_handle(name) {
             return Ok(handle);
         }
@@ -183,7 +198,8 @@ impl Log {
         let (meta, value) = s.open.seal();
         let written = self.write_block(s.id, &meta, &value);
         if let Err(e) = written {
-            self.commit.poison(format!("writing block of stream {}: {e}", s.name));
+            self.commit
+                .poison(format!("writing block of stream {}: {e}", s.name));
             return Err(e);
         }
         s.stored_bytes += u64::from(meta.stored_bytes);
@@ -199,7 +215,9 @@ impl Log {
             self.trees.blocks.insert(key, fragment)?;
         }
         let key = keys::block_key(id, meta.first_seq);
-        self.trees.meta.insert(key, block::encode_versioned(meta)?)?;
+        self.trees
+            .meta
+            .insert(key, block::encode_versioned(meta)?)?;
         Ok(())
     }
 
@@ -223,7 +241,11 @@ impl Log {
     fn read_block_value(&self, id: u32, meta: &BlockMeta) -> Result<Option<Vec<u8>>> {
         let mut value = Vec::with_capacity(meta.stored_bytes as usize);
         for i in 0..meta.fragments {
-            match self.trees.blocks.get(keys::fragment_key(id, meta.first_seq, i))? {
+            match self
+                .trees
+                .blocks
+                .get(keys::fragment_key(id, meta.first_seq, i))?
+            {
                 Some(fragment) => value.extend_from_slice(&fragment),
                 None if i == 0 => return Ok(None),
                 None => {
@@ -323,7 +345,13 @@ impl Log {
     }
 
     /// Records of `stream` stamped in `from_ns..=to_ns`, at most `limit`, in order.
-    pub fn read_time_range(&self, stream: &str, from_ns: u64, to_ns: u64, limit: usize) -> Result<Vec<Record>> {
+    pub fn read_time_range(
+        &self,
+        stream: &str,
+        from_ns: u64,
+        to_ns: u64,
+        limit: usize,
+    ) -> Result<Vec<Record>> {
         let mut next = self.seq_at_time(stream, from_ns)?;
         let mut out = Vec::new();
         while out.len() < limit {
@@ -342,12 +370,14 @@ impl Log {
 
     /// First stored sequence of `stream` (greater than the last when nothing is stored).
     pub fn first_seq(&self, stream: &str) -> Seq {
-        self.stream_handle(stream).map_or(1, |h| lock(&h).first_seq())
+        self.stream_handle(stream)
+            .map_or(1, |h| lock(&h).first_seq())
     }
 
     /// Last assigned sequence of `stream`, 0 if none.
     pub fn last_seq(&self, stream: &str) -> Seq {
-        self.stream_handle(stream).map_or(0, |h| lock(&h).last_seq())
+        self.stream_handle(stream)
+            .map_or(0, |h| lock(&h).last_seq())
     }
 
     /// Names of all streams, sorted.
@@ -372,7 +402,10 @@ impl Log {
             .values()
             .cloned()
             .collect();
-        let mut stats: Vec<StreamStats> = handles.iter().map(|h| StreamStats::from(&*lock(h))).collect();
+        let mut stats: Vec<StreamStats> = handles
+            .iter()
+            .map(|h| StreamStats::from(&*lock(h)))
+            .collect();
         stats.sort_by(|a, b| a.name.cmp(&b.name));
         stats
     }

@@ -43,7 +43,9 @@ fn recover_stream(trees: &Trees, name: String, info: StreamInfo) -> Result<Strea
         blocks.pop_front();
     }
 
-    if let Some(gap) = (1..blocks.len()).find(|&i| blocks[i].first_seq != blocks[i - 1].last_seq + 1) {
+    if let Some(gap) =
+        (1..blocks.len()).find(|&i| blocks[i].first_seq != blocks[i - 1].last_seq + 1)
+    {
         tracing::warn!(
             stream = %name,
             after = blocks[gap - 1].last_seq,
@@ -68,7 +70,11 @@ fn recover_stream(trees: &Trees, name: String, info: StreamInfo) -> Result<Strea
 
     remove_orphan_fragments(trees, info.id, blocks.front(), blocks.back())?;
 
-    let next_seq = blocks.back().map_or(0, |b| b.last_seq).max(info.deleted_through) + 1;
+    let next_seq = blocks
+        .back()
+        .map_or(0, |b| b.last_seq)
+        .max(info.deleted_through)
+        + 1;
     let stream = Stream {
         id: info.id,
         name,
@@ -162,7 +168,11 @@ fn remove_orphan_fragments(
         }
     }
     if !orphans.is_empty() {
-        tracing::warn!(stream_id = id, count = orphans.len(), "removing unreferenced block fragments");
+        tracing::warn!(
+            stream_id = id,
+            count = orphans.len(),
+            "removing unreferenced block fragments"
+        );
     }
     for key in orphans {
         trees.blocks.remove(key)?;

@@ -32,7 +32,12 @@ const BLOCKS_PER_STEP: usize = 64;
 
 impl Log {
     /// Applies `policy` to `stream` as of `now_ns`.
-    pub fn apply_retention(&self, stream: &str, policy: Retention, now_ns: u64) -> Result<RetentionOutcome> {
+    pub fn apply_retention(
+        &self,
+        stream: &str,
+        policy: Retention,
+        now_ns: u64,
+    ) -> Result<RetentionOutcome> {
         let mut outcome = RetentionOutcome::default();
         let Some(handle) = self.stream_handle(stream) else {
             return Ok(outcome);
@@ -45,7 +50,9 @@ impl Log {
             let mut s = lock(&handle);
             let mut removed = 0;
             while removed < BLOCKS_PER_STEP {
-                let Some(head) = s.blocks.front().copied() else { break };
+                let Some(head) = s.blocks.front().copied() else {
+                    break;
+                };
                 let too_old = cutoff.is_some_and(|cutoff| head.last_ts < cutoff);
                 let too_big = policy.max_bytes.is_some_and(|max| s.stored_bytes > max);
                 if !(too_old || too_big) {
@@ -73,7 +80,12 @@ impl Log {
                 .insert(s.name.as_bytes(), block::encode_versioned(&info)?)?;
         }
         if outcome.blocks > 0 {
-            tracing::debug!(stream, blocks = outcome.blocks, records = outcome.records, "retention removed blocks");
+            tracing::debug!(
+                stream,
+                blocks = outcome.blocks,
+                records = outcome.records,
+                "retention removed blocks"
+            );
         }
         Ok(outcome)
     }

@@ -1,0 +1,383 @@
+//! Rust client of the log service: acked and fire-and-forget sending, and a subscription that
+//! joins replay to live with no gap and no duplicate.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use crate::protocol::{self, Header};
+
+/// What can go wrong on the client side.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// libzmq failed.
+    #[error("zmq: {0}")]
+    Zmq(#[from] zmq::Error),
+    /// The server refused a batch.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// No answer in time.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// The server sent something this client does not understand.
+    #[error("protocol: {0}")]
+    Protocol(String),
+}
+
+/// A record received from the live or replay endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    /// Stream, sequence, time, level, source.
+    pub header: Header,
+    /// The record's body.
+    pub body: Vec<u8>,
+}
+
+/// The answer to an acked batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ack {
+    /// The batch id given when sending.
+    pub batch_id: Vec<u8>,
+    /// Sequences the batch got, or the server's reason for refusing it.
+    pub result: Result<(u64, u64), String>,
+}
+
+/// Sends batches on the acked path (DEALER to the acked ROUTER) and reads their acks.
+pub struct AckedSender {
+    socket: zmq::Socket,
+    next_id: u64,
+}
+
+impl AckedSender {
+    /// Connects to the acked endpoint.
+    pub fn connect(ctx: &zmq::Context, endpoint: &str) -> Result<Self, ClientError> {
+        let socket = ctx.socket(zmq::DEALER)?;
+        socket.set_linger(1_000)?;
+        socket.connect(endpoint)?;
+        Ok(AckedSender { socket, next_id: 1 })
+    }
+
+    /// Sends one batch without waiting; returns its batch id.
+    pub fn send(
+        &mut self,
+        stream: &str,
+        level: u8,
+        source: &str,
+        bodies: &[&[u8]],
+    ) -> Result<Vec<u8>, ClientError> {
+        let id = self.next_id.to_be_bytes().to_vec();
+        self.next_id += 1;
+        let attributes = format!("level={level} source={}", source.replace(' ', "_"));
+        let mut frames: Vec<&[u8]> = vec![&id, stream.as_bytes(), attributes.as_bytes()];
+        frames.extend_from_slice(bodies);
+        self.socket.send_multipart(frames, 0)?;
+        Ok(id)
+    }
+
+    /// Waits for the next ack.
+    pub fn recv_ack(&mut self, timeout: Duration) -> Result<Ack, ClientError> {
+        if self.socket.poll(zmq::POLLIN, timeout.as_millis() as i64)? == 0 {
+            return Err(ClientError::Timeout(timeout));
+        }
+        let frames = self.socket.recv_multipart(0)?;
+        match frames.as_slice() {
+            [id, marker, reason] if marker.as_slice() == protocol::ERROR_MARKER => Ok(Ack {
+                batch_id: id.clone(),
+                result: Err(String::from_utf8_lossy(reason).into_owned()),
+            }),
+            [id, first, last] if first.len() == 8 && last.len() == 8 => Ok(Ack {
+                batch_id: id.clone(),
+                result: Ok((be_u64(first), be_u64(last))),
+            }),
+            _ => Err(ClientError::Protocol(format!(
+                "unexpected ack of {} frames",
+                frames.len()
+            ))),
+        }
+    }
+
+    /// Sends one batch and waits until it is durable; returns its first and last sequence.
+    pub fn send_durable(
+        &mut self,
+        stream: &str,
+        level: u8,
+        source: &str,
+        bodies: &[&[u8]],
+        timeout: Duration,
+    ) -> Result<(u64, u64), ClientError> {
+        let id = self.send(stream, level, source, bodies)?;
+        loop {
+            let ack = self.recv_ack(timeout)?;
+            if ack.batch_id == id {
+                return ack.result.map_err(ClientError::Refused);
+            }
+        }
+    }
+}
+
+fn be_u64(bytes: &[u8]) -> u64 {
+    let mut array = [0u8; 8];
+    array.copy_from_slice(&bytes[..8]);
+    u64::from_be_bytes(array)
+}
+
+/// One message from the replay endpoint.
+enum ReplayEvent {
+    Record(Received),
+    End(u64),
+    Error(String),
+}
+
+fn parse_replay_message(frames: &[Vec<u8>]) -> Result<ReplayEvent, ClientError> {
+    match frames {
+        [_, marker, last] if marker.as_slice() == protocol::END_MARKER && last.len() == 8 => {
+            Ok(ReplayEvent::End(be_u64(last)))
+        }
+        [_, marker, reason] if marker.as_slice() == protocol::ERROR_MARKER => Ok(
+            ReplayEvent::Error(String::from_utf8_lossy(reason).into_owned()),
+        ),
+        [_, header, body] => Ok(ReplayEvent::Record(Received {
+            header: protocol::decode_header(header)
+                .map_err(|e| ClientError::Protocol(e.to_string()))?,
+            body: body.clone(),
+        })),
+        _ => Err(ClientError::Protocol(format!(
+            "replay message of {} frames",
+            frames.len()
+        ))),
+    }
+}
+
+/// Reads a stream from `from` through replay over SUB, until the end marker.
+pub fn replay(
+    ctx: &zmq::Context,
+    endpoint: &str,
+    stream: &str,
+    start: &str,
+    timeout: Duration,
+    mut each: impl FnMut(Received) -> bool,
+) -> Result<u64, ClientError> {
+    let socket = ctx.socket(zmq::SUB)?;
+    socket.set_linger(0)?;
+    socket.set_rcvhwm(100_000)?;
+    socket.connect(endpoint)?;
+    let topic = format!("{}{stream}/{start}/{}", protocol::REPLAY_PREFIX, nonce());
+    socket.set_subscribe(topic.as_bytes())?;
+    loop {
+        if socket.poll(zmq::POLLIN, timeout.as_millis() as i64)? == 0 {
+            return Err(ClientError::Timeout(timeout));
+        }
+        match parse_replay_message(&socket.recv_multipart(0)?)? {
+            ReplayEvent::Record(record) => {
+                if !each(record) {
+                    return Ok(0);
+                }
+            }
+            ReplayEvent::End(last) => return Ok(last),
+            ReplayEvent::Error(reason) => return Err(ClientError::Refused(reason)),
+        }
+    }
+}
+
+fn nonce() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{}-{}-{n}", std::process::id(), depot_store::now_ns())
+}
+
+/// A stream followed from a start sequence: replay first, then live, joined with no gap and no
+/// duplicate. Gaps in live (a slow subscriber loses messages) are filled by replay, and an idle
+/// subscription checks once a second that nothing was missed at the seam.
+pub struct Subscription {
+    live: zmq::Socket,
+    replay: zmq::Socket,
+    stream: String,
+    /// Next sequence to deliver; 0 until the first replay tells where a time-based start is.
+    expected: u64,
+    /// Start of the first replay (`replay/<stream>/<start>/...`), used once.
+    first_start: Option<String>,
+    /// Topic of the replay in progress, if any.
+    replaying: Option<Vec<u8>>,
+    /// Live records ahead of `expected`, waiting for a replay to fill the gap before them.
+    ahead: BTreeMap<u64, Received>,
+    last_activity: Instant,
+}
+
+/// How long an idle subscription waits before asking replay whether it missed anything.
+const IDLE_PROBE: Duration = Duration::from_secs(1);
+
+impl Subscription {
+    /// Follows `stream` from `start`, a replay start: a sequence (`1` = everything stored), a
+    /// time (`@<unix ms>`) or an age (`-10m`).
+    pub fn start(
+        ctx: &zmq::Context,
+        live_endpoint: &str,
+        replay_endpoint: &str,
+        stream: &str,
+        start: &str,
+    ) -> Result<Self, ClientError> {
+        let live = ctx.socket(zmq::SUB)?;
+        live.set_linger(0)?;
+        live.set_rcvhwm(100_000)?;
+        live.connect(live_endpoint)?;
+        live.set_subscribe(format!("{stream} ").as_bytes())?;
+        let replay = ctx.socket(zmq::SUB)?;
+        replay.set_linger(0)?;
+        replay.set_rcvhwm(100_000)?;
+        replay.connect(replay_endpoint)?;
+        let mut subscription = Subscription {
+            live,
+            replay,
+            stream: stream.to_string(),
+            expected: 0,
+            first_start: Some(start.to_string()),
+            replaying: None,
+            ahead: BTreeMap::new(),
+            last_activity: Instant::now(),
+        };
+        subscription.start_replay()?;
+        Ok(subscription)
+    }
+
+    fn start_replay(&mut self) -> Result<(), ClientError> {
+        if let Some(old) = self.replaying.take() {
+            self.replay.set_unsubscribe(&old)?;
+        }
+        let start = self
+            .first_start
+            .take()
+            .unwrap_or_else(|| self.expected.to_string());
+        let topic = format!(
+            "{}{}/{}/{}",
+            protocol::REPLAY_PREFIX,
+            self.stream,
+            start,
+            nonce()
+        )
+        .into_bytes();
+        self.replay.set_subscribe(&topic)?;
+        self.replaying = Some(topic);
+        Ok(())
+    }
+
+    /// The next record in sequence order, or `None` if none arrives within `timeout`.
+    pub fn next(&mut self, timeout: Duration) -> Result<Option<Received>, ClientError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(record) = self.take_ahead() {
+                return Ok(Some(record));
+            }
+            let gap_before_ahead = self
+                .ahead
+                .first_key_value()
+                .is_some_and(|(seq, _)| *seq > self.expected);
+            if self.replaying.is_none() && gap_before_ahead {
+                self.start_replay()?;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            if self.replaying.is_none() && now.duration_since(self.last_activity) >= IDLE_PROBE {
+                self.last_activity = now;
+                self.start_replay()?;
+            }
+            let wait = deadline.min(now + IDLE_PROBE) - now;
+            let mut items = [
+                self.replay.as_poll_item(zmq::POLLIN),
+                self.live.as_poll_item(zmq::POLLIN),
+            ];
+            zmq::poll(&mut items, wait.as_millis().max(1) as i64)?;
+            let (replay_ready, live_ready) = (items[0].is_readable(), items[1].is_readable());
+            if replay_ready {
+                let frames = self.replay.recv_multipart(0)?;
+                let is_current = self.replaying.as_deref() == frames.first().map(Vec::as_slice);
+                if is_current {
+                    match parse_replay_message(&frames)? {
+                        ReplayEvent::Record(record) => {
+                            if let Some(record) = self.accept(record) {
+                                return Ok(Some(record));
+                            }
+                        }
+                        ReplayEvent::End(last) => {
+                            if self.expected == 0 {
+                                self.expected = last + 1;
+                            }
+                            if let Some(topic) = self.replaying.take() {
+                                self.replay.set_unsubscribe(&topic)?;
+                            }
+                            self.last_activity = Instant::now();
+                        }
+                        ReplayEvent::Error(reason) => return Err(ClientError::Refused(reason)),
+                    }
+                }
+            }
+            if live_ready {
+                let frames = self.live.recv_multipart(0)?;
+                let [_, header, body] = frames.as_slice() else {
+                    return Err(ClientError::Protocol(format!(
+                        "live message of {} frames",
+                        frames.len()
+                    )));
+                };
+                let header = protocol::decode_header(header)
+                    .map_err(|e| ClientError::Protocol(e.to_string()))?;
+                self.last_activity = Instant::now();
+                let record = Received {
+                    header,
+                    body: body.clone(),
+                };
+                if self.replaying.is_some() {
+                    if record.header.seq >= self.expected {
+                        self.ahead.insert(record.header.seq, record);
+                    }
+                } else if let Some(record) = self.accept(record) {
+                    return Ok(Some(record));
+                }
+            }
+        }
+    }
+
+    /// Delivers `record` if it is the expected one; keeps it for later if it is ahead (and asks
+    /// replay for the gap); drops it if it was delivered already.
+    fn accept(&mut self, record: Received) -> Option<Received> {
+        let seq = record.header.seq;
+        if self.expected == 0 {
+            // The first record of a time-based start fixes where the sequence begins.
+            self.expected = seq;
+        }
+        if seq == self.expected {
+            self.expected += 1;
+            self.ahead.remove(&seq);
+            return Some(record);
+        }
+        if seq > self.expected {
+            self.ahead.insert(seq, record);
+            if self.replaying.is_none() {
+                if let Err(e) = self.start_replay() {
+                    tracing::warn!(error = %e, "log subscription: cannot start gap replay");
+                }
+            }
+        }
+        None
+    }
+
+    fn take_ahead(&mut self) -> Option<Received> {
+        while let Some(entry) = self.ahead.first_entry() {
+            if *entry.key() < self.expected {
+                entry.remove();
+            } else if *entry.key() == self.expected && self.replaying.is_none() {
+                self.expected += 1;
+                return Some(entry.remove());
+            } else {
+                break;
+            }
+        }
+        None
+    }
+
+    /// The next sequence this subscription will deliver.
+    pub fn expected(&self) -> u64 {
+        self.expected
+    }
+}

@@ -1,0 +1,50 @@
+//! `[logd]` in depot.toml.
+
+use std::net::SocketAddr;
+
+use depot_common::config::size_usize;
+use serde::Deserialize;
+
+/// Endpoints and limits of the log service. An empty endpoint string switches that path off.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogdConfig {
+    /// PULL endpoint for fire-and-forget ingest.
+    pub pull: String,
+    /// Bound SUB endpoint that PUB publishers connect to.
+    pub sub: String,
+    /// PUB endpoints the collector connects its SUB to.
+    pub publishers: Vec<String>,
+    /// ROUTER endpoint for acked ingest.
+    pub acked: String,
+    /// XPUB endpoint for live records.
+    pub live: String,
+    /// XPUB endpoint for replay over a plain SUB.
+    pub replay: String,
+    /// Syslog over UDP (empty: off).
+    pub syslog_udp: Option<SocketAddr>,
+    /// Syslog over TCP (empty: off).
+    pub syslog_tcp: Option<SocketAddr>,
+    /// Largest accepted message (all frames), bytes.
+    #[serde(deserialize_with = "size_usize")]
+    pub max_message_size: usize,
+    /// Records a live subscriber may lag before it loses messages.
+    pub live_hwm: i32,
+}
+
+impl Default for LogdConfig {
+    fn default() -> Self {
+        LogdConfig {
+            pull: "tcp://127.0.0.1:5560".into(),
+            sub: "tcp://127.0.0.1:5561".into(),
+            publishers: Vec::new(),
+            acked: "tcp://127.0.0.1:5562".into(),
+            live: "tcp://127.0.0.1:5563".into(),
+            replay: "tcp://127.0.0.1:5565".into(),
+            syslog_udp: Some(SocketAddr::from(([127, 0, 0, 1], 5514))),
+            syslog_tcp: Some(SocketAddr::from(([127, 0, 0, 1], 5514))),
+            max_message_size: 1024 * 1024,
+            live_hwm: 100_000,
+        }
+    }
+}

@@ -1,0 +1,342 @@
+//! The ingest thread: owns the PULL, SUB and acked ROUTER sockets, stores what they receive,
+//! hands it to the live thread, and confirms acked batches once the store says durable.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use depot_common::ratelimit::RateLimited;
+use depot_store::{NewRecord, Store, Ticket};
+
+use crate::live::{LiveBatch, LiveFeed};
+use crate::metrics::{add, inc, LogdMetrics};
+use crate::protocol::{self, IngestBatch, ProtocolError};
+
+/// Messages taken from one socket per loop turn, so no socket starves the others.
+const MESSAGES_PER_TURN: usize = 512;
+
+/// An acked batch waiting for its commit.
+struct PendingAck {
+    ticket: Ticket,
+    identity: Vec<u8>,
+    batch_id: Vec<u8>,
+    first: u64,
+    last: u64,
+}
+
+/// Which path a message came in on.
+#[derive(Clone, Copy)]
+enum Path {
+    Pull,
+    Pub,
+    Acked,
+}
+
+/// The ingest sockets (each optional: an empty endpoint switches it off).
+pub struct IngestSockets {
+    /// Fire-and-forget PULL.
+    pub pull: Option<zmq::Socket>,
+    /// SUB for PUB publishers (bound and connected).
+    pub sub: Option<zmq::Socket>,
+    /// Acked ROUTER.
+    pub acked: Option<zmq::Socket>,
+}
+
+/// The ingest thread's state.
+pub struct Ingest {
+    sockets: IngestSockets,
+    store: Arc<Store>,
+    live: LiveFeed,
+    metrics: Arc<LogdMetrics>,
+    max_message_size: usize,
+    pending: VecDeque<PendingAck>,
+    bad_input: RateLimited,
+    store_failure: RateLimited,
+}
+
+impl Ingest {
+    /// Ingest over `sockets` into `store`, feeding `live`.
+    pub fn new(
+        sockets: IngestSockets,
+        store: Arc<Store>,
+        live: LiveFeed,
+        metrics: Arc<LogdMetrics>,
+        max_message_size: usize,
+    ) -> Self {
+        Ingest {
+            sockets,
+            store,
+            live,
+            metrics,
+            max_message_size,
+            pending: VecDeque::new(),
+            bad_input: RateLimited::default(),
+            store_failure: RateLimited::default(),
+        }
+    }
+
+    /// Runs until `stop` is set; then takes what is already queued, waits for its commit and
+    /// answers every acked batch before returning.
+    pub fn run(mut self, stop: Arc<AtomicBool>) {
+        loop {
+            let stopping = stop.load(Ordering::Acquire);
+            let timeout = if stopping {
+                0
+            } else if self.pending.is_empty() {
+                100
+            } else {
+                1
+            };
+            let received = self.poll_and_receive(timeout);
+            self.send_due_acks();
+            if stopping && received == 0 {
+                break;
+            }
+        }
+        // Everything received is stored; answer what becomes durable within a bounded wait.
+        if let Some(last) = self.pending.back().map(|p| p.ticket) {
+            let _ = self
+                .store
+                .wait_durable_timeout(last, std::time::Duration::from_secs(5));
+        }
+        self.send_due_acks();
+    }
+
+    fn poll_and_receive(&mut self, timeout: i64) -> usize {
+        let sockets = [
+            (self.sockets.pull.as_ref(), Path::Pull),
+            (self.sockets.sub.as_ref(), Path::Pub),
+            (self.sockets.acked.as_ref(), Path::Acked),
+        ];
+        let mut items: Vec<zmq::PollItem<'_>> = Vec::new();
+        let mut paths = Vec::new();
+        for (socket, path) in sockets {
+            if let Some(socket) = socket {
+                items.push(socket.as_poll_item(zmq::POLLIN));
+                paths.push(path);
+            }
+        }
+        if let Err(e) = zmq::poll(&mut items, timeout) {
+            tracing::warn!(error = %e, "ingest: poll failed");
+            return 0;
+        }
+        let ready: Vec<Path> = items
+            .iter()
+            .zip(paths)
+            .filter(|(item, _)| item.is_readable())
+            .map(|(_, path)| path)
+            .collect();
+        drop(items);
+        let mut received = 0;
+        for path in ready {
+            for _ in 0..MESSAGES_PER_TURN {
+                let socket = match path {
+                    Path::Pull => self.sockets.pull.as_ref(),
+                    Path::Pub => self.sockets.sub.as_ref(),
+                    Path::Acked => self.sockets.acked.as_ref(),
+                };
+                let Some(socket) = socket else { break };
+                match socket.recv_multipart(zmq::DONTWAIT) {
+                    Ok(frames) => {
+                        received += 1;
+                        self.handle(path, frames);
+                    }
+                    Err(zmq::Error::EAGAIN) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "ingest: receive failed");
+                        break;
+                    }
+                }
+            }
+        }
+        received
+    }
+
+    fn handle(&mut self, path: Path, mut frames: Vec<Vec<u8>>) {
+        let limit = self.max_message_size;
+        match path {
+            Path::Pull | Path::Pub => {
+                let parsed = match path {
+                    Path::Pull => protocol::parse_push(&frames, limit),
+                    _ => protocol::parse_pub(&frames, limit),
+                };
+                match parsed.map(|batch| Owned::from(&batch, frames.len())) {
+                    Ok(owned) => {
+                        let bodies = frames.split_off(owned.body_index);
+                        let stored = self.store_batch(&owned, bodies);
+                        if let Some((_, n)) = stored {
+                            match path {
+                                Path::Pull => add(&self.metrics.stored_pull, n),
+                                _ => add(&self.metrics.stored_pub, n),
+                            }
+                        }
+                    }
+                    Err(e) => self.reject(&e),
+                }
+            }
+            Path::Acked => self.handle_acked(frames),
+        }
+    }
+
+    fn handle_acked(&mut self, mut frames: Vec<Vec<u8>>) {
+        if frames.len() < 2 {
+            self.reject(&ProtocolError::FrameCount {
+                got: frames.len().saturating_sub(1),
+                expected: "[batch id][stream][attributes][body]+",
+            });
+            return;
+        }
+        let parsed = protocol::parse_acked(&frames[1..], self.max_message_size)
+            .map(|(id, batch)| (id.to_vec(), Owned::from(&batch, frames.len())))
+            .map_err(|(id, e)| (id.map(<[u8]>::to_vec), e));
+        let identity = frames[0].clone();
+        match parsed {
+            Ok((batch_id, owned)) => {
+                let bodies = frames.split_off(owned.body_index);
+                match self.store_batch(&owned, bodies) {
+                    Some((appended, n)) => {
+                        add(&self.metrics.stored_acked, n);
+                        self.pending.push_back(PendingAck {
+                            ticket: appended.ticket,
+                            identity,
+                            batch_id,
+                            first: appended.first,
+                            last: appended.last,
+                        });
+                    }
+                    None => {
+                        let reason = "store refused the batch (see the appliance log)";
+                        self.reply_error(&identity, &batch_id, reason);
+                    }
+                }
+            }
+            Err((batch_id, e)) => {
+                self.reject(&e);
+                if let Some(batch_id) = batch_id {
+                    self.reply_error(&identity, &batch_id, &e.to_string());
+                }
+            }
+        }
+    }
+
+    /// Appends a parsed batch and hands it to live. Returns the placement and record count.
+    fn store_batch(
+        &mut self,
+        owned: &Owned,
+        bodies: Vec<Vec<u8>>,
+    ) -> Option<(depot_store::Appended, u64)> {
+        let records: Vec<NewRecord<'_>> = bodies
+            .iter()
+            .map(|body| NewRecord {
+                level: owned.level,
+                source: &owned.source,
+                body,
+            })
+            .collect();
+        match self.store.log().append(&owned.stream, &records) {
+            Ok(appended) => {
+                let n = records.len() as u64;
+                drop(records);
+                self.live.send(LiveBatch {
+                    stream: owned.stream.clone(),
+                    level: owned.level,
+                    source: owned.source.clone(),
+                    first_seq: appended.first,
+                    ts_ns: appended.ts_ns,
+                    bodies,
+                });
+                Some((appended, n))
+            }
+            Err(e) => {
+                inc(&self.metrics.store_errors);
+                if let Some(suppressed) = self.store_failure.allow() {
+                    tracing::error!(error = %e, stream = %owned.stream, suppressed, "ingest: store refused records");
+                }
+                None
+            }
+        }
+    }
+
+    fn reject(&mut self, e: &ProtocolError) {
+        match e {
+            ProtocolError::TooLarge { .. } => inc(&self.metrics.rejected_oversize),
+            _ => inc(&self.metrics.rejected_malformed),
+        }
+        if let Some(suppressed) = self.bad_input.allow() {
+            tracing::warn!(error = %e, suppressed, "ingest: message refused");
+        }
+    }
+
+    fn reply_error(&mut self, identity: &[u8], batch_id: &[u8], reason: &str) {
+        inc(&self.metrics.ack_errors);
+        if let Some(router) = &self.sockets.acked {
+            let reply: [&[u8]; 4] = [
+                identity,
+                batch_id,
+                protocol::ERROR_MARKER,
+                reason.as_bytes(),
+            ];
+            let _ = router.send_multipart(reply, zmq::DONTWAIT);
+        }
+    }
+
+    /// Confirms every pending batch the durable watermark covers, in order.
+    fn send_due_acks(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let mark = self.store.watermark();
+        while let Some(front) = self.pending.front() {
+            if front.ticket.get() > mark.durable {
+                if mark.poisoned.is_some() || mark.closed {
+                    let failed = self.pending.pop_front().map(|p| (p.identity, p.batch_id));
+                    if let Some((identity, batch_id)) = failed {
+                        self.reply_error(
+                            &identity,
+                            &batch_id,
+                            "not durable: the store failed; retry after the appliance recovers",
+                        );
+                    }
+                    continue;
+                }
+                break;
+            }
+            let Some(router) = &self.sockets.acked else {
+                break;
+            };
+            let reply: [&[u8]; 4] = [
+                &front.identity,
+                &front.batch_id,
+                &front.first.to_be_bytes(),
+                &front.last.to_be_bytes(),
+            ];
+            match router.send_multipart(reply, zmq::DONTWAIT) {
+                Ok(()) => inc(&self.metrics.acks_sent),
+                // The client is not reading its acks: try again on the next turn.
+                Err(zmq::Error::EAGAIN) => break,
+                // The client went away; its batch is stored all the same.
+                Err(e) => tracing::debug!(error = %e, "ingest: ack undeliverable"),
+            }
+            self.pending.pop_front();
+        }
+    }
+}
+
+/// What a parsed batch needs once its frames are split: owned names, and where bodies start.
+struct Owned {
+    stream: String,
+    level: u8,
+    source: String,
+    body_index: usize,
+}
+
+impl Owned {
+    fn from(batch: &IngestBatch<'_>, frame_count: usize) -> Self {
+        Owned {
+            stream: batch.stream.to_owned(),
+            level: batch.level,
+            source: batch.source.to_owned(),
+            body_index: frame_count - batch.bodies.len(),
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! Depot's log service: records come in over ZeroMQ (PULL, SUB, acked ROUTER) and syslog, are
+//! stored in the store's log streams, published live, and replayed on request.
+//!
+//! Layout:
+//! - `protocol`: ingest, live and replay frames (pure).
+//! - `syslog`: RFC 5424 / RFC 3164 parsing and TCP framing (pure).
+//! - `ingest`: the ingest thread (PULL, SUB, acked ROUTER) and durable acks.
+//! - `live`: the live XPUB thread and the feed appenders use to reach it.
+//! - `replay`: replay over a plain SUB on its own XPUB.
+//! - `syslog_server`: UDP/TCP listeners on tokio and the thread that stores their records.
+//! - `service`: binding, starting and stopping it all.
+//! - `client`: the Rust client library (acked sending, replay, subscriptions).
+//! - `config`, `metrics`, `sockopt`: settings, counters, raw socket options.
+//!
+//! One record's path: `Ingest::handle` → `Log::append` (store) → `LiveFeed::send` →
+//! `LivePublisher::publish`; later `ReplayServer::advance` reads it back with `Log::read`.
+
+pub mod client;
+pub mod config;
+pub mod ingest;
+pub mod live;
+pub mod metrics;
+pub mod protocol;
+pub mod replay;
+mod service;
+mod sockopt;
+pub mod syslog;
+pub mod syslog_server;
+
+pub use config::LogdConfig;
+pub use metrics::LogdMetrics;
+pub use service::{Logd, LogdEndpoints, LogdError};

@@ -1,0 +1,152 @@
+//! Live fan-out: every stored record, published on an XPUB as `[topic][header][body]`.
+//!
+//! Appending threads hand batches to the live thread through a bounded channel and ring an
+//! inproc doorbell. The XPUB drops messages for a subscriber that does not keep up (that
+//! subscriber alone sees a gap in the sequence and fills it by replay); nothing here ever
+//! waits for a subscriber.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+
+use crate::metrics::{add, inc, LogdMetrics};
+use crate::protocol;
+
+/// Where appenders ring the live thread.
+const DOORBELL: &str = "inproc://depot-logd-live";
+/// Batches waiting for the live thread before new ones are dropped from live.
+pub const LIVE_QUEUE: usize = 4096;
+
+/// Records just stored, in sequence order, for the live thread.
+#[derive(Debug)]
+pub struct LiveBatch {
+    /// Stream of every record.
+    pub stream: String,
+    /// Level of every record.
+    pub level: u8,
+    /// Sender of every record.
+    pub source: String,
+    /// Sequence of the first body.
+    pub first_seq: u64,
+    /// Receive timestamp of every record.
+    pub ts_ns: u64,
+    /// The records' bodies.
+    pub bodies: Vec<Vec<u8>>,
+}
+
+/// An appending thread's way to the live thread; one per thread, as it owns a zmq socket.
+pub struct LiveFeed {
+    tx: SyncSender<LiveBatch>,
+    doorbell: zmq::Socket,
+    metrics: Arc<LogdMetrics>,
+}
+
+impl LiveFeed {
+    /// Connects a new feed.
+    pub fn connect(
+        ctx: &zmq::Context,
+        tx: SyncSender<LiveBatch>,
+        metrics: Arc<LogdMetrics>,
+    ) -> zmq::Result<LiveFeed> {
+        let doorbell = ctx.socket(zmq::PUSH)?;
+        doorbell.set_linger(0)?;
+        doorbell.set_sndhwm(16)?;
+        doorbell.connect(DOORBELL)?;
+        Ok(LiveFeed {
+            tx,
+            doorbell,
+            metrics,
+        })
+    }
+
+    /// Hands a batch to the live thread; drops it from live (counted) if the thread is behind.
+    pub fn send(&self, batch: LiveBatch) {
+        match self.tx.try_send(batch) {
+            // A full doorbell queue already guarantees a wake-up, so EAGAIN is fine.
+            Ok(()) => {
+                let _ = self.doorbell.send(&b""[..], zmq::DONTWAIT);
+            }
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                inc(&self.metrics.live_dropped)
+            }
+        }
+    }
+}
+
+/// The live thread's sockets: the XPUB and the doorbell.
+pub struct LivePublisher {
+    xpub: zmq::Socket,
+    doorbell: zmq::Socket,
+    rx: Receiver<LiveBatch>,
+    metrics: Arc<LogdMetrics>,
+}
+
+impl LivePublisher {
+    /// Binds the live XPUB at `endpoint` and the doorbell.
+    pub fn bind(
+        ctx: &zmq::Context,
+        xpub: zmq::Socket,
+        rx: Receiver<LiveBatch>,
+        metrics: Arc<LogdMetrics>,
+    ) -> zmq::Result<LivePublisher> {
+        let doorbell = ctx.socket(zmq::PULL)?;
+        doorbell.set_linger(0)?;
+        doorbell.bind(DOORBELL)?;
+        Ok(LivePublisher {
+            xpub,
+            doorbell,
+            rx,
+            metrics,
+        })
+    }
+
+    /// Publishes until `stop` is set, then publishes what is still queued.
+    pub fn run(self, stop: Arc<AtomicBool>) {
+        loop {
+            let mut items = [
+                self.doorbell.as_poll_item(zmq::POLLIN),
+                self.xpub.as_poll_item(zmq::POLLIN),
+            ];
+            if let Err(e) = zmq::poll(&mut items, 100) {
+                tracing::warn!(error = %e, "live: poll failed");
+            }
+            while self.doorbell.recv_bytes(zmq::DONTWAIT).is_ok() {}
+            // Subscription messages are not needed here; reading them keeps the queue empty.
+            while self.xpub.recv_bytes(zmq::DONTWAIT).is_ok() {}
+            while let Ok(batch) = self.rx.try_recv() {
+                self.publish(&batch);
+            }
+            if stop.load(Ordering::Acquire) {
+                while let Ok(batch) = self.rx.try_recv() {
+                    self.publish(&batch);
+                }
+                break;
+            }
+        }
+    }
+
+    fn publish(&self, batch: &LiveBatch) {
+        let topic = protocol::live_topic(&batch.stream, batch.level);
+        for (i, body) in batch.bodies.iter().enumerate() {
+            let header = protocol::encode_header(
+                batch.first_seq + i as u64,
+                batch.ts_ns,
+                batch.level,
+                &batch.stream,
+                &batch.source,
+            );
+            // Without NODROP an XPUB drops for a full subscriber instead of failing, so these
+            // sends do not block and fail only when the socket is closing.
+            let sent = self
+                .xpub
+                .send(&topic, zmq::SNDMORE | zmq::DONTWAIT)
+                .and_then(|()| self.xpub.send(header, zmq::SNDMORE | zmq::DONTWAIT))
+                .and_then(|()| self.xpub.send(body, zmq::DONTWAIT));
+            if let Err(e) = sent {
+                tracing::warn!(error = %e, "live: publish failed");
+                return;
+            }
+        }
+        add(&self.metrics.live_published, batch.bodies.len() as u64);
+    }
+}

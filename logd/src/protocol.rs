@@ -1,0 +1,560 @@
+//! logd's wire format: ingest messages in, live and replay messages out. Pure code, no sockets.
+//! docs/PROTOCOL.md describes the same frames for client authors.
+
+use std::time::Duration;
+
+/// Stream of records whose sender named none (pyzmq `PUBHandler` without a root topic).
+pub const DEFAULT_STREAM: &str = "default";
+/// Marker frame of the replay end message.
+pub const END_MARKER: &[u8] = b"END";
+/// Marker frame of an error message on the replay and acked paths.
+pub const ERROR_MARKER: &[u8] = b"ERR";
+/// Prefix of every replay topic on the replay XPUB.
+pub const REPLAY_PREFIX: &str = "replay/";
+/// Longest batch id on the acked path.
+pub const MAX_BATCH_ID: usize = 255;
+
+/// Why a message was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    /// The message has a frame count the endpoint does not accept.
+    #[error("wrong frame count {got}: {expected}")]
+    FrameCount {
+        /// Frames received.
+        got: usize,
+        /// What the endpoint expects.
+        expected: &'static str,
+    },
+    /// A stream name that is empty, too long, or has spaces or control characters.
+    #[error("invalid stream name: {0}")]
+    Stream(String),
+    /// The attributes frame does not parse.
+    #[error("invalid attributes: {0}")]
+    Attributes(String),
+    /// The message is larger than the endpoint's limit.
+    #[error("message of {size} bytes exceeds the limit of {limit}")]
+    TooLarge {
+        /// Bytes received.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A batch id that is empty or too long.
+    #[error("batch id must be 1 to 255 bytes")]
+    BatchId,
+    /// A replay subscription that does not parse.
+    #[error("invalid replay topic: {0}")]
+    ReplayTopic(String),
+    /// A header frame that does not decode.
+    #[error("invalid record header: {0}")]
+    Header(String),
+}
+
+/// Severity names, syslog numbering: index = level.
+const LEVEL_NAMES: [&str; 8] = [
+    "EMERG", "ALERT", "CRIT", "ERROR", "WARN", "NOTICE", "INFO", "DEBUG",
+];
+/// Level of records that name none.
+pub const DEFAULT_LEVEL: u8 = 6;
+
+/// The level's name as used in topics and output (`INFO`, `WARN`, ...).
+pub fn level_name(level: u8) -> &'static str {
+    LEVEL_NAMES.get(level as usize).copied().unwrap_or("DEBUG")
+}
+
+/// Parses a level: a syslog number 0-7 or a name from syslog, Python logging or tracing.
+pub fn parse_level(text: &[u8]) -> Option<u8> {
+    let text = std::str::from_utf8(text).ok()?.trim();
+    if let Ok(n) = text.parse::<u8>() {
+        return (n <= 7).then_some(n);
+    }
+    let level = match text.to_ascii_uppercase().as_str() {
+        "EMERG" | "EMERGENCY" | "PANIC" => 0,
+        "ALERT" => 1,
+        "CRIT" | "CRITICAL" | "FATAL" => 2,
+        "ERR" | "ERROR" => 3,
+        "WARN" | "WARNING" => 4,
+        "NOTICE" => 5,
+        "INFO" | "INFORMATIONAL" => 6,
+        "DEBUG" | "TRACE" => 7,
+        _ => return None,
+    };
+    Some(level)
+}
+
+/// Checks a stream name for logd: the store's rules, and no spaces (topics use one as separator).
+pub fn check_stream(name: &[u8]) -> Result<&str, ProtocolError> {
+    let name = std::str::from_utf8(name).map_err(|_| ProtocolError::Stream("not UTF-8".into()))?;
+    depot_store::validate_stream_name(name).map_err(ProtocolError::Stream)?;
+    if name.contains(' ') {
+        return Err(ProtocolError::Stream("must not contain spaces".into()));
+    }
+    Ok(name)
+}
+
+/// Records to store, as one ingest message carries them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IngestBatch<'a> {
+    /// Target stream.
+    pub stream: &'a str,
+    /// Level of every record in the batch.
+    pub level: u8,
+    /// Sender, as it names itself.
+    pub source: &'a str,
+    /// One body per record.
+    pub bodies: Vec<&'a [u8]>,
+}
+
+/// Parses the attributes frame: space-separated `key=value` (`level`, `source`); empty is fine.
+fn parse_attributes(frame: &[u8]) -> Result<(u8, &str), ProtocolError> {
+    let text =
+        std::str::from_utf8(frame).map_err(|_| ProtocolError::Attributes("not UTF-8".into()))?;
+    let (mut level, mut source) = (DEFAULT_LEVEL, "");
+    for pair in text.split_ascii_whitespace() {
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| ProtocolError::Attributes(format!("{pair:?} is not key=value")))?;
+        match key {
+            "level" => {
+                level = parse_level(value.as_bytes())
+                    .ok_or_else(|| ProtocolError::Attributes(format!("unknown level {value:?}")))?
+            }
+            "source" => source = value,
+            // Unknown keys are allowed, so newer clients keep working against older servers.
+            _ => {}
+        }
+    }
+    Ok((level, source))
+}
+
+fn total_size(frames: &[Vec<u8>]) -> usize {
+    frames.iter().map(Vec::len).sum()
+}
+
+fn check_size(frames: &[Vec<u8>], limit: usize) -> Result<(), ProtocolError> {
+    let size = total_size(frames);
+    if size > limit {
+        return Err(ProtocolError::TooLarge { size, limit });
+    }
+    Ok(())
+}
+
+/// Parses a fire-and-forget message (PULL): `[stream][body]` or `[stream][attributes][body]+`.
+pub fn parse_push(frames: &[Vec<u8>], limit: usize) -> Result<IngestBatch<'_>, ProtocolError> {
+    check_size(frames, limit)?;
+    match frames {
+        [stream, body] => Ok(IngestBatch {
+            stream: check_stream(stream)?,
+            level: DEFAULT_LEVEL,
+            source: "",
+            bodies: vec![body],
+        }),
+        [stream, attributes, bodies @ ..] if !bodies.is_empty() => {
+            let (level, source) = parse_attributes(attributes)?;
+            Ok(IngestBatch {
+                stream: check_stream(stream)?,
+                level,
+                source,
+                bodies: bodies.iter().map(Vec::as_slice).collect(),
+            })
+        }
+        _ => Err(ProtocolError::FrameCount {
+            got: frames.len(),
+            expected: "[stream][body] or [stream][attributes][body]+",
+        }),
+    }
+}
+
+/// Parses a message from a PUB publisher: `[topic][message]`, pyzmq `PUBHandler` style.
+/// The topic is `<root>.<LEVEL>[.<sub>]`: the stream is the part before the level name, the
+/// sub-topic becomes the source. A topic without a level name is the stream itself, at INFO.
+pub fn parse_pub(frames: &[Vec<u8>], limit: usize) -> Result<IngestBatch<'_>, ProtocolError> {
+    check_size(frames, limit)?;
+    let [topic, body] = frames else {
+        return Err(ProtocolError::FrameCount {
+            got: frames.len(),
+            expected: "[topic][message]",
+        });
+    };
+    let topic = std::str::from_utf8(topic)
+        .map_err(|_| ProtocolError::Stream("topic is not UTF-8".into()))?;
+    let segments: Vec<&str> = topic.split('.').collect();
+    let level_at = segments
+        .iter()
+        .position(|s| parse_level(s.as_bytes()).is_some() && s.parse::<u8>().is_err());
+    let (stream, level, source) = match level_at {
+        Some(0) => (
+            DEFAULT_STREAM,
+            segments[0],
+            topic.get(segments[0].len() + 1..).unwrap_or(""),
+        ),
+        Some(i) => {
+            let stream_len = segments[..i].iter().map(|s| s.len() + 1).sum::<usize>() - 1;
+            let rest = stream_len + 1 + segments[i].len() + 1;
+            (
+                &topic[..stream_len],
+                segments[i],
+                topic.get(rest..).unwrap_or(""),
+            )
+        }
+        None => (topic, "INFO", ""),
+    };
+    Ok(IngestBatch {
+        stream: check_stream(stream.as_bytes())?,
+        level: parse_level(level.as_bytes()).unwrap_or(DEFAULT_LEVEL),
+        source,
+        bodies: vec![body],
+    })
+}
+
+/// An acked batch (its id and records), or the refusal with the batch id when there is one.
+pub type AckedParse<'a> = Result<(&'a [u8], IngestBatch<'a>), (Option<&'a [u8]>, ProtocolError)>;
+
+/// Parses an acked message (what follows the ROUTER's identity frame):
+/// `[batch id][stream][attributes][body]+`. The error carries the batch id when there is one,
+/// so the refusal can be answered.
+pub fn parse_acked(frames: &[Vec<u8>], limit: usize) -> AckedParse<'_> {
+    let Some((batch_id, rest)) = frames.split_first() else {
+        return Err((
+            None,
+            ProtocolError::FrameCount {
+                got: 0,
+                expected: "[batch id][stream][attributes][body]+",
+            },
+        ));
+    };
+    if batch_id.is_empty() || batch_id.len() > MAX_BATCH_ID {
+        return Err((None, ProtocolError::BatchId));
+    }
+    let id = batch_id.as_slice();
+    check_size(rest, limit).map_err(|e| (Some(id), e))?;
+    let [stream, attributes, bodies @ ..] = rest else {
+        return Err((
+            Some(id),
+            ProtocolError::FrameCount {
+                got: frames.len(),
+                expected: "[batch id][stream][attributes][body]+",
+            },
+        ));
+    };
+    if bodies.is_empty() {
+        return Err((
+            Some(id),
+            ProtocolError::FrameCount {
+                got: frames.len(),
+                expected: "[batch id][stream][attributes][body]+",
+            },
+        ));
+    }
+    let (level, source) = parse_attributes(attributes).map_err(|e| (Some(id), e))?;
+    let stream = check_stream(stream).map_err(|e| (Some(id), e))?;
+    Ok((
+        id,
+        IngestBatch {
+            stream,
+            level,
+            source,
+            bodies: bodies.iter().map(Vec::as_slice).collect(),
+        },
+    ))
+}
+
+/// Topic of a live record: `<stream> <LEVEL>`, so that a prefix selects streams by hierarchy
+/// (`app.`), one stream exactly (`app.web `), or one stream at one level (`app.web ERROR`).
+pub fn live_topic(stream: &str, level: u8) -> Vec<u8> {
+    format!("{stream} {}", level_name(level)).into_bytes()
+}
+
+/// The header frame of a live or replayed record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// Sequence in the stream.
+    pub seq: u64,
+    /// Receive time, ns since the Unix epoch.
+    pub ts_ns: u64,
+    /// Level, syslog numbering.
+    pub level: u8,
+    /// Stream name.
+    pub stream: String,
+    /// Sender.
+    pub source: String,
+}
+
+/// Encodes a header: `seq u64 BE | ts_ns u64 BE | level u8 | stream length u8 | stream | source`.
+pub fn encode_header(seq: u64, ts_ns: u64, level: u8, stream: &str, source: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(18 + stream.len() + source.len());
+    out.extend_from_slice(&seq.to_be_bytes());
+    out.extend_from_slice(&ts_ns.to_be_bytes());
+    out.push(level);
+    out.push(stream.len().min(255) as u8);
+    out.extend_from_slice(stream.as_bytes());
+    out.extend_from_slice(source.as_bytes());
+    out
+}
+
+/// Decodes a header frame.
+pub fn decode_header(frame: &[u8]) -> Result<Header, ProtocolError> {
+    let bad = |why: &str| ProtocolError::Header(why.into());
+    if frame.len() < 18 {
+        return Err(bad("shorter than 18 bytes"));
+    }
+    let seq = u64::from_be_bytes(frame[0..8].try_into().map_err(|_| bad("seq"))?);
+    let ts_ns = u64::from_be_bytes(frame[8..16].try_into().map_err(|_| bad("timestamp"))?);
+    let level = frame[16];
+    let stream_len = frame[17] as usize;
+    let stream = frame
+        .get(18..18 + stream_len)
+        .ok_or_else(|| bad("stream name cut short"))?;
+    let source = &frame[18 + stream_len..];
+    Ok(Header {
+        seq,
+        ts_ns,
+        level,
+        stream: String::from_utf8(stream.to_vec()).map_err(|_| bad("stream name not UTF-8"))?,
+        source: String::from_utf8_lossy(source).into_owned(),
+    })
+}
+
+/// Where a replay starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayStart {
+    /// At this sequence (or the first stored one after it).
+    Seq(u64),
+    /// At the first record received at or after this time, ns since the Unix epoch.
+    Time(u64),
+    /// At the first record received within this long before the request.
+    Ago(Duration),
+}
+
+/// A replay asked for by subscribing to `replay/<stream>/<start>/<nonce>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayRequest {
+    /// The stream.
+    pub stream: String,
+    /// Where to start.
+    pub start: ReplayStart,
+}
+
+/// Parses a replay topic `replay/<stream>/<start>/<nonce>`; `<start>` is a sequence (`1`), a
+/// time in Unix milliseconds (`@1764014400000`) or an age (`-10m`, units s, m, h, d); the nonce
+/// is any non-empty text that makes the topic unique to one subscriber.
+pub fn parse_replay_topic(topic: &[u8]) -> Result<ReplayRequest, ProtocolError> {
+    let bad = |why: String| ProtocolError::ReplayTopic(why);
+    let text = std::str::from_utf8(topic).map_err(|_| bad("not UTF-8".into()))?;
+    let rest = text
+        .strip_prefix(REPLAY_PREFIX)
+        .ok_or_else(|| bad(format!("must start with {REPLAY_PREFIX:?}")))?;
+    let (rest, nonce) = rest
+        .rsplit_once('/')
+        .ok_or_else(|| bad("expected replay/<stream>/<start>/<nonce>".into()))?;
+    let (stream, start) = rest
+        .rsplit_once('/')
+        .ok_or_else(|| bad("expected replay/<stream>/<start>/<nonce>".into()))?;
+    if nonce.is_empty() {
+        return Err(bad("the nonce must not be empty".into()));
+    }
+    let stream = check_stream(stream.as_bytes()).map_err(|e| bad(e.to_string()))?;
+    let start = if let Some(ms) = start.strip_prefix('@') {
+        let ms: u64 = ms
+            .parse()
+            .map_err(|_| bad(format!("invalid time {start:?}")))?;
+        ReplayStart::Time(ms.saturating_mul(1_000_000))
+    } else if let Some(age) = start.strip_prefix('-') {
+        ReplayStart::Ago(parse_age(age).ok_or_else(|| bad(format!("invalid age {start:?}")))?)
+    } else {
+        ReplayStart::Seq(
+            start
+                .parse()
+                .map_err(|_| bad(format!("invalid start {start:?}")))?,
+        )
+    };
+    Ok(ReplayRequest {
+        stream: stream.to_string(),
+        start,
+    })
+}
+
+fn parse_age(text: &str) -> Option<Duration> {
+    let unit_at = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(unit_at);
+    let number: u64 = number.parse().ok()?;
+    let secs = match unit {
+        "s" => number,
+        "m" => number.checked_mul(60)?,
+        "h" => number.checked_mul(3_600)?,
+        "d" => number.checked_mul(86_400)?,
+        _ => return None,
+    };
+    Some(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(parts: &[&[u8]]) -> Vec<Vec<u8>> {
+        parts.iter().map(|p| p.to_vec()).collect()
+    }
+
+    #[test]
+    fn push_accepts_short_and_attributed_forms() {
+        let short = frames(&[b"app", b"hello"]);
+        let batch = parse_push(&short, 1024).unwrap();
+        assert_eq!(
+            (batch.stream, batch.level, batch.source),
+            ("app", DEFAULT_LEVEL, "")
+        );
+        assert_eq!(batch.bodies, vec![b"hello".as_slice()]);
+
+        let long = frames(&[b"app.web", b"level=warn source=web-1 future=x", b"a", b"b"]);
+        let batch = parse_push(&long, 1024).unwrap();
+        assert_eq!(
+            (batch.stream, batch.level, batch.source),
+            ("app.web", 4, "web-1")
+        );
+        assert_eq!(batch.bodies.len(), 2);
+    }
+
+    #[test]
+    fn push_refuses_bad_messages() {
+        assert!(matches!(
+            parse_push(&frames(&[b"app"]), 1024),
+            Err(ProtocolError::FrameCount { .. })
+        ));
+        assert!(matches!(
+            parse_push(&frames(&[]), 1024),
+            Err(ProtocolError::FrameCount { .. })
+        ));
+        assert!(matches!(
+            parse_push(&frames(&[b"", b"x"]), 1024),
+            Err(ProtocolError::Stream(_))
+        ));
+        assert!(matches!(
+            parse_push(&frames(&[b"a b", b"x"]), 1024),
+            Err(ProtocolError::Stream(_))
+        ));
+        assert!(matches!(
+            parse_push(&frames(&[b"\xff", b"x"]), 1024),
+            Err(ProtocolError::Stream(_))
+        ));
+        assert!(matches!(
+            parse_push(&frames(&[b"app", b"level=loud", b"x"]), 1024),
+            Err(ProtocolError::Attributes(_))
+        ));
+        assert!(matches!(
+            parse_push(&frames(&[b"app", b"levelwarn", b"x"]), 1024),
+            Err(ProtocolError::Attributes(_))
+        ));
+        assert!(matches!(
+            parse_push(&frames(&[b"app", &[0u8; 2000]]), 1024),
+            Err(ProtocolError::TooLarge {
+                size: 2003,
+                limit: 1024
+            })
+        ));
+    }
+
+    #[test]
+    fn pub_handler_topics_give_stream_level_and_source() {
+        let cases: [(&[u8], &str, u8, &str); 5] = [
+            (b"myapp.WARNING", "myapp", 4, ""),
+            (b"svc.api.ERROR.db.pool", "svc.api", 3, "db.pool"),
+            (b"INFO", DEFAULT_STREAM, 6, ""),
+            (b"DEBUG.sub", DEFAULT_STREAM, 7, "sub"),
+            (b"metrics.cpu", "metrics.cpu", 6, ""),
+        ];
+        for (topic, stream, level, source) in cases {
+            let message = frames(&[topic, b"disk low\n"]);
+            let batch = parse_pub(&message, 1024).unwrap();
+            assert_eq!(
+                (batch.stream, batch.level, batch.source),
+                (stream, level, source)
+            );
+        }
+        assert!(parse_pub(&frames(&[b"a", b"b", b"c"]), 1024).is_err());
+    }
+
+    #[test]
+    fn acked_messages_carry_their_batch_id_into_errors() {
+        let ok = frames(&[b"b1", b"app", b"", b"x", b"y"]);
+        let (id, batch) = parse_acked(&ok, 1024).unwrap();
+        assert_eq!(id, b"b1");
+        assert_eq!(batch.bodies.len(), 2);
+        let short = frames(&[b"b2", b"app", b""]);
+        let (id, err) = parse_acked(&short, 1024).unwrap_err();
+        assert_eq!(id, Some(b"b2".as_slice()));
+        assert!(matches!(err, ProtocolError::FrameCount { .. }));
+        let no_id = frames(&[b"", b"app", b"", b"x"]);
+        let (id, _) = parse_acked(&no_id, 1024).unwrap_err();
+        assert_eq!(id, None);
+        let bad_stream = frames(&[b"b3", b"bad name", b"", b"x"]);
+        let (id, err) = parse_acked(&bad_stream, 1024).unwrap_err();
+        assert_eq!(id, Some(b"b3".as_slice()));
+        assert!(matches!(err, ProtocolError::Stream(_)));
+    }
+
+    #[test]
+    fn headers_round_trip_and_garbage_is_refused() {
+        let frame = encode_header(42, 1_700_000_000_000_000_000, 3, "app.web", "host-1");
+        let header = decode_header(&frame).unwrap();
+        assert_eq!(header.seq, 42);
+        assert_eq!(header.level, 3);
+        assert_eq!(header.stream, "app.web");
+        assert_eq!(header.source, "host-1");
+        assert!(decode_header(&frame[..10]).is_err());
+        let mut cut = frame.clone();
+        cut[17] = 200;
+        assert!(decode_header(&cut).is_err());
+    }
+
+    #[test]
+    fn live_topics_support_prefix_selection() {
+        let topic = live_topic("app.web", 3);
+        assert_eq!(topic, b"app.web ERROR");
+        assert!(topic.starts_with(b"app."));
+        assert!(topic.starts_with(b"app.web "));
+        assert!(!live_topic("app.webhooks", 6).starts_with(b"app.web "));
+    }
+
+    #[test]
+    fn replay_topics_parse_every_start_form() {
+        let r = parse_replay_topic(b"replay/app.web/1/n1").unwrap();
+        assert_eq!(
+            (r.stream.as_str(), r.start),
+            ("app.web", ReplayStart::Seq(1))
+        );
+        let r = parse_replay_topic(b"replay/a/b/@1764014400000/x").unwrap();
+        assert_eq!(
+            (r.stream.as_str(), r.start),
+            ("a/b", ReplayStart::Time(1_764_014_400_000_000_000))
+        );
+        let r = parse_replay_topic(b"replay/s/-10m/x").unwrap();
+        assert_eq!(r.start, ReplayStart::Ago(Duration::from_secs(600)));
+        for bad in [
+            &b""[..],
+            b"replay/",
+            b"replay/s/1/",
+            b"replay/s/x/n",
+            b"replay//1/n",
+            b"replay/s/-10y/n",
+            b"other/s/1/n",
+            b"replay/s/1",
+        ] {
+            assert!(
+                parse_replay_topic(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn levels_parse_from_names_and_numbers() {
+        assert_eq!(parse_level(b"WARNING"), Some(4));
+        assert_eq!(parse_level(b"critical"), Some(2));
+        assert_eq!(parse_level(b"7"), Some(7));
+        assert_eq!(parse_level(b"8"), None);
+        assert_eq!(parse_level(b"loud"), None);
+        assert_eq!(level_name(3), "ERROR");
+    }
+}
