@@ -42,7 +42,9 @@ fn append_durable(store: &Store, stream: &str, bodies: &[Vec<u8>]) {
 
 fn bench_append(c: &mut Criterion) {
     let mut group = c.benchmark_group("store_append_durable");
-    group.sample_size(10).measurement_time(Duration::from_secs(10));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(10));
     for (name, len, count) in [("100B", 100, 200_000), ("1KiB", 1024, 50_000)] {
         let bodies = lines(count, len);
         let dir = tempfile::tempdir().expect("tempdir");
@@ -55,7 +57,9 @@ fn bench_append(c: &mut Criterion) {
 
 fn bench_read(c: &mut Criterion) {
     let mut group = c.benchmark_group("store_read");
-    group.sample_size(10).measurement_time(Duration::from_secs(10));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(10));
     let count = 1_000_000u64;
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(dir.path(), StoreConfig::default()).expect("open");

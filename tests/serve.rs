@@ -33,9 +33,15 @@ fn serves_health_metrics_and_status_then_stops_cleanly_on_sigterm() {
 
     let (code, metrics) = appliance.get("/metrics");
     assert_eq!(code, 200);
-    assert!(metrics.contains("# TYPE depot_up gauge\ndepot_up 1\n"), "{metrics}");
+    assert!(
+        metrics.contains("# TYPE depot_up gauge\ndepot_up 1\n"),
+        "{metrics}"
+    );
     assert!(metrics.contains("depot_store_commits_total"), "{metrics}");
-    assert!(metrics.contains("depot_log_records{stream=\"app.web\"} 1000\n"), "{metrics}");
+    assert!(
+        metrics.contains("depot_log_records{stream=\"app.web\"} 1000\n"),
+        "{metrics}"
+    );
 
     let (code, _) = appliance.get("/nope");
     assert_eq!(code, 404);
@@ -45,7 +51,11 @@ fn serves_health_metrics_and_status_then_stops_cleanly_on_sigterm() {
         .arg(&data)
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(report["pid"], appliance.child.id());
     assert_eq!(report["data_dir"], data.display().to_string());
@@ -57,7 +67,10 @@ fn serves_health_metrics_and_status_then_stops_cleanly_on_sigterm() {
     assert_eq!(streams[0]["last_seq"], 1_000);
     assert!(streams[0]["stored_bytes"].as_u64().unwrap() > 0);
 
-    let table = depot().args(["status", "--admin", &appliance.admin]).output().unwrap();
+    let table = depot()
+        .args(["status", "--admin", &appliance.admin])
+        .output()
+        .unwrap();
     assert!(table.status.success());
     let table = String::from_utf8(table.stdout).unwrap();
     assert!(table.starts_with("Depot "), "{table}");
@@ -66,7 +79,10 @@ fn serves_health_metrics_and_status_then_stops_cleanly_on_sigterm() {
 
     let status = appliance.stop();
     assert_eq!(status.code(), Some(0));
-    assert!(!data.join("run.json").exists(), "run.json is removed on a clean stop");
+    assert!(
+        !data.join("run.json").exists(),
+        "run.json is removed on a clean stop"
+    );
 }
 
 #[test]
@@ -85,8 +101,14 @@ fn second_appliance_on_the_same_folder_is_refused() {
         .unwrap();
     assert!(!second.status.success());
     let stderr = String::from_utf8_lossy(&second.stderr);
-    assert!(stderr.contains("in use by another Depot process"), "{stderr}");
-    assert!(stderr.contains(&format!("pid {}", first.child.id())), "{stderr}");
+    assert!(
+        stderr.contains("in use by another Depot process"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("pid {}", first.child.id())),
+        "{stderr}"
+    );
     assert_eq!(first.stop().code(), Some(0));
 }
 
@@ -94,7 +116,11 @@ fn second_appliance_on_the_same_folder_is_refused() {
 fn invalid_config_names_key_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("depot.toml");
-    std::fs::write(&config, "[store]\nsync = true\ncommit_intervall = \"2ms\"\n").unwrap();
+    std::fs::write(
+        &config,
+        "[store]\nsync = true\ncommit_intervall = \"2ms\"\n",
+    )
+    .unwrap();
     let output = depot()
         .args(["serve", "--data"])
         .arg(dir.path().join("data"))

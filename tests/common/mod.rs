@@ -37,7 +37,11 @@ pub fn poll<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Optio
 /// Writes a config with the admin endpoint on an ephemeral port plus `extra` TOML.
 pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
     let path = dir.join("depot.toml");
-    std::fs::write(&path, format!("[admin]\nlisten = \"127.0.0.1:0\"\n{extra}\n")).unwrap();
+    std::fs::write(
+        &path,
+        format!("[admin]\nlisten = \"127.0.0.1:0\"\n{extra}\n"),
+    )
+    .unwrap();
     path
 }
 
@@ -127,7 +131,9 @@ impl Drop for Appliance {
 /// A plain HTTP/1.1 GET: (status code, body).
 pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
