@@ -9,6 +9,8 @@ command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 pkg-config --exists libzmq 2>/dev/null || missing+=(libzmq3-dev)
 if [ "$mode" = test ]; then
   command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+  command -v logger >/dev/null 2>&1 || missing+=(bsdutils)
+  command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-pip)
 fi
 
 if [ ${#missing[@]} -gt 0 ]; then
@@ -25,6 +27,14 @@ fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: the Rust toolchain (cargo) is needed; install it with rustup" >&2
   exit 1
+fi
+
+if [ "$mode" = test ] && ! python3 -c 'import zmq' >/dev/null 2>&1; then
+  # The logd tests talk to Depot from Python's pyzmq (zmq.log.handlers.PUBHandler).
+  echo "setup: installing pyzmq"
+  python3 -m pip install --quiet pyzmq 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages pyzmq \
+    || { echo "setup: cannot install pyzmq" >&2; exit 1; }
 fi
 
 if [ "$mode" = test ] && [ "$(id -u)" -eq 0 ]; then

@@ -142,3 +142,286 @@ pub fn store(args: &StoreBenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(read == total, "read back {read} of {total} records");
     Ok(())
 }
+
+/// Options of `depot bench logd` (against a running appliance).
+#[derive(clap::Args, Debug)]
+pub struct LogdBenchArgs {
+    /// acked (durable acks), push (fire-and-forget, then checks nothing was lost), replay (reads
+    /// a stream back over SUB), latency (ingest to live subscriber at a fixed rate).
+    #[arg(long, value_parser = ["acked", "push", "replay", "latency"])]
+    mode: String,
+    /// Records in all.
+    #[arg(long, default_value_t = 2_000_000)]
+    records: u64,
+    /// Body bytes per record.
+    #[arg(long, default_value_t = 100)]
+    size: usize,
+    /// Producer threads (acked, push).
+    #[arg(long, default_value_t = 2)]
+    producers: usize,
+    /// Records per message.
+    #[arg(long, default_value_t = 500)]
+    batch: usize,
+    /// Stream to write or read (default: bench-<mode>).
+    #[arg(long)]
+    stream: Option<String>,
+    /// Records per second (latency mode).
+    #[arg(long, default_value_t = 100_000)]
+    rate: u64,
+}
+
+fn bodies(seed: u64, size: usize, count: usize) -> Vec<Vec<u8>> {
+    let mut gen = LogLines::new(seed);
+    (0..count)
+        .map(|_| {
+            let mut line = Vec::new();
+            gen.next_line(size, &mut line);
+            line
+        })
+        .collect()
+}
+
+/// Runs one logd benchmark against the appliance at `endpoints` and prints its figures.
+pub fn logd(
+    endpoints: &depot_logd::LogdEndpoints,
+    admin: &str,
+    args: &LogdBenchArgs,
+) -> anyhow::Result<()> {
+    let stream = args
+        .stream
+        .clone()
+        .unwrap_or_else(|| format!("bench-{}", args.mode));
+    match args.mode.as_str() {
+        "acked" => logd_acked(endpoints, &stream, args),
+        "push" => logd_push(endpoints, admin, &stream, args),
+        "replay" => logd_replay(endpoints, &stream),
+        _ => logd_latency(endpoints, &stream, args),
+    }
+}
+
+fn logd_acked(
+    endpoints: &depot_logd::LogdEndpoints,
+    stream: &str,
+    args: &LogdBenchArgs,
+) -> anyhow::Result<()> {
+    const WINDOW: usize = 16;
+    let per_producer = args.records / args.producers as u64;
+    let started = Instant::now();
+    let handles: Vec<_> = (0..args.producers)
+        .map(|p| {
+            let (endpoint, stream) = (endpoints.acked.clone(), stream.to_string());
+            let (size, batch) = (args.size, args.batch);
+            std::thread::spawn(move || -> anyhow::Result<()> {
+                let ctx = zmq::Context::new();
+                let mut sender = depot_logd::client::AckedSender::connect(&ctx, &endpoint)?;
+                let pool = bodies(p as u64 + 1, size, batch * 4);
+                let (mut sent, mut in_flight) = (0u64, 0usize);
+                while sent < per_producer {
+                    let n = (per_producer - sent).min(batch as u64) as usize;
+                    let offset = (sent as usize / batch % 4) * batch;
+                    let refs: Vec<&[u8]> =
+                        pool[offset..offset + n].iter().map(Vec::as_slice).collect();
+                    sender.send(&stream, 6, "bench", &refs)?;
+                    sent += n as u64;
+                    in_flight += 1;
+                    if in_flight >= WINDOW {
+                        sender
+                            .recv_ack(std::time::Duration::from_secs(30))?
+                            .result
+                            .map_err(anyhow::Error::msg)?;
+                        in_flight -= 1;
+                    }
+                }
+                for _ in 0..in_flight {
+                    sender
+                        .recv_ack(std::time::Duration::from_secs(30))?
+                        .result
+                        .map_err(anyhow::Error::msg)?;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for handle in handles {
+        handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("producer panicked"))??;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let total = per_producer * args.producers as u64;
+    println!(
+        "acked: {total} records of {} B, {} producers, {} per batch: {secs:.2} s, {:.0} records/s durable",
+        args.size,
+        args.producers,
+        args.batch,
+        total as f64 / secs
+    );
+    Ok(())
+}
+
+fn stored_records(admin: &str, stream: &str) -> anyhow::Result<u64> {
+    let report = crate::status::fetch(admin)?;
+    Ok(report
+        .streams
+        .iter()
+        .find(|s| s.name == stream)
+        .map_or(0, |s| s.last_seq))
+}
+
+fn logd_push(
+    endpoints: &depot_logd::LogdEndpoints,
+    admin: &str,
+    stream: &str,
+    args: &LogdBenchArgs,
+) -> anyhow::Result<()> {
+    let before = stored_records(admin, stream)?;
+    let per_producer = args.records / args.producers as u64;
+    let started = Instant::now();
+    let handles: Vec<_> = (0..args.producers)
+        .map(|p| {
+            let (endpoint, stream) = (endpoints.pull.clone(), stream.to_string());
+            let (size, batch) = (args.size, args.batch);
+            std::thread::spawn(move || -> anyhow::Result<()> {
+                let ctx = zmq::Context::new();
+                let socket = ctx.socket(zmq::PUSH)?;
+                socket.set_sndhwm(1_000)?;
+                socket.set_linger(-1)?;
+                socket.connect(&endpoint)?;
+                let pool = bodies(p as u64 + 1, size, batch * 4);
+                let mut sent = 0u64;
+                while sent < per_producer {
+                    let n = (per_producer - sent).min(batch as u64) as usize;
+                    let offset = (sent as usize / batch % 4) * batch;
+                    let mut frames: Vec<&[u8]> =
+                        vec![stream.as_bytes(), b"level=info source=bench"];
+                    frames.extend(pool[offset..offset + n].iter().map(Vec::as_slice));
+                    socket.send_multipart(frames, 0)?;
+                    sent += n as u64;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for handle in handles {
+        handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("producer panicked"))??;
+    }
+    let sent_secs = started.elapsed().as_secs_f64();
+    let total = per_producer * args.producers as u64;
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    let mut stored = 0;
+    while Instant::now() < deadline {
+        stored = stored_records(admin, stream)? - before;
+        if stored >= total {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "push: {total} records of {} B, {} producers, {} per message: sent in {sent_secs:.2} s, all stored after {secs:.2} s: {:.0} records/s; stored {stored} of {total}",
+        args.size,
+        args.producers,
+        args.batch,
+        total as f64 / secs
+    );
+    anyhow::ensure!(stored == total, "lost {} records", total - stored);
+    Ok(())
+}
+
+fn logd_replay(endpoints: &depot_logd::LogdEndpoints, stream: &str) -> anyhow::Result<()> {
+    let ctx = zmq::Context::new();
+    let started = Instant::now();
+    let mut count = 0u64;
+    let mut expected = None;
+    let mut gaps = 0u64;
+    let last = depot_logd::client::replay(
+        &ctx,
+        &endpoints.replay,
+        stream,
+        "1",
+        std::time::Duration::from_secs(30),
+        |r| {
+            if let Some(expected) = expected {
+                if r.header.seq != expected {
+                    gaps += 1;
+                }
+            }
+            expected = Some(r.header.seq + 1);
+            count += 1;
+            true
+        },
+    )?;
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "replay: {count} records of stream {stream} (last seq {last}) over SUB: {secs:.2} s, {:.0} records/s, {gaps} gaps",
+        count as f64 / secs
+    );
+    Ok(())
+}
+
+fn logd_latency(
+    endpoints: &depot_logd::LogdEndpoints,
+    stream: &str,
+    args: &LogdBenchArgs,
+) -> anyhow::Result<()> {
+    let ctx = zmq::Context::new();
+    let live = ctx.socket(zmq::SUB)?;
+    live.set_rcvhwm(1_000_000)?;
+    live.connect(&endpoints.live)?;
+    live.set_subscribe(format!("{stream} ").as_bytes())?;
+    // Let the subscription reach the server before measuring.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let total = args.records.min(args.rate * 30);
+    let (endpoint, stream_name, rate) = (endpoints.pull.clone(), stream.to_string(), args.rate);
+    let producer = std::thread::spawn(move || -> anyhow::Result<()> {
+        let ctx = zmq::Context::new();
+        let socket = ctx.socket(zmq::PUSH)?;
+        socket.set_linger(-1)?;
+        socket.connect(&endpoint)?;
+        let started = Instant::now();
+        for i in 0..total {
+            let due = started + std::time::Duration::from_nanos(i * 1_000_000_000 / rate);
+            while Instant::now() < due {
+                std::hint::spin_loop();
+            }
+            let body = depot_store::now_ns().to_be_bytes();
+            socket.send_multipart([stream_name.as_bytes(), &body[..]], 0)?;
+        }
+        Ok(())
+    });
+    let mut latencies = Vec::with_capacity(total as usize);
+    while (latencies.len() as u64) < total {
+        if live.poll(zmq::POLLIN, 5_000)? == 0 {
+            break;
+        }
+        let frames = live.recv_multipart(0)?;
+        let now = depot_store::now_ns();
+        if let Some(body) = frames.get(2).filter(|b| b.len() == 8) {
+            let sent = u64::from_be_bytes(body[..8].try_into()?);
+            latencies.push(now.saturating_sub(sent));
+        }
+    }
+    producer
+        .join()
+        .map_err(|_| anyhow::anyhow!("producer panicked"))??;
+    latencies.sort_unstable();
+    let pick = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0) as f64
+            / 1e6
+    };
+    println!(
+        "latency: {} of {total} records at {} records/s, ingest to live subscriber: p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms",
+        latencies.len(),
+        args.rate,
+        pick(0.5),
+        pick(0.99),
+        pick(0.999),
+        pick(1.0)
+    );
+    Ok(())
+}

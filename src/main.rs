@@ -78,24 +78,37 @@ enum LogCommand {
 }
 
 /// Finds the running appliance: its run.json in the data folder, else the configuration.
-fn endpoints(args: &ConfigArgs) -> anyhow::Result<logcmd::Endpoints> {
+/// Returns the log service's endpoints and the admin address.
+fn run_info(args: &ConfigArgs) -> anyhow::Result<(depot_logd::LogdEndpoints, String)> {
     let (config, data_dir) = args.load()?;
     let run = std::fs::read(data_dir.join(serve::RUN_FILE))
         .ok()
         .and_then(|bytes| serde_json::from_slice::<serve::RunInfo>(&bytes).ok());
     Ok(match run {
-        Some(run) => logcmd::Endpoints {
-            acked: run.logd.acked,
-            live: run.logd.live,
-            replay: run.logd.replay,
-            admin: run.admin,
-        },
-        None => logcmd::Endpoints {
-            acked: config.logd.acked,
-            live: config.logd.live,
-            replay: config.logd.replay,
-            admin: config.admin.listen.to_string(),
-        },
+        Some(run) => (run.logd, run.admin),
+        None => {
+            let logd = &config.logd;
+            let endpoints = depot_logd::LogdEndpoints {
+                pull: logd.pull.clone(),
+                sub: logd.sub.clone(),
+                acked: logd.acked.clone(),
+                live: logd.live.clone(),
+                replay: logd.replay.clone(),
+                syslog_udp: logd.syslog_udp.map(|a| a.to_string()),
+                syslog_tcp: logd.syslog_tcp.map(|a| a.to_string()),
+            };
+            (endpoints, config.admin.listen.to_string())
+        }
+    })
+}
+
+fn endpoints(args: &ConfigArgs) -> anyhow::Result<logcmd::Endpoints> {
+    let (run, admin) = run_info(args)?;
+    Ok(logcmd::Endpoints {
+        acked: run.acked,
+        live: run.live,
+        replay: run.replay,
+        admin,
     })
 }
 
@@ -112,6 +125,13 @@ fn log(args: &LogArgs) -> anyhow::Result<()> {
 enum BenchCommand {
     /// Durable appends and read-back against the disk core, with the on-disk size.
     Store(bench::StoreBenchArgs),
+    /// Load against a running appliance's log service.
+    Logd {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(flatten)]
+        args: bench::LogdBenchArgs,
+    },
 }
 
 #[derive(clap::Args)]
@@ -195,15 +215,21 @@ fn main() -> ExitCode {
         Command::Serve(args) => args
             .config
             .load()
-            .and_then(|(config, data_dir)| serve::run(config, data_dir))
-            // The appliance reports through its log, which collectors read.
-            .inspect_err(|e| tracing::error!("{e:#}")),
-        Command::Status(args) => status(args).inspect_err(|e| eprintln!("depot: {e:#}")),
-        Command::Log(args) => log(args).inspect_err(|e| eprintln!("depot: {e:#}")),
-        Command::Bench(BenchCommand::Store(args)) => {
-            bench::store(args).inspect_err(|e| eprintln!("depot: {e:#}"))
+            .and_then(|(config, data_dir)| serve::run(config, data_dir)),
+        Command::Status(args) => status(args),
+        Command::Log(args) => log(args),
+        Command::Bench(BenchCommand::Store(args)) => bench::store(args),
+        Command::Bench(BenchCommand::Logd { config, args }) => {
+            run_info(config).and_then(|(run, admin)| bench::logd(&run, &admin, args))
         }
     };
+    if let Err(e) = &result {
+        match cli.command {
+            // The appliance reports through its log, which collectors read.
+            Command::Serve(_) => tracing::error!("{e:#}"),
+            _ => eprintln!("depot: {e:#}"),
+        }
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(_) => ExitCode::FAILURE,
