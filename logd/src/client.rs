@@ -127,24 +127,24 @@ enum ReplayEvent {
     Error(String),
 }
 
-fn parse_replay_message(frames: &[Vec<u8>]) -> Result<ReplayEvent, ClientError> {
-    match frames {
-        [_, marker, last] if marker.as_slice() == protocol::END_MARKER && last.len() == 8 => {
-            Ok(ReplayEvent::End(be_u64(last)))
-        }
-        [_, marker, reason] if marker.as_slice() == protocol::ERROR_MARKER => Ok(
-            ReplayEvent::Error(String::from_utf8_lossy(reason).into_owned()),
-        ),
-        [_, header, body] => Ok(ReplayEvent::Record(Received {
-            header: protocol::decode_header(header)
-                .map_err(|e| ClientError::Protocol(e.to_string()))?,
-            body: body.clone(),
-        })),
-        _ => Err(ClientError::Protocol(format!(
-            "replay message of {} frames",
-            frames.len()
-        ))),
+fn parse_replay_message(frames: Vec<Vec<u8>>) -> Result<ReplayEvent, ClientError> {
+    let count = frames.len();
+    let Ok([_, second, third]) = <[Vec<u8>; 3]>::try_from(frames) else {
+        return Err(ClientError::Protocol(format!("replay message of {count} frames")));
+    };
+    if second == protocol::END_MARKER && third.len() == 8 {
+        return Ok(ReplayEvent::End(be_u64(&third)));
     }
+    if second == protocol::ERROR_MARKER {
+        return Ok(ReplayEvent::Error(String::from_utf8_lossy(&third).into_owned()));
+    }
+    record_from(&second, third).map(ReplayEvent::Record)
+}
+
+/// A record from its header and body frames.
+fn record_from(header: &[u8], body: Vec<u8>) -> Result<Received, ClientError> {
+    let header = protocol::decode_header(header).map_err(|e| ClientError::Protocol(e.to_string()))?;
+    Ok(Received { header, body })
 }
 
 /// Reads a stream from `from` through replay over SUB, until the end marker.
@@ -166,7 +166,7 @@ pub fn replay(
         if socket.poll(zmq::POLLIN, timeout.as_millis() as i64)? == 0 {
             return Err(ClientError::Timeout(timeout));
         }
-        match parse_replay_message(&socket.recv_multipart(0)?)? {
+        match parse_replay_message(socket.recv_multipart(0)?)? {
             ReplayEvent::Record(record) => {
                 if !each(record) {
                     return Ok(0);
@@ -293,7 +293,7 @@ impl Subscription {
                 let frames = self.replay.recv_multipart(0)?;
                 let is_current = self.replaying.as_deref() == frames.first().map(Vec::as_slice);
                 if is_current {
-                    match parse_replay_message(&frames)? {
+                    match parse_replay_message(frames)? {
                         ReplayEvent::Record(record) => {
                             if let Some(record) = self.accept(record) {
                                 return Ok(Some(record));
@@ -314,19 +314,12 @@ impl Subscription {
             }
             if live_ready {
                 let frames = self.live.recv_multipart(0)?;
-                let [_, header, body] = frames.as_slice() else {
-                    return Err(ClientError::Protocol(format!(
-                        "live message of {} frames",
-                        frames.len()
-                    )));
+                let count = frames.len();
+                let Ok([_, header, body]) = <[Vec<u8>; 3]>::try_from(frames) else {
+                    return Err(ClientError::Protocol(format!("live message of {count} frames")));
                 };
-                let header = protocol::decode_header(header)
-                    .map_err(|e| ClientError::Protocol(e.to_string()))?;
+                let record = record_from(&header, body)?;
                 self.last_activity = Instant::now();
-                let record = Received {
-                    header,
-                    body: body.clone(),
-                };
                 if self.replaying.is_some() {
                     if record.header.seq >= self.expected {
                         self.ahead.insert(record.header.seq, record);
