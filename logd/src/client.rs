@@ -130,20 +130,25 @@ enum ReplayEvent {
 fn parse_replay_message(frames: Vec<Vec<u8>>) -> Result<ReplayEvent, ClientError> {
     let count = frames.len();
     let Ok([_, second, third]) = <[Vec<u8>; 3]>::try_from(frames) else {
-        return Err(ClientError::Protocol(format!("replay message of {count} frames")));
+        return Err(ClientError::Protocol(format!(
+            "replay message of {count} frames"
+        )));
     };
     if second == protocol::END_MARKER && third.len() == 8 {
         return Ok(ReplayEvent::End(be_u64(&third)));
     }
     if second == protocol::ERROR_MARKER {
-        return Ok(ReplayEvent::Error(String::from_utf8_lossy(&third).into_owned()));
+        return Ok(ReplayEvent::Error(
+            String::from_utf8_lossy(&third).into_owned(),
+        ));
     }
     record_from(&second, third).map(ReplayEvent::Record)
 }
 
 /// A record from its header and body frames.
 fn record_from(header: &[u8], body: Vec<u8>) -> Result<Received, ClientError> {
-    let header = protocol::decode_header(header).map_err(|e| ClientError::Protocol(e.to_string()))?;
+    let header =
+        protocol::decode_header(header).map_err(|e| ClientError::Protocol(e.to_string()))?;
     Ok(Received { header, body })
 }
 
@@ -316,7 +321,9 @@ impl Subscription {
                 let frames = self.live.recv_multipart(0)?;
                 let count = frames.len();
                 let Ok([_, header, body]) = <[Vec<u8>; 3]>::try_from(frames) else {
-                    return Err(ClientError::Protocol(format!("live message of {count} frames")));
+                    return Err(ClientError::Protocol(format!(
+                        "live message of {count} frames"
+                    )));
                 };
                 let record = record_from(&header, body)?;
                 self.last_activity = Instant::now();

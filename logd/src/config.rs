@@ -30,6 +30,8 @@ pub struct LogdConfig {
     pub max_message_size: usize,
     /// Records a live subscriber may lag before it loses messages.
     pub live_hwm: i32,
+    /// Files to tail.
+    pub files: Vec<crate::tail::FileSource>,
 }
 
 impl Default for LogdConfig {
@@ -45,6 +47,7 @@ impl Default for LogdConfig {
             syslog_tcp: Some(SocketAddr::from(([127, 0, 0, 1], 5514))),
             max_message_size: 1024 * 1024,
             live_hwm: 100_000,
+            files: Vec::new(),
         }
     }
 }

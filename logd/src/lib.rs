@@ -8,6 +8,7 @@
 //! - `live`: the live XPUB thread and the feed appenders use to reach it.
 //! - `replay`: replay over a plain SUB on its own XPUB.
 //! - `syslog_server`: UDP/TCP listeners on tokio and the thread that stores their records.
+//! - `tail`: following files (`notify`), with positions stored atomically with the lines.
 //! - `service`: binding, starting and stopping it all.
 //! - `client`: the Rust client library (acked sending, replay, subscriptions).
 //! - `config`, `metrics`, `sockopt`: settings, counters, raw socket options.
@@ -26,6 +27,7 @@ mod service;
 mod sockopt;
 pub mod syslog;
 pub mod syslog_server;
+pub mod tail;
 
 pub use config::LogdConfig;
 pub use metrics::LogdMetrics;

@@ -15,6 +15,8 @@ pub struct LogdMetrics {
     pub stored_acked: AtomicU64,
     /// Records stored from syslog.
     pub stored_syslog: AtomicU64,
+    /// Records stored from tailed files.
+    pub stored_files: AtomicU64,
     /// Messages refused as malformed (frames, names, attributes), all paths.
     pub rejected_malformed: AtomicU64,
     /// Messages refused as larger than the limit.

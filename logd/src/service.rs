@@ -111,6 +111,7 @@ impl Logd {
         config: &LogdConfig,
         runtime: &tokio::runtime::Handle,
     ) -> Result<Logd, LogdError> {
+        crate::tail::check_sources(&config.files).map_err(LogdError::Setup)?;
         let metrics = Arc::new(LogdMetrics::default());
         let stop = Arc::new(AtomicBool::new(false));
         let setup = |e: zmq::Error| LogdError::Setup(e.to_string());
@@ -203,6 +204,14 @@ impl Logd {
                 return Err(e);
             }
         };
+        if !config.files.is_empty() {
+            let feed = LiveFeed::connect(ctx, live_tx.clone(), metrics.clone()).map_err(setup)?;
+            let tailer =
+                crate::tail::Tailer::new(&config.files, store.clone(), feed, metrics.clone())
+                    .map_err(LogdError::Setup)?;
+            let stop = stop.clone();
+            threads.push(spawn("logd-tail", move || tailer.run(stop))?);
+        }
         let bridge_feed = LiveFeed::connect(ctx, live_tx, metrics.clone()).map_err(setup)?;
         {
             let (store, metrics) = (store.clone(), metrics.clone());

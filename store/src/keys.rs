@@ -16,6 +16,13 @@ pub(crate) fn fragment_key(stream: u32, first_seq: u64, fragment: u16) -> [u8; 1
     key
 }
 
+/// Key of a writer's cursor in a stream: stream id, then the cursor's name.
+pub(crate) fn cursor_key(stream: u32, name: &str) -> Vec<u8> {
+    let mut key = stream.to_be_bytes().to_vec();
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
 /// Prefix of every key of one stream.
 pub(crate) fn stream_prefix(stream: u32) -> [u8; 4] {
     stream.to_be_bytes()

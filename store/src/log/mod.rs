@@ -44,6 +44,8 @@ pub(crate) struct Trees {
     pub meta: sled::Tree,
     /// (stream id, first seq, fragment) → a fragment of a block's value.
     pub blocks: sled::Tree,
+    /// (stream id, cursor key) → (sequence, cursor): where a writer had got to.
+    pub cursors: sled::Tree,
 }
 
 /// All log streams of a store.
@@ -75,6 +77,7 @@ impl Log {
             streams: db.open_tree("log.streams")?,
             meta: db.open_tree("log.meta")?,
             blocks: db.open_tree("log.blocks")?,
+            cursors: db.open_tree("log.cursors")?,
         };
         let recovered = recovery::recover(&trees)?;
         let next_id = recovered.iter().map(|s| s.id + 1).max().unwrap_or(1);
@@ -101,6 +104,47 @@ impl Log {
         stream: &str,
         ts_ns: u64,
         records: &[NewRecord<'_>],
+    ) -> Result<Appended> {
+        self.append_inner(stream, ts_ns, records, None)
+    }
+
+    /// Appends records together with a writer's cursor (e.g. a file offset) under `key`: the
+    /// cursor becomes durable exactly when these records do, so after a crash
+    /// [`Log::cursor`] tells where the durable records end in the writer's input.
+    pub fn append_with_cursor(
+        &self,
+        stream: &str,
+        records: &[NewRecord<'_>],
+        key: &str,
+        cursor: &[u8],
+    ) -> Result<Appended> {
+        self.append_inner(stream, now_ns(), records, Some((key, cursor)))
+    }
+
+    /// The last cursor appended under `key` to `stream`, if any.
+    pub fn cursor(&self, stream: &str, key: &str) -> Result<Option<Vec<u8>>> {
+        let Some(handle) = self.stream_handle(stream) else {
+            return Ok(None);
+        };
+        let s = lock(&handle);
+        if let Some((_, cursor)) = s.pending_cursors.get(key) {
+            return Ok(Some(cursor.clone()));
+        }
+        match self.trees.cursors.get(keys::cursor_key(s.id, key))? {
+            Some(value) => {
+                let (_, cursor): (Seq, Vec<u8>) = block::decode_versioned(&value, "cursor")?;
+                Ok(Some(cursor))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn append_inner(
+        &self,
+        stream: &str,
+        ts_ns: u64,
+        records: &[NewRecord<'_>],
+        cursor: Option<(&str, &[u8])>,
     ) -> Result<Appended> {
         self.commit.check_writable()?;
         if records.is_empty() {
@@ -129,6 +173,10 @@ impl Log {
         }
         s.last_ts = ts;
         let last = s.next_seq - 1;
+        if let Some((key, cursor)) = cursor {
+            s.pending_cursors
+                .insert(key.to_owned(), (last, cursor.to_vec()));
+        }
         // The ticket is taken while the stream is locked, so the committer, which seals under
         // the same lock after reading the issued count, always finds these records.
         let ticket = self.commit.issue();
@@ -179,6 +227,7 @@ impl Log {
             stored_bytes: 0,
             raw_bytes: 0,
             raw_target: block::raw_target(None),
+            pending_cursors: Default::default(),
         };
         let handle = Arc::new(Mutex::new(stream));
         self.streams
@@ -192,20 +241,33 @@ impl Log {
     /// Compresses the open block and writes it: fragments first, then its metadata, so a
     /// metadata entry implies its fragments were written before it.
     fn seal(&self, s: &mut Stream) -> Result<()> {
-        if s.open.is_empty() {
-            return Ok(());
+        if !s.open.is_empty() {
+            let (meta, value) = s.open.seal();
+            if let Err(e) = self.write_block(s.id, &meta, &value) {
+                self.commit
+                    .poison(format!("writing block of stream {}: {e}", s.name));
+                return Err(e);
+            }
+            s.stored_bytes += u64::from(meta.stored_bytes);
+            s.raw_bytes += u64::from(meta.raw_bytes);
+            s.raw_target = block::raw_target(Some(&meta));
+            s.blocks.push_back(meta);
         }
-        let (meta, value) = s.open.seal();
-        let written = self.write_block(s.id, &meta, &value);
-        if let Err(e) = written {
-            self.commit
-                .poison(format!("writing block of stream {}: {e}", s.name));
-            return Err(e);
+        // Cursors go after the blocks holding their records: a durable cursor implies durable
+        // records.
+        for (key, (seq, cursor)) in std::mem::take(&mut s.pending_cursors) {
+            let written = block::encode_versioned(&(seq, cursor)).and_then(|value| {
+                self.trees
+                    .cursors
+                    .insert(keys::cursor_key(s.id, &key), value)?;
+                Ok(())
+            });
+            if let Err(e) = written {
+                self.commit
+                    .poison(format!("writing cursor of stream {}: {e}", s.name));
+                return Err(e);
+            }
         }
-        s.stored_bytes += u64::from(meta.stored_bytes);
-        s.raw_bytes += u64::from(meta.raw_bytes);
-        s.raw_target = block::raw_target(Some(&meta));
-        s.blocks.push_back(meta);
         Ok(())
     }
 
@@ -408,5 +470,48 @@ impl Log {
             .collect();
         stats.sort_by(|a, b| a.name.cmp(&b.name));
         stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{NewRecord, Store, StoreConfig};
+
+    fn record(body: &[u8]) -> NewRecord<'_> {
+        NewRecord {
+            level: 6,
+            source: "t",
+            body,
+        }
+    }
+
+    #[test]
+    fn cursor_is_kept_with_its_records_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+            let log = store.log();
+            assert_eq!(log.cursor("files", "a.log").unwrap(), None);
+            log.append_with_cursor("files", &[record(b"one")], "a.log", b"4")
+                .unwrap();
+            // A block sealed inside the append (large records) still carries the cursor.
+            let big = vec![b'x'; 100_000];
+            let last = log
+                .append_with_cursor("files", &[record(&big)], "a.log", b"100004")
+                .unwrap();
+            assert_eq!(
+                log.cursor("files", "a.log").unwrap().as_deref(),
+                Some(&b"100004"[..])
+            );
+            store.wait_durable(last.ticket).unwrap();
+            store.close().unwrap();
+        }
+        let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        assert_eq!(
+            store.log().cursor("files", "a.log").unwrap().as_deref(),
+            Some(&b"100004"[..])
+        );
+        assert_eq!(store.log().cursor("files", "b.log").unwrap(), None);
+        assert_eq!(store.log().last_seq("files"), 2);
     }
 }

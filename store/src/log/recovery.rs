@@ -86,6 +86,7 @@ fn recover_stream(trees: &Trees, name: String, info: StreamInfo) -> Result<Strea
         raw_target: block::raw_target(blocks.back()),
         blocks,
         open: Default::default(),
+        pending_cursors: Default::default(),
     };
     Ok(stream)
 }

@@ -36,6 +36,9 @@ pub(crate) struct Stream {
     pub raw_bytes: u64,
     /// Raw size at which the open block is sealed, adapted to the compression ratio.
     pub raw_target: usize,
+    /// Cursors appended with records of the open block: key → (last seq, cursor). Written
+    /// when that block is sealed.
+    pub pending_cursors: std::collections::HashMap<String, (Seq, Vec<u8>)>,
 }
 
 impl Stream {
