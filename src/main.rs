@@ -94,6 +94,7 @@ fn run_info(args: &ConfigArgs) -> anyhow::Result<(depot_logd::LogdEndpoints, Str
                 acked: logd.acked.clone(),
                 live: logd.live.clone(),
                 replay: logd.replay.clone(),
+                replay_api: logd.replay_api.clone(),
                 syslog_udp: logd.syslog_udp.map(|a| a.to_string()),
                 syslog_tcp: logd.syslog_tcp.map(|a| a.to_string()),
             };

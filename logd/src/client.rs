@@ -381,3 +381,92 @@ impl Subscription {
         self.expected
     }
 }
+
+/// What to read through the replay API.
+#[derive(Debug, Clone, Copy)]
+pub struct ApiQuery<'a> {
+    /// The stream.
+    pub stream: &'a str,
+    /// A sequence, `@<unix ms>` or an age such as `-10m`.
+    pub start: &'a str,
+    /// `key=value` lines: `until`, `level`, `grep`; empty for none.
+    pub filter: &'a str,
+    /// Records of credit granted at a time.
+    pub window: u32,
+}
+
+/// Reads through the replay API (credit-based), calling `each` per record until it returns
+/// false; returns the last sequence the replay covered.
+pub fn replay_api(
+    ctx: &zmq::Context,
+    endpoint: &str,
+    query: ApiQuery<'_>,
+    timeout: Duration,
+    mut each: impl FnMut(Received) -> bool,
+) -> Result<u64, ClientError> {
+    let ApiQuery {
+        stream,
+        start,
+        filter,
+        window,
+    } = query;
+    let socket = ctx.socket(zmq::DEALER)?;
+    socket.set_linger(0)?;
+    socket.connect(endpoint)?;
+    let id = nonce().into_bytes();
+    let window = window.max(2);
+    let request: [&[u8]; 6] = [
+        b"REPLAY",
+        &id,
+        stream.as_bytes(),
+        start.as_bytes(),
+        &window.to_be_bytes(),
+        filter.as_bytes(),
+    ];
+    socket.send_multipart(request, 0)?;
+    let mut since_grant = 0u32;
+    loop {
+        if socket.poll(zmq::POLLIN, timeout.as_millis() as i64)? == 0 {
+            return Err(ClientError::Timeout(timeout));
+        }
+        let frames = socket.recv_multipart(0)?;
+        let count = frames.len();
+        let mut frames = frames.into_iter();
+        let (Some(got_id), Some(marker)) = (frames.next(), frames.next()) else {
+            return Err(ClientError::Protocol(format!(
+                "replay api message of {count} frames"
+            )));
+        };
+        if got_id != id {
+            continue;
+        }
+        match (marker.as_slice(), frames.next(), frames.next()) {
+            (protocol::RECORD_MARKER, Some(header), Some(body)) => {
+                if !each(record_from(&header, body)?) {
+                    let cancel: [&[u8]; 2] = [b"CANCEL", &id];
+                    socket.send_multipart(cancel, 0)?;
+                    return Ok(0);
+                }
+                since_grant += 1;
+                if since_grant >= window / 2 {
+                    let grant: [&[u8]; 3] = [b"CREDIT", &id, &since_grant.to_be_bytes()];
+                    socket.send_multipart(grant, 0)?;
+                    since_grant = 0;
+                }
+            }
+            (protocol::END_MARKER, Some(last), None) if last.len() == 8 => {
+                return Ok(be_u64(&last))
+            }
+            (protocol::ERROR_MARKER, Some(reason), None) => {
+                return Err(ClientError::Refused(
+                    String::from_utf8_lossy(&reason).into_owned(),
+                ))
+            }
+            _ => {
+                return Err(ClientError::Protocol(format!(
+                    "replay api message of {count} frames"
+                )))
+            }
+        }
+    }
+}

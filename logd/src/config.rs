@@ -21,6 +21,8 @@ pub struct LogdConfig {
     pub live: String,
     /// XPUB endpoint for replay over a plain SUB.
     pub replay: String,
+    /// ROUTER endpoint of the credit-based replay API.
+    pub replay_api: String,
     /// Syslog over UDP (empty: off).
     pub syslog_udp: Option<SocketAddr>,
     /// Syslog over TCP (empty: off).
@@ -43,6 +45,7 @@ impl Default for LogdConfig {
             acked: "tcp://127.0.0.1:5562".into(),
             live: "tcp://127.0.0.1:5563".into(),
             replay: "tcp://127.0.0.1:5565".into(),
+            replay_api: "tcp://127.0.0.1:5564".into(),
             syslog_udp: Some(SocketAddr::from(([127, 0, 0, 1], 5514))),
             syslog_tcp: Some(SocketAddr::from(([127, 0, 0, 1], 5514))),
             max_message_size: 1024 * 1024,

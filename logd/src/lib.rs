@@ -7,6 +7,7 @@
 //! - `ingest`: the ingest thread (PULL, SUB, acked ROUTER) and durable acks.
 //! - `live`: the live XPUB thread and the feed appenders use to reach it.
 //! - `replay`: replay over a plain SUB on its own XPUB.
+//! - `replay_api`: the credit-based replay ROUTER for large catch-ups, with filters.
 //! - `syslog_server`: UDP/TCP listeners on tokio and the thread that stores their records.
 //! - `tail`: following files (`notify`), with positions stored atomically with the lines.
 //! - `service`: binding, starting and stopping it all.
@@ -23,6 +24,7 @@ pub mod live;
 pub mod metrics;
 pub mod protocol;
 pub mod replay;
+pub mod replay_api;
 mod service;
 mod sockopt;
 pub mod syslog;

@@ -354,25 +354,187 @@ pub fn parse_replay_topic(topic: &[u8]) -> Result<ReplayRequest, ProtocolError> 
         return Err(bad("the nonce must not be empty".into()));
     }
     let stream = check_stream(stream.as_bytes()).map_err(|e| bad(e.to_string()))?;
-    let start = if let Some(ms) = start.strip_prefix('@') {
-        let ms: u64 = ms
-            .parse()
-            .map_err(|_| bad(format!("invalid time {start:?}")))?;
-        ReplayStart::Time(ms.saturating_mul(1_000_000))
-    } else if let Some(age) = start.strip_prefix('-') {
-        ReplayStart::Ago(parse_age(age).ok_or_else(|| bad(format!("invalid age {start:?}")))?)
-    } else {
-        ReplayStart::Seq(
-            start
-                .parse()
-                .map_err(|_| bad(format!("invalid start {start:?}")))?,
-        )
-    };
+    let start = parse_start(start).map_err(bad)?;
     Ok(ReplayRequest {
         stream: stream.to_string(),
         start,
     })
 }
+
+/// Parses a replay start: a sequence (`1`), a time in Unix milliseconds (`@1764014400000`) or an
+/// age (`-10m`).
+pub fn parse_start(start: &str) -> Result<ReplayStart, String> {
+    if let Some(ms) = start.strip_prefix('@') {
+        let ms: u64 = ms.parse().map_err(|_| format!("invalid time {start:?}"))?;
+        Ok(ReplayStart::Time(ms.saturating_mul(1_000_000)))
+    } else if let Some(age) = start.strip_prefix('-') {
+        Ok(ReplayStart::Ago(
+            parse_age(age).ok_or_else(|| format!("invalid age {start:?}"))?,
+        ))
+    } else {
+        Ok(ReplayStart::Seq(
+            start
+                .parse()
+                .map_err(|_| format!("invalid start {start:?}"))?,
+        ))
+    }
+}
+
+/// Which records a replay API request wants, besides its stream and start.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Stop after this sequence.
+    pub until_seq: Option<u64>,
+    /// Stop at the first record received after this time, ns since the Unix epoch.
+    pub until_ts: Option<u64>,
+    /// Only records at this level or more severe (lower number).
+    pub max_level: Option<u8>,
+    /// Only records whose body contains these bytes.
+    pub grep: Option<Vec<u8>>,
+}
+
+impl Filter {
+    /// Whether `level` and `body` pass the level and text filters.
+    pub fn accepts(&self, level: u8, body: &[u8]) -> bool {
+        self.max_level.is_none_or(|max| level <= max)
+            && self.grep.as_ref().is_none_or(|needle| {
+                needle.is_empty() || body.windows(needle.len()).any(|w| w == needle.as_slice())
+            })
+    }
+}
+
+/// Parses a filter frame: `key=value` lines (`until=<seq>` or `until=@<unix ms>`, `level=<name
+/// or 0-7>`, `grep=<text to the end of the line>`); empty means no filter.
+pub fn parse_filter(frame: &[u8]) -> Result<Filter, ProtocolError> {
+    let bad = |why: String| ProtocolError::Attributes(why);
+    let text = std::str::from_utf8(frame).map_err(|_| bad("filter is not UTF-8".into()))?;
+    let mut filter = Filter::default();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let (key, value) = line
+            .split_once('=')
+            .ok_or_else(|| bad(format!("{line:?} is not key=value")))?;
+        match key.trim() {
+            "until" => match parse_start(value.trim()).map_err(bad)? {
+                ReplayStart::Seq(seq) => filter.until_seq = Some(seq),
+                ReplayStart::Time(ts) => filter.until_ts = Some(ts),
+                ReplayStart::Ago(_) => {
+                    return Err(bad("until takes a sequence or @<unix ms>".into()))
+                }
+            },
+            "level" => {
+                filter.max_level = Some(
+                    parse_level(value.as_bytes())
+                        .ok_or_else(|| bad(format!("unknown level {value:?}")))?,
+                )
+            }
+            "grep" => filter.grep = Some(value.as_bytes().to_vec()),
+            other => return Err(bad(format!("unknown filter {other:?}"))),
+        }
+    }
+    Ok(filter)
+}
+
+/// A request on the replay API (after the ROUTER's identity frame).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiRequest {
+    /// `["REPLAY"][id][stream][start][credit u32 BE]([filter])`: start a replay.
+    Replay {
+        /// The client's id for this replay.
+        id: Vec<u8>,
+        /// Stream to read.
+        stream: String,
+        /// Where to start.
+        start: ReplayStart,
+        /// Records the server may send before more credit comes.
+        credit: u32,
+        /// What to leave out and where to stop.
+        filter: Filter,
+    },
+    /// `["CREDIT"][id][n u32 BE]`: the client can take `n` more records.
+    Credit {
+        /// The replay.
+        id: Vec<u8>,
+        /// More records allowed.
+        n: u32,
+    },
+    /// `["CANCEL"][id]`: stop the replay.
+    Cancel {
+        /// The replay.
+        id: Vec<u8>,
+    },
+}
+
+/// Parses a replay API request; errors carry the request id when there is one.
+pub fn parse_api_request(
+    frames: &[Vec<u8>],
+) -> Result<ApiRequest, (Option<Vec<u8>>, ProtocolError)> {
+    let count = |expected| {
+        (
+            None,
+            ProtocolError::FrameCount {
+                got: frames.len(),
+                expected,
+            },
+        )
+    };
+    let (command, rest) = frames
+        .split_first()
+        .ok_or_else(|| count("[command][id]..."))?;
+    let (id, rest) = rest
+        .split_first()
+        .ok_or_else(|| count("[command][id]..."))?;
+    if id.is_empty() || id.len() > MAX_BATCH_ID {
+        return Err((None, ProtocolError::BatchId));
+    }
+    let with_id = |e| (Some(id.clone()), e);
+    let u32_of = |frame: &[u8]| -> Result<u32, (Option<Vec<u8>>, ProtocolError)> {
+        let bytes: [u8; 4] = frame.try_into().map_err(|_| {
+            with_id(ProtocolError::Attributes(
+                "credit must be 4 bytes, big-endian".into(),
+            ))
+        })?;
+        Ok(u32::from_be_bytes(bytes))
+    };
+    match (command.as_slice(), rest) {
+        (b"REPLAY", [stream, start, credit, filter @ ..]) if filter.len() <= 1 => {
+            let stream = check_stream(stream).map_err(with_id)?.to_string();
+            let start = std::str::from_utf8(start)
+                .map_err(|_| ProtocolError::ReplayTopic("start is not UTF-8".into()))
+                .and_then(|s| parse_start(s).map_err(ProtocolError::ReplayTopic))
+                .map_err(with_id)?;
+            let credit = u32_of(credit)?;
+            let filter = filter
+                .first()
+                .map(|f| parse_filter(f))
+                .transpose()
+                .map_err(with_id)?
+                .unwrap_or_default();
+            Ok(ApiRequest::Replay {
+                id: id.clone(),
+                stream,
+                start,
+                credit,
+                filter,
+            })
+        }
+        (b"CREDIT", [n]) => Ok(ApiRequest::Credit {
+            id: id.clone(),
+            n: u32_of(n)?,
+        }),
+        (b"CANCEL", []) => Ok(ApiRequest::Cancel { id: id.clone() }),
+        (b"REPLAY" | b"CREDIT" | b"CANCEL", _) => Err(with_id(ProtocolError::FrameCount {
+            got: frames.len(),
+            expected: "REPLAY id stream start credit [filter] | CREDIT id n | CANCEL id",
+        })),
+        (other, _) => Err(with_id(ProtocolError::Attributes(format!(
+            "unknown command {:?}",
+            String::from_utf8_lossy(other)
+        )))),
+    }
+}
+
+/// Marker frame of a record on the replay API.
+pub const RECORD_MARKER: &[u8] = b"REC";
 
 fn parse_age(text: &str) -> Option<Duration> {
     let unit_at = text.find(|c: char| !c.is_ascii_digit())?;
@@ -546,6 +708,75 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    #[test]
+    fn api_requests_parse_and_errors_keep_the_id() {
+        let replay = frames(&[
+            b"REPLAY",
+            b"r1",
+            b"app",
+            b"-10m",
+            &7u32.to_be_bytes(),
+            b"level=warn\ngrep=disk full\nuntil=@1000\n",
+        ]);
+        match parse_api_request(&replay).unwrap() {
+            ApiRequest::Replay {
+                id,
+                stream,
+                start,
+                credit,
+                filter,
+            } => {
+                assert_eq!(
+                    (id.as_slice(), stream.as_str(), credit),
+                    (&b"r1"[..], "app", 7)
+                );
+                assert_eq!(start, ReplayStart::Ago(Duration::from_secs(600)));
+                assert_eq!(filter.max_level, Some(4));
+                assert_eq!(filter.grep.as_deref(), Some(&b"disk full"[..]));
+                assert_eq!(filter.until_ts, Some(1_000_000_000));
+                assert!(filter.accepts(3, b"the disk full again"));
+                assert!(!filter.accepts(6, b"disk full"));
+                assert!(!filter.accepts(3, b"fine"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let credit = frames(&[b"CREDIT", b"r1", &5u32.to_be_bytes()]);
+        assert_eq!(
+            parse_api_request(&credit).unwrap(),
+            ApiRequest::Credit {
+                id: b"r1".to_vec(),
+                n: 5
+            }
+        );
+        let cancel = frames(&[b"CANCEL", b"r1"]);
+        assert_eq!(
+            parse_api_request(&cancel).unwrap(),
+            ApiRequest::Cancel { id: b"r1".to_vec() }
+        );
+        for bad in [
+            frames(&[b"REPLAY", b"r2", b"app", b"1"]),
+            frames(&[b"REPLAY", b"r2", b"app", b"x", &1u32.to_be_bytes()]),
+            frames(&[b"REPLAY", b"r2", b"app", b"1", b"12"]),
+            frames(&[
+                b"REPLAY",
+                b"r2",
+                b"app",
+                b"1",
+                &1u32.to_be_bytes(),
+                b"colour=red",
+            ]),
+            frames(&[b"FETCH", b"r2"]),
+        ] {
+            let (id, _) = parse_api_request(&bad).unwrap_err();
+            assert_eq!(id.as_deref(), Some(&b"r2"[..]));
+        }
+        assert_eq!(
+            parse_api_request(&frames(&[b"REPLAY"])).unwrap_err().0,
+            None
+        );
+        assert_eq!(parse_api_request(&frames(&[])).unwrap_err().0, None);
     }
 
     #[test]

@@ -51,6 +51,9 @@ pub struct LogdEndpoints {
     pub live: String,
     /// Replay XPUB.
     pub replay: String,
+    /// Replay API ROUTER.
+    #[serde(default)]
+    pub replay_api: String,
     /// Syslog UDP address.
     pub syslog_udp: Option<String>,
     /// Syslog TCP address.
@@ -135,12 +138,14 @@ impl Logd {
         }
         let live = socket(ctx, zmq::XPUB, "live", &config.live)?;
         let replay = socket(ctx, zmq::XPUB, "replay", &config.replay)?;
+        let replay_api = socket(ctx, zmq::ROUTER, "replay api", &config.replay_api)?;
         let mut endpoints = LogdEndpoints {
             pull: bound_endpoint(&pull),
             sub: bound_endpoint(&sub),
             acked: bound_endpoint(&acked),
             live: bound_endpoint(&live),
             replay: bound_endpoint(&replay),
+            replay_api: bound_endpoint(&replay_api),
             syslog_udp: None,
             syslog_tcp: None,
         };
@@ -178,6 +183,13 @@ impl Logd {
             let server = ReplayServer::new(xpub, store.clone(), metrics.clone()).map_err(setup)?;
             let stop = stop.clone();
             threads.push(spawn("logd-replay", move || server.run(stop))?);
+        }
+
+        if let Some(router) = replay_api {
+            let api = crate::replay_api::ReplayApi::new(router, store.clone(), metrics.clone())
+                .map_err(setup)?;
+            let stop = stop.clone();
+            threads.push(spawn("logd-replay-api", move || api.run(stop))?);
         }
 
         let (syslog_tx, syslog_rx) = syslog_server::channel();
