@@ -12,6 +12,7 @@
 //! - `tail`: following files (`notify`), with positions stored atomically with the lines.
 //! - `service`: binding, starting and stopping it all.
 //! - `client`: the Rust client library (acked sending, replay, subscriptions).
+//! - `layer`: a `tracing` layer that ships an application's events to Depot.
 //! - `config`, `metrics`, `sockopt`: settings, counters, raw socket options.
 //!
 //! One record's path: `Ingest::handle` → `Log::append` (store) → `LiveFeed::send` →
@@ -20,6 +21,7 @@
 pub mod client;
 pub mod config;
 pub mod ingest;
+pub mod layer;
 pub mod live;
 pub mod metrics;
 pub mod protocol;
