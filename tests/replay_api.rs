@@ -8,18 +8,6 @@ use std::time::Duration;
 use common::{write_config, Appliance};
 use depot_logd::client::{replay_api, AckedSender, ApiQuery};
 
-const ENDPOINTS: &str = r#"
-[logd]
-pull = "tcp://127.0.0.1:*"
-sub = "tcp://127.0.0.1:*"
-acked = "tcp://127.0.0.1:*"
-live = "tcp://127.0.0.1:*"
-replay = "tcp://127.0.0.1:*"
-replay_api = "tcp://127.0.0.1:*"
-syslog_udp = "127.0.0.1:0"
-syslog_tcp = "127.0.0.1:0"
-"#;
-
 fn endpoint(appliance: &Appliance, name: &str) -> String {
     let run: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(appliance.data.join("run.json")).unwrap())
@@ -39,7 +27,7 @@ fn query<'a>(start: &'a str, filter: &'a str, window: u32) -> ApiQuery<'a> {
 #[test]
 fn replay_api_serves_in_order_with_filters_credit_and_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), ENDPOINTS);
+    let config = write_config(dir.path(), "");
     let appliance = Appliance::start(&dir.path().join("data"), &config);
     let api = endpoint(&appliance, "replay_api");
     let ctx = zmq::Context::new();

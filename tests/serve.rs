@@ -140,7 +140,11 @@ fn admin_port_in_use_names_the_endpoint() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
     let config = dir.path().join("depot.toml");
-    std::fs::write(&config, format!("[admin]\nlisten = \"{addr}\"\n")).unwrap();
+    std::fs::write(
+        &config,
+        format!("[admin]\nlisten = \"{addr}\"\n{}", common::LOGD_EPHEMERAL),
+    )
+    .unwrap();
     let output = depot()
         .args(["serve", "--data"])
         .arg(dir.path().join("data"))

@@ -14,15 +14,6 @@ fn config(dir: &Path, logs: &Path) -> std::path::PathBuf {
         dir,
         &format!(
             r#"
-[logd]
-pull = "tcp://127.0.0.1:*"
-sub = "tcp://127.0.0.1:*"
-acked = "tcp://127.0.0.1:*"
-live = "tcp://127.0.0.1:*"
-replay = "tcp://127.0.0.1:*"
-syslog_udp = "127.0.0.1:0"
-syslog_tcp = "127.0.0.1:0"
-
 [[logd.files]]
 path = "{}/*.log"
 stream = "files"

@@ -201,6 +201,9 @@ pub struct Subscription {
     expected: u64,
     /// Start of the first replay (`replay/<stream>/<start>/...`), used once.
     first_start: Option<String>,
+    /// The first sequence to deliver when the start is a sequence (past the end of the stream
+    /// the replay ends at once, and delivery must still begin there).
+    start_seq: u64,
     /// Topic of the replay in progress, if any.
     replaying: Option<Vec<u8>>,
     /// Live records ahead of `expected`, waiting for a replay to fill the gap before them.
@@ -236,6 +239,10 @@ impl Subscription {
             stream: stream.to_string(),
             expected: 0,
             first_start: Some(start.to_string()),
+            start_seq: match protocol::parse_start(start) {
+                Ok(protocol::ReplayStart::Seq(seq)) => seq,
+                _ => 0,
+            },
             replaying: None,
             ahead: BTreeMap::new(),
             last_activity: Instant::now(),
@@ -306,7 +313,7 @@ impl Subscription {
                         }
                         ReplayEvent::End(last) => {
                             if self.expected == 0 {
-                                self.expected = last + 1;
+                                self.expected = (last + 1).max(self.start_seq);
                             }
                             if let Some(topic) = self.replaying.take() {
                                 self.replay.set_unsubscribe(&topic)?;

@@ -14,6 +14,8 @@ use crate::metrics::LogdMetrics;
 use crate::replay::ReplayServer;
 use crate::syslog_server;
 
+/// Messages a replay subscriber's pipe holds before its replay is parked.
+const REPLAY_HWM: i32 = 10_000;
 /// Linger of every logd socket: bounded, so shutdown never hangs on a vanished peer.
 const LINGER_MS: i32 = 200;
 
@@ -79,11 +81,13 @@ pub struct Logd {
     pub metrics: Arc<LogdMetrics>,
 }
 
+/// Creates and binds a socket; `sndhwm` is set first, as libzmq applies it to pipes made at bind.
 fn socket(
     ctx: &zmq::Context,
     kind: zmq::SocketType,
     role: &'static str,
     endpoint: &str,
+    sndhwm: Option<i32>,
 ) -> Result<Option<zmq::Socket>, LogdError> {
     if endpoint.is_empty() {
         return Ok(None);
@@ -95,6 +99,9 @@ fn socket(
     };
     let socket = ctx.socket(kind).map_err(error)?;
     socket.set_linger(LINGER_MS).map_err(error)?;
+    if let Some(hwm) = sndhwm {
+        socket.set_sndhwm(hwm).map_err(error)?;
+    }
     socket.bind(endpoint).map_err(error)?;
     Ok(Some(socket))
 }
@@ -119,8 +126,8 @@ impl Logd {
         let stop = Arc::new(AtomicBool::new(false));
         let setup = |e: zmq::Error| LogdError::Setup(e.to_string());
 
-        let pull = socket(ctx, zmq::PULL, "pull", &config.pull)?;
-        let sub = socket(ctx, zmq::SUB, "sub", &config.sub)?;
+        let pull = socket(ctx, zmq::PULL, "pull", &config.pull, None)?;
+        let sub = socket(ctx, zmq::SUB, "sub", &config.sub, None)?;
         if let Some(sub) = &sub {
             sub.set_subscribe(b"").map_err(setup)?;
             for publisher in &config.publishers {
@@ -132,13 +139,13 @@ impl Logd {
                     })?;
             }
         }
-        let acked = socket(ctx, zmq::ROUTER, "acked", &config.acked)?;
+        let acked = socket(ctx, zmq::ROUTER, "acked", &config.acked, None)?;
         if let Some(acked) = &acked {
             acked.set_router_mandatory(true).map_err(setup)?;
         }
-        let live = socket(ctx, zmq::XPUB, "live", &config.live)?;
-        let replay = socket(ctx, zmq::XPUB, "replay", &config.replay)?;
-        let replay_api = socket(ctx, zmq::ROUTER, "replay api", &config.replay_api)?;
+        let live = socket(ctx, zmq::XPUB, "live", &config.live, Some(config.live_hwm))?;
+        let replay = socket(ctx, zmq::XPUB, "replay", &config.replay, Some(REPLAY_HWM))?;
+        let replay_api = socket(ctx, zmq::ROUTER, "replay api", &config.replay_api, None)?;
         let mut endpoints = LogdEndpoints {
             pull: bound_endpoint(&pull),
             sub: bound_endpoint(&sub),
@@ -154,7 +161,6 @@ impl Logd {
         let mut threads = Vec::new();
         let live_publisher = match live {
             Some(xpub) => {
-                xpub.set_sndhwm(config.live_hwm).map_err(setup)?;
                 Some(LivePublisher::bind(ctx, xpub, live_rx, metrics.clone()).map_err(setup)?)
             }
             None => None,
@@ -179,7 +185,6 @@ impl Logd {
         }
 
         if let Some(xpub) = replay {
-            xpub.set_sndhwm(10_000).map_err(setup)?;
             let server = ReplayServer::new(xpub, store.clone(), metrics.clone()).map_err(setup)?;
             let stop = stop.clone();
             threads.push(spawn("logd-replay", move || server.run(stop))?);

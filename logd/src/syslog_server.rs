@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 
 use crate::live::{LiveBatch, LiveFeed};
 use crate::metrics::{add, inc, LogdMetrics};
-use crate::syslog::{self, SyslogMessage, TcpFramer};
+use crate::syslog::{self, SyslogError, SyslogMessage, TcpFramer};
 
 /// Parsed messages waiting for the bridge; UDP drops (counted) beyond it, TCP waits.
 const QUEUE: usize = 16_384;
@@ -61,8 +61,11 @@ struct Rejects {
 }
 
 impl Rejects {
-    fn reject(&mut self, peer: SocketAddr, e: &dyn std::fmt::Display) {
-        inc(&self.metrics.rejected_malformed);
+    fn reject(&mut self, peer: SocketAddr, e: &SyslogError) {
+        match e {
+            SyslogError::FrameTooLarge { .. } => inc(&self.metrics.rejected_oversize),
+            _ => inc(&self.metrics.rejected_malformed),
+        }
         if let Some(suppressed) = self.warn.allow() {
             tracing::warn!(%peer, error = %e, suppressed, "syslog: message refused");
         }
@@ -143,21 +146,21 @@ async fn serve_tcp(
     tx: mpsc::Sender<SyslogRecord>,
     metrics: Arc<LogdMetrics>,
 ) {
+    // Connections live in this set, so stopping the listener task also ends them and releases
+    // their hold on the channel (forwarders such as rsyslog never disconnect by themselves).
+    let mut peers = tokio::task::JoinSet::new();
     loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                tokio::spawn(serve_tcp_peer(
-                    stream,
-                    peer,
-                    max_message_size,
-                    tx.clone(),
-                    metrics.clone(),
-                ));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "syslog tcp: accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    peers.spawn(serve_tcp_peer(stream, peer, max_message_size, tx.clone(), metrics.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "syslog tcp: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = peers.join_next() => {}
         }
     }
 }

@@ -67,6 +67,19 @@ struct BlockHeader {
     crc32: u32,
 }
 
+impl BlockHeader {
+    /// CRC-32 over the header's other fields and the compressed records, so a flipped bit in
+    /// the count or the timestamp is caught like one in the data.
+    fn checksum(&self, compressed: &[u8]) -> u32 {
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&self.count.to_be_bytes());
+        hasher.update(&self.raw_len.to_be_bytes());
+        hasher.update(&self.first_ts.to_be_bytes());
+        hasher.update(compressed);
+        hasher.finalize()
+    }
+}
+
 /// What the store keeps in memory (and in the meta tree) about a sealed block.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct BlockMeta {
@@ -79,6 +92,34 @@ pub(crate) struct BlockMeta {
     /// Bytes of its records before compression.
     pub raw_bytes: u32,
     pub fragments: u16,
+}
+
+impl BlockMeta {
+    /// Encodes the index entry with a checksum of its own.
+    pub(crate) fn encode(&self) -> Result<Vec<u8>> {
+        let body = encode_versioned(self)?;
+        let crc = crc32fast::hash(&body);
+        let mut out = body;
+        out.extend_from_slice(&crc.to_be_bytes());
+        Ok(out)
+    }
+
+    /// Decodes an index entry, checking its checksum.
+    pub(crate) fn decode(bytes: &[u8]) -> Result<BlockMeta> {
+        let split = bytes
+            .len()
+            .checked_sub(4)
+            .ok_or_else(|| StoreError::corrupt("block index entry: too short"))?;
+        let (body, crc) = bytes.split_at(split);
+        let crc = u32::from_be_bytes(
+            crc.try_into()
+                .map_err(|_| StoreError::corrupt("block index entry: checksum"))?,
+        );
+        if crc32fast::hash(body) != crc {
+            return Err(StoreError::corrupt("block index entry: checksum mismatch"));
+        }
+        decode_versioned(body, "block index entry")
+    }
 }
 
 /// Records appended to a stream but not yet sealed into a block.
@@ -126,7 +167,11 @@ impl OpenBlock {
             count: self.count,
             raw_len: self.raw.len() as u32,
             first_ts: self.first_ts,
-            crc32: crc32fast::hash(&compressed),
+            crc32: 0,
+        };
+        let header = BlockHeader {
+            crc32: header.checksum(&compressed),
+            ..header
         };
         let mut value = vec![FORMAT_VERSION];
         // A fixed-size header of plain integers cannot fail to encode into a Vec.
@@ -166,13 +211,14 @@ impl OpenBlock {
 }
 
 /// Decodes a whole block value; records with sequence in `from..=to` are pushed to `out`.
+/// Returns how many records the block holds.
 pub(crate) fn decode_block(
     value: &[u8],
     first_seq: u64,
     from: u64,
     to: u64,
     out: &mut Vec<Record>,
-) -> Result<()> {
+) -> Result<u32> {
     let (version, rest) = value
         .split_first()
         .ok_or_else(|| StoreError::corrupt("empty block"))?;
@@ -185,7 +231,7 @@ pub(crate) fn decode_block(
         bincode::serde::decode_from_slice(rest, bincode::config::standard().with_limit::<64>())
             .map_err(|e| StoreError::corrupt(format!("block header: {e}")))?;
     let compressed = &rest[used..];
-    if crc32fast::hash(compressed) != header.crc32 {
+    if header.checksum(compressed) != header.crc32 {
         return Err(StoreError::corrupt("block checksum mismatch"));
     }
     if header.raw_len as usize > MAX_RAW_BYTES + crate::record::MAX_RECORD_BYTES + 1024 {
@@ -201,7 +247,8 @@ pub(crate) fn decode_block(
         from,
         to,
         out,
-    )
+    )?;
+    Ok(header.count)
 }
 
 fn decode_records(

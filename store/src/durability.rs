@@ -22,12 +22,16 @@ pub enum Durability {
 
 /// A write's place in the commit order; durable once the watermark reaches it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Ticket(pub(crate) u64);
+pub struct Ticket {
+    /// Which opened store issued it: a ticket means nothing to another instance.
+    pub(crate) store: u64,
+    pub(crate) n: u64,
+}
 
 impl Ticket {
     /// The ticket's position in the commit order.
     pub fn get(self) -> u64 {
-        self.0
+        self.n
     }
 }
 
@@ -46,6 +50,8 @@ pub struct Watermark {
 pub(crate) struct CommitState {
     /// Last ticket handed out.
     issued: AtomicU64,
+    /// This instance's identity, stamped on its tickets.
+    instance: u64,
     /// True while the committer sleeps waiting for work; writers wake it only then.
     committer_idle: AtomicBool,
     /// Fast-path copy of `watermark.poisoned.is_some()`, checked on every write.
@@ -60,10 +66,16 @@ pub(crate) struct CommitState {
     watch: tokio::sync::watch::Sender<Watermark>,
 }
 
+fn next_instance() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
 impl CommitState {
     pub(crate) fn new() -> Self {
         CommitState {
             issued: AtomicU64::new(0),
+            instance: next_instance(),
             committer_idle: AtomicBool::new(false),
             poisoned: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
@@ -103,7 +115,10 @@ impl CommitState {
             let _guard = self.lock();
             self.work_arrived.notify_one();
         }
-        Ticket(ticket)
+        Ticket {
+            store: self.instance,
+            n: ticket,
+        }
     }
 
     pub(crate) fn issued(&self) -> u64 {
@@ -165,7 +180,7 @@ impl CommitState {
     }
 
     fn outcome(ticket: Ticket, mark: &Watermark) -> Option<Result<()>> {
-        if mark.durable >= ticket.0 {
+        if mark.durable >= ticket.n {
             Some(Ok(()))
         } else if let Some(reason) = &mark.poisoned {
             Some(Err(StoreError::Poisoned(reason.to_string())))
@@ -186,8 +201,20 @@ impl CommitState {
         self.watch.send_replace(snapshot);
     }
 
+    /// Refuses a ticket another store instance issued (it would never become durable here).
+    pub(crate) fn check_ticket(&self, ticket: Ticket) -> Result<()> {
+        if ticket.store == self.instance {
+            Ok(())
+        } else {
+            Err(StoreError::Invalid(
+                "ticket was issued by another opening of the store".into(),
+            ))
+        }
+    }
+
     /// Blocks until `ticket` is durable, the store is poisoned, or `timeout` passes (Ok(false)).
     pub(crate) fn wait(&self, ticket: Ticket, timeout: Option<Duration>) -> Result<bool> {
+        self.check_ticket(ticket)?;
         let deadline = timeout.map(|t| std::time::Instant::now() + t);
         let mut guard = self.lock();
         loop {
@@ -215,6 +242,7 @@ impl CommitState {
 
     /// Waits asynchronously until `ticket` is durable or the store is poisoned.
     pub(crate) async fn wait_async(&self, ticket: Ticket) -> Result<()> {
+        self.check_ticket(ticket)?;
         let mut rx = self.watch.subscribe();
         let mark = rx
             .wait_for(|mark| Self::outcome(ticket, mark).is_some())

@@ -177,12 +177,19 @@ impl Store {
             .cache_capacity(config.cache_bytes)
             .flush_every_ms(None)
             .open()
-            .map_err(|e| {
-                StoreError::corrupt(format!(
+            .map_err(|e| match e {
+                // sled's own lock on its files: another holder, not damage.
+                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+                    StoreError::Locked {
+                        path: dir.clone(),
+                        holder: " (the database files are locked)".into(),
+                    }
+                }
+                e => StoreError::corrupt(format!(
                     "cannot open the database in {}: {e}. If it is damaged, move the folder aside \
                      and restore it from a backup",
                     db_dir.display()
-                ))
+                )),
             })?;
         check_identity(&dir, &db)?;
         let db_path = db_dir.join("db");
@@ -235,7 +242,9 @@ impl Store {
 
     /// How far `ticket` has come.
     pub fn durability_of(&self, ticket: Ticket) -> Durability {
-        if self.inner.commit.watermark().durable >= ticket.0 {
+        if self.inner.commit.check_ticket(ticket).is_ok()
+            && self.inner.commit.watermark().durable >= ticket.n
+        {
             self.durability()
         } else {
             Durability::Buffered
@@ -347,10 +356,10 @@ impl Inner {
             });
         match result {
             Ok(()) => {
-                self.commit.publish_durable(upto);
                 self.commits.fetch_add(1, Ordering::Relaxed);
                 self.last_commit_us
                     .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                self.commit.publish_durable(upto);
             }
             Err(e) => self.commit.poison(format!("commit failed: {e}")),
         }

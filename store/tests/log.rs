@@ -43,8 +43,23 @@ fn as_new(batch: &[Owned]) -> Vec<NewRecord<'_>> {
         .collect()
 }
 
+/// Opens the store. Right after a close in this process sled may still hold its own lock on
+/// its file for a moment (see `reopen_in_process_after_retention_emptied_the_log`), so that one
+/// error is retried here.
 fn open(dir: &Path) -> Store {
-    Store::open(dir, StoreConfig::default()).unwrap()
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match Store::open(dir, StoreConfig::default()) {
+            Ok(store) => return store,
+            Err(e)
+                if e.to_string().contains("could not acquire lock")
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("opening the store in {}: {e}", dir.display()),
+        }
+    }
 }
 
 fn read_all(store: &Store, stream: &str) -> Vec<Record> {
@@ -158,7 +173,7 @@ fn round_trip_across_many_blocks_with_empty_and_huge_bodies() {
     let mut model: Vec<Owned> = Vec::new();
     let total = 3_000;
     let mut last_ticket = None;
-    let mut batches = 0;
+    let mut batches = 0u32;
     while model.len() < total {
         let n = rng.gen_range(1..=100).min(total - model.len());
         let start = model.len();
@@ -166,16 +181,16 @@ fn round_trip_across_many_blocks_with_empty_and_huge_bodies() {
             .map(|i| {
                 let body = if i == 1_500 {
                     random_body(&mut rng, 1024 * 1024)
-                } else if i % 50 == 0 {
+                } else if i.is_multiple_of(50) {
                     Vec::new()
-                } else if i % 7 == 0 {
+                } else if i.is_multiple_of(7) {
                     let len = rng.gen_range(1..3_000);
                     random_body(&mut rng, len)
                 } else {
                     let len = rng.gen_range(1..600);
                     text_body(&mut rng, len)
                 };
-                let source = if i % 3 == 0 {
+                let source = if i.is_multiple_of(3) {
                     String::new()
                 } else {
                     format!("host-{}", i % 5)
@@ -192,7 +207,7 @@ fn round_trip_across_many_blocks_with_empty_and_huge_bodies() {
         assert_eq!(done.last, (start + n) as u64);
         model.extend(batch);
         batches += 1;
-        if batches % 5 == 0 {
+        if batches.is_multiple_of(5) {
             store.wait_durable(done.ticket).unwrap();
         }
         last_ticket = Some(done.ticket);
@@ -350,7 +365,7 @@ fn sequences_continue_after_close_and_reopen() {
             vec!["a".to_string(), "b".to_string()]
         );
         // Alternate an explicit close with a plain drop (which closes too).
-        if cycle % 2 == 0 {
+        if cycle.is_multiple_of(2) {
             store.close().unwrap();
             assert!(matches!(
                 store.log().append("a", &as_new(&model_a[..1])),
@@ -571,9 +586,11 @@ fn spawn_writer(
             );
             next += n;
             batches += 1;
-            if batches % 8 == 0 {
+            if batches.is_multiple_of(8) {
                 store.wait_durable(done.ticket).unwrap();
             }
+            // A few MB in all: enough blocks for retention to work on.
+            std::thread::sleep(Duration::from_micros(500));
             last_ticket = Some(done.ticket);
         }
         last_ticket
@@ -852,8 +869,9 @@ fn wait_durable_and_durability_of() {
     // Older tickets stay durable.
     assert_eq!(store.durability_of(first.ticket), Durability::PowerLoss);
     let stats = store.commit_stats();
+    // (`commits` is counted just after the watermark moves, so it may lag a waiter.)
     assert!(
-        stats.commits >= 2 && stats.durable_ticket >= second.ticket.get(),
+        stats.durable_ticket >= second.ticket.get() && stats.issued_ticket >= second.ticket.get(),
         "{stats:?}"
     );
     store.close().unwrap();
@@ -952,10 +970,10 @@ fn no_blob_files_after_50_mib_with_large_records() {
         };
         written += batch.iter().map(|r| r.body.len()).sum::<usize>();
         let done = store.log().append(stream, &as_new(&batch)).unwrap();
-        if i % 10 == 0 {
+        if i.is_multiple_of(10) {
             big.push((stream, done.first, batch[0].body.clone()));
         }
-        if i % 4 == 0 {
+        if i.is_multiple_of(4) {
             store.wait_durable(done.ticket).unwrap();
         }
         last = Some(done.ticket);
@@ -1327,6 +1345,8 @@ fn flipped_bit_in_middle_index_entry_does_not_drop_later_blocks() {
     }
 }
 
+/// A block stored in several fragments with a later fragment gone: the read must fail with
+/// `Corrupt` naming the stream, like every other damaged block.
 #[test]
 fn missing_later_fragment_of_a_middle_block_is_reported_naming_the_stream() {
     let dir = tempfile::tempdir().unwrap();

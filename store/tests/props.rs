@@ -112,8 +112,22 @@ impl ModelStream {
     }
 }
 
+/// Opens the store, retrying while sled still holds its file lock from the close just before
+/// (sled's pool threads may keep the closed database's file open a moment longer).
 fn open(dir: &Path) -> Store {
-    Store::open(dir, StoreConfig::default()).unwrap()
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match Store::open(dir, StoreConfig::default()) {
+            Ok(store) => return store,
+            Err(e)
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => panic!("opening the store in {}: {e}", dir.display()),
+        }
+    }
 }
 
 fn stats_of(store: &Store, stream: &str) -> Option<StreamStats> {
@@ -327,6 +341,8 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 old.close().unwrap();
                 drop(old);
                 store = Some(open(dir.path()));
+                // Tickets belong to one store instance.
+                last_ticket = None;
                 for model in &mut models {
                     model.sealed = true;
                     if model.records.is_empty() && model.next > 1 {
@@ -348,7 +364,8 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
 
 proptest! {
     #![proptest_config(Config {
-        cases: 64,
+        // PROPTEST_CASES=1000 for a longer search.
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(64),
         max_shrink_iters: 300,
         failure_persistence: None,
         ..Config::default()

@@ -34,12 +34,13 @@ pub fn poll<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Optio
     }
 }
 
-/// Writes a config with the admin endpoint on an ephemeral port plus `extra` TOML.
+/// Writes a config with the admin and log endpoints on ephemeral ports plus `extra` TOML
+/// (which may add to `[logd]` through `[[logd.files]]`, but not open `[logd]` again).
 pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
     let path = dir.join("depot.toml");
     std::fs::write(
         &path,
-        format!("[admin]\nlisten = \"127.0.0.1:0\"\n{extra}\n"),
+        format!("[admin]\nlisten = \"127.0.0.1:0\"\n{LOGD_EPHEMERAL}\n{extra}\n"),
     )
     .unwrap();
     path
@@ -140,4 +141,41 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     let (head, body) = response.split_once("\r\n\r\n").unwrap();
     let code = head.split(' ').nth(1).unwrap().parse().unwrap();
     (code, body.to_string())
+}
+
+/// `[logd]` with every endpoint on an ephemeral loopback port, so tests run in parallel.
+pub const LOGD_EPHEMERAL: &str = r#"[logd]
+pull = "tcp://127.0.0.1:*"
+sub = "tcp://127.0.0.1:*"
+acked = "tcp://127.0.0.1:*"
+live = "tcp://127.0.0.1:*"
+replay = "tcp://127.0.0.1:*"
+replay_api = "tcp://127.0.0.1:*"
+syslog_udp = "127.0.0.1:0"
+syslog_tcp = "127.0.0.1:0"
+"#;
+
+/// The value of one sample in Prometheus text, e.g. `name{label="x"}` or `name`.
+pub fn metric_value(text: &str, sample: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix(sample)?.strip_prefix(' ')?;
+        rest.trim().parse().ok()
+    })
+}
+
+impl Appliance {
+    /// Where the log service listens, as `run.json` reports it (ephemeral ports resolved).
+    pub fn logd(&self) -> depot_logd::LogdEndpoints {
+        let text = std::fs::read_to_string(self.data.join("run.json")).unwrap();
+        let info: serde_json::Value = serde_json::from_str(&text).unwrap();
+        serde_json::from_value(info["logd"].clone())
+            .unwrap_or_else(|e| panic!("run.json has no usable logd endpoints ({e}): {text}"))
+    }
+
+    /// One sample from `/metrics`; panics if it is missing.
+    pub fn metric(&self, sample: &str) -> f64 {
+        let (code, text) = self.get("/metrics");
+        assert_eq!(code, 200, "{text}");
+        metric_value(&text, sample).unwrap_or_else(|| panic!("no sample {sample} in:\n{text}"))
+    }
 }

@@ -211,6 +211,7 @@ impl Log {
         let info = StreamInfo {
             id: *next_id,
             deleted_through: 0,
+            deleted_last_ts: 0,
         };
         self.trees
             .streams
@@ -221,6 +222,7 @@ impl Log {
             name: name.to_owned(),
             next_seq: 1,
             deleted_through: 0,
+            deleted_last_ts: 0,
             last_ts: 0,
             blocks: Default::default(),
             open: Default::default(),
@@ -277,9 +279,7 @@ impl Log {
             self.trees.blocks.insert(key, fragment)?;
         }
         let key = keys::block_key(id, meta.first_seq);
-        self.trees
-            .meta
-            .insert(key, block::encode_versioned(meta)?)?;
+        self.trees.meta.insert(key, meta.encode()?)?;
         Ok(())
     }
 
@@ -350,17 +350,24 @@ impl Log {
             if out.len() >= limit {
                 break;
             }
-            match self.read_block_value(id, &meta)? {
-                Some(value) => block::decode_block(&value, meta.first_seq, from, to, &mut out)
-                    .map_err(|e| self.locate(stream, &meta, e))?,
-                // Retention removed it after the index was read; later blocks still follow.
-                None if self.first_seq(stream) > meta.last_seq => continue,
-                None => {
-                    return Err(StoreError::corrupt(format!(
-                        "stream {stream}: block at sequence {} is missing",
-                        meta.first_seq
-                    )))
+            let decoded = match self.read_block_value(id, &meta) {
+                Ok(Some(value)) => block::decode_block(&value, meta.first_seq, from, to, &mut out)
+                    .and_then(|count| {
+                        if u64::from(count) == meta.last_seq - meta.first_seq + 1 {
+                            Ok(())
+                        } else {
+                            Err(StoreError::corrupt("record count differs from the index"))
+                        }
+                    }),
+                Ok(None) => Err(StoreError::corrupt("block is missing")),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = decoded {
+                // Retention may have removed the block after the index was read: skip it.
+                if self.first_seq(stream) > meta.last_seq {
+                    continue;
                 }
+                return Err(self.locate(stream, &meta, e));
             }
         }
         out.extend(open_records);
@@ -396,9 +403,17 @@ impl Log {
             return Ok(next);
         };
         let mut records = Vec::new();
-        if let Some(value) = self.read_block_value(id, &meta)? {
-            block::decode_block(&value, meta.first_seq, 0, u64::MAX, &mut records)
-                .map_err(|e| self.locate(stream, &meta, e))?;
+        match self.read_block_value(id, &meta) {
+            Ok(Some(value)) => {
+                block::decode_block(&value, meta.first_seq, 0, u64::MAX, &mut records)
+                    .map_err(|e| self.locate(stream, &meta, e))?;
+            }
+            // Removed by retention meanwhile: the answer is after it.
+            _ if self.first_seq(stream) > meta.last_seq => return self.seq_at_time(stream, ts_ns),
+            Ok(None) => {
+                return Err(self.locate(stream, &meta, StoreError::corrupt("block is missing")))
+            }
+            Err(e) => return Err(self.locate(stream, &meta, e)),
         }
         Ok(records
             .iter()

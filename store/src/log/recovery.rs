@@ -80,7 +80,11 @@ fn recover_stream(trees: &Trees, name: String, info: StreamInfo) -> Result<Strea
         name,
         next_seq,
         deleted_through: info.deleted_through,
-        last_ts: blocks.back().map_or(0, |b| b.last_ts),
+        deleted_last_ts: info.deleted_last_ts,
+        last_ts: blocks
+            .back()
+            .map_or(0, |b| b.last_ts)
+            .max(info.deleted_last_ts),
         stored_bytes: blocks.iter().map(|b| u64::from(b.stored_bytes)).sum(),
         raw_bytes: blocks.iter().map(|b| u64::from(b.raw_bytes)).sum(),
         raw_target: block::raw_target(blocks.back()),
@@ -104,7 +108,7 @@ fn load_metas(trees: &Trees, name: &str, id: u32) -> Result<VecDeque<BlockMeta>>
                 keys::seq_of(&key).unwrap_or(0)
             )));
         }
-        match block::decode_versioned::<BlockMeta>(&value, "block index entry") {
+        match BlockMeta::decode(&value) {
             Ok(meta) if keys::seq_of(&key) == Some(meta.first_seq) => blocks.push_back(meta),
             Ok(_) => damaged = Some((key, StoreError::corrupt("key and entry disagree"))),
             Err(e) => damaged = Some((key, e)),

@@ -63,6 +63,7 @@ impl Log {
                 s.stored_bytes -= u64::from(head.stored_bytes);
                 s.raw_bytes -= u64::from(head.raw_bytes);
                 s.deleted_through = head.last_seq;
+                s.deleted_last_ts = head.last_ts;
                 outcome.blocks += 1;
                 outcome.records += head.last_seq - head.first_seq + 1;
                 outcome.bytes += u64::from(head.stored_bytes);
@@ -74,6 +75,7 @@ impl Log {
             let info = StreamInfo {
                 id: s.id,
                 deleted_through: s.deleted_through,
+                deleted_last_ts: s.deleted_last_ts,
             };
             self.trees
                 .streams

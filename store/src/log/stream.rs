@@ -14,6 +14,8 @@ pub(crate) struct StreamInfo {
     pub id: u32,
     /// Every sequence up to here was removed by retention; numbering continues after it.
     pub deleted_through: Seq,
+    /// Timestamp of the last record removed by retention: later records never get an earlier one.
+    pub deleted_last_ts: u64,
 }
 
 /// A stream's state, guarded by its own mutex.
@@ -24,6 +26,8 @@ pub(crate) struct Stream {
     /// Sequence the next appended record gets.
     pub next_seq: Seq,
     pub deleted_through: Seq,
+    /// Timestamp of the last record retention removed.
+    pub deleted_last_ts: u64,
     /// Timestamp of the last record; later records never get an earlier one.
     pub last_ts: u64,
     /// Sealed blocks in sequence order, mirrored in the meta tree.
