@@ -136,7 +136,7 @@ impl Ingest {
                     Path::Acked => self.sockets.acked.as_ref(),
                 };
                 let Some(socket) = socket else { break };
-                match socket.recv_multipart(zmq::DONTWAIT) {
+                match recv_frames(socket) {
                     Ok(frames) => {
                         received += 1;
                         self.handle(path, frames);
@@ -152,7 +152,7 @@ impl Ingest {
         received
     }
 
-    fn handle(&mut self, path: Path, mut frames: Vec<Vec<u8>>) {
+    fn handle(&mut self, path: Path, mut frames: Vec<zmq::Message>) {
         let limit = self.max_message_size;
         match path {
             Path::Pull | Path::Pub => {
@@ -178,7 +178,7 @@ impl Ingest {
         }
     }
 
-    fn handle_acked(&mut self, mut frames: Vec<Vec<u8>>) {
+    fn handle_acked(&mut self, mut frames: Vec<zmq::Message>) {
         if frames.len() < 2 {
             self.reject(&ProtocolError::FrameCount {
                 got: frames.len().saturating_sub(1),
@@ -189,7 +189,7 @@ impl Ingest {
         let parsed = protocol::parse_acked(&frames[1..], self.max_message_size)
             .map(|(id, batch)| (id.to_vec(), Owned::from(&batch, frames.len())))
             .map_err(|(id, e)| (id.map(<[u8]>::to_vec), e));
-        let identity = frames[0].clone();
+        let identity = frames[0].to_vec();
         match parsed {
             Ok((batch_id, owned)) => {
                 let bodies = frames.split_off(owned.body_index);
@@ -223,7 +223,7 @@ impl Ingest {
     fn store_batch(
         &mut self,
         owned: &Owned,
-        bodies: Vec<Vec<u8>>,
+        bodies: Vec<zmq::Message>,
     ) -> Option<(depot_store::Appended, u64)> {
         let records: Vec<NewRecord<'_>> = bodies
             .iter()
@@ -318,6 +318,22 @@ impl Ingest {
                 Err(e) => tracing::debug!(error = %e, "ingest: ack undeliverable"),
             }
             self.pending.pop_front();
+        }
+    }
+}
+
+/// Receives one multipart message without copying its frames out of libzmq's messages.
+fn recv_frames(socket: &zmq::Socket) -> zmq::Result<Vec<zmq::Message>> {
+    let mut frames = Vec::new();
+    loop {
+        let mut frame = zmq::Message::new();
+        // Only the first frame may be absent; the rest of a message arrives with it.
+        let flags = if frames.is_empty() { zmq::DONTWAIT } else { 0 };
+        socket.recv(&mut frame, flags)?;
+        let more = frame.get_more();
+        frames.push(frame);
+        if !more {
+            return Ok(frames);
         }
     }
 }

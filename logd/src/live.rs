@@ -30,8 +30,8 @@ pub struct LiveBatch {
     pub first_seq: u64,
     /// Receive timestamp of every record.
     pub ts_ns: u64,
-    /// The records' bodies.
-    pub bodies: Vec<Vec<u8>>,
+    /// The records' bodies, as received: published without another copy.
+    pub bodies: Vec<zmq::Message>,
 }
 
 /// An appending thread's way to the live thread; one per thread, as it owns a zmq socket.
@@ -76,6 +76,9 @@ impl LiveFeed {
 /// The live thread's sockets: the XPUB and the doorbell.
 pub struct LivePublisher {
     xpub: zmq::Socket,
+    /// Topic prefixes someone subscribes to (XPUB reports each one's first subscribe and last
+    /// unsubscribe): batches nobody wants are not published at all.
+    subscriptions: std::collections::HashSet<Vec<u8>>,
     doorbell: zmq::Socket,
     rx: Receiver<LiveBatch>,
     metrics: Arc<LogdMetrics>,
@@ -94,6 +97,7 @@ impl LivePublisher {
         doorbell.bind(DOORBELL)?;
         Ok(LivePublisher {
             xpub,
+            subscriptions: Default::default(),
             doorbell,
             rx,
             metrics,
@@ -101,7 +105,7 @@ impl LivePublisher {
     }
 
     /// Publishes until `stop` is set, then publishes what is still queued.
-    pub fn run(self, stop: Arc<AtomicBool>) {
+    pub fn run(mut self, stop: Arc<AtomicBool>) {
         loop {
             let mut items = [
                 self.doorbell.as_poll_item(zmq::POLLIN),
@@ -111,23 +115,40 @@ impl LivePublisher {
                 tracing::warn!(error = %e, "live: poll failed");
             }
             while self.doorbell.recv_bytes(zmq::DONTWAIT).is_ok() {}
-            // Subscription messages are not needed here; reading them keeps the queue empty.
-            while self.xpub.recv_bytes(zmq::DONTWAIT).is_ok() {}
+            while let Ok(message) = self.xpub.recv_bytes(zmq::DONTWAIT) {
+                match message.split_first() {
+                    Some((1, prefix)) => {
+                        self.subscriptions.insert(prefix.to_vec());
+                    }
+                    Some((0, prefix)) => {
+                        self.subscriptions.remove(prefix);
+                    }
+                    _ => {}
+                }
+            }
             while let Ok(batch) = self.rx.try_recv() {
-                self.publish(&batch);
+                self.publish(batch);
             }
             if stop.load(Ordering::Acquire) {
                 while let Ok(batch) = self.rx.try_recv() {
-                    self.publish(&batch);
+                    self.publish(batch);
                 }
                 break;
             }
         }
     }
 
-    fn publish(&self, batch: &LiveBatch) {
+    fn publish(&self, batch: LiveBatch) {
         let topic = protocol::live_topic(&batch.stream, batch.level);
-        for (i, body) in batch.bodies.iter().enumerate() {
+        if !self
+            .subscriptions
+            .iter()
+            .any(|prefix| topic.starts_with(prefix))
+        {
+            return;
+        }
+        let count = batch.bodies.len() as u64;
+        for (i, body) in batch.bodies.into_iter().enumerate() {
             let header = protocol::encode_header(
                 batch.first_seq + i as u64,
                 batch.ts_ns,
@@ -147,6 +168,6 @@ impl LivePublisher {
                 return;
             }
         }
-        add(&self.metrics.live_published, batch.bodies.len() as u64);
+        add(&self.metrics.live_published, count);
     }
 }

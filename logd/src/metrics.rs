@@ -127,7 +127,7 @@ impl LogdMetrics {
             ),
             (
                 "depot_logd_live_published_total",
-                "Records published live",
+                "Records published live (batches nobody subscribes to are skipped)",
                 &self.live_published,
             ),
             (

@@ -127,11 +127,14 @@ fn parse_attributes(frame: &[u8]) -> Result<(u8, &str), ProtocolError> {
     Ok((level, source))
 }
 
-fn total_size(frames: &[Vec<u8>]) -> usize {
-    frames.iter().map(Vec::len).sum()
+fn total_size<F: std::ops::Deref<Target = [u8]>>(frames: &[F]) -> usize {
+    frames.iter().map(|f| f.len()).sum()
 }
 
-fn check_size(frames: &[Vec<u8>], limit: usize) -> Result<(), ProtocolError> {
+fn check_size<F: std::ops::Deref<Target = [u8]>>(
+    frames: &[F],
+    limit: usize,
+) -> Result<(), ProtocolError> {
     let size = total_size(frames);
     if size > limit {
         return Err(ProtocolError::TooLarge { size, limit });
@@ -140,22 +143,25 @@ fn check_size(frames: &[Vec<u8>], limit: usize) -> Result<(), ProtocolError> {
 }
 
 /// Parses a fire-and-forget message (PULL): `[stream][body]` or `[stream][attributes][body]+`.
-pub fn parse_push(frames: &[Vec<u8>], limit: usize) -> Result<IngestBatch<'_>, ProtocolError> {
+pub fn parse_push<F: std::ops::Deref<Target = [u8]>>(
+    frames: &[F],
+    limit: usize,
+) -> Result<IngestBatch<'_>, ProtocolError> {
     check_size(frames, limit)?;
     match frames {
         [stream, body] => Ok(IngestBatch {
-            stream: check_stream(stream)?,
+            stream: check_stream(&stream[..])?,
             level: DEFAULT_LEVEL,
             source: "",
-            bodies: vec![body],
+            bodies: vec![&body[..]],
         }),
         [stream, attributes, bodies @ ..] if !bodies.is_empty() => {
-            let (level, source) = parse_attributes(attributes)?;
+            let (level, source) = parse_attributes(&attributes[..])?;
             Ok(IngestBatch {
-                stream: check_stream(stream)?,
+                stream: check_stream(&stream[..])?,
                 level,
                 source,
-                bodies: bodies.iter().map(Vec::as_slice).collect(),
+                bodies: bodies.iter().map(|b| &b[..]).collect(),
             })
         }
         _ => Err(ProtocolError::FrameCount {
@@ -168,7 +174,10 @@ pub fn parse_push(frames: &[Vec<u8>], limit: usize) -> Result<IngestBatch<'_>, P
 /// Parses a message from a PUB publisher: `[topic][message]`, pyzmq `PUBHandler` style.
 /// The topic is `<root>.<LEVEL>[.<sub>]`: the stream is the part before the level name, the
 /// sub-topic becomes the source. A topic without a level name is the stream itself, at INFO.
-pub fn parse_pub(frames: &[Vec<u8>], limit: usize) -> Result<IngestBatch<'_>, ProtocolError> {
+pub fn parse_pub<F: std::ops::Deref<Target = [u8]>>(
+    frames: &[F],
+    limit: usize,
+) -> Result<IngestBatch<'_>, ProtocolError> {
     check_size(frames, limit)?;
     let [topic, body] = frames else {
         return Err(ProtocolError::FrameCount {
@@ -176,7 +185,7 @@ pub fn parse_pub(frames: &[Vec<u8>], limit: usize) -> Result<IngestBatch<'_>, Pr
             expected: "[topic][message]",
         });
     };
-    let topic = std::str::from_utf8(topic)
+    let topic = std::str::from_utf8(&topic[..])
         .map_err(|_| ProtocolError::Stream("topic is not UTF-8".into()))?;
     let segments: Vec<&str> = topic.split('.').collect();
     let level_at = segments
@@ -203,7 +212,7 @@ pub fn parse_pub(frames: &[Vec<u8>], limit: usize) -> Result<IngestBatch<'_>, Pr
         stream: check_stream(stream.as_bytes())?,
         level: parse_level(level.as_bytes()).unwrap_or(DEFAULT_LEVEL),
         source,
-        bodies: vec![body],
+        bodies: vec![&body[..]],
     })
 }
 
@@ -213,7 +222,10 @@ pub type AckedParse<'a> = Result<(&'a [u8], IngestBatch<'a>), (Option<&'a [u8]>,
 /// Parses an acked message (what follows the ROUTER's identity frame):
 /// `[batch id][stream][attributes][body]+`. The error carries the batch id when there is one,
 /// so the refusal can be answered.
-pub fn parse_acked(frames: &[Vec<u8>], limit: usize) -> AckedParse<'_> {
+pub fn parse_acked<F: std::ops::Deref<Target = [u8]>>(
+    frames: &[F],
+    limit: usize,
+) -> AckedParse<'_> {
     let Some((batch_id, rest)) = frames.split_first() else {
         return Err((
             None,
@@ -223,10 +235,10 @@ pub fn parse_acked(frames: &[Vec<u8>], limit: usize) -> AckedParse<'_> {
             },
         ));
     };
-    if batch_id.is_empty() || batch_id.len() > MAX_BATCH_ID {
+    let id = &batch_id[..];
+    if id.is_empty() || id.len() > MAX_BATCH_ID {
         return Err((None, ProtocolError::BatchId));
     }
-    let id = batch_id.as_slice();
     check_size(rest, limit).map_err(|e| (Some(id), e))?;
     let [stream, attributes, bodies @ ..] = rest else {
         return Err((
@@ -246,15 +258,15 @@ pub fn parse_acked(frames: &[Vec<u8>], limit: usize) -> AckedParse<'_> {
             },
         ));
     }
-    let (level, source) = parse_attributes(attributes).map_err(|e| (Some(id), e))?;
-    let stream = check_stream(stream).map_err(|e| (Some(id), e))?;
+    let (level, source) = parse_attributes(&attributes[..]).map_err(|e| (Some(id), e))?;
+    let stream = check_stream(&stream[..]).map_err(|e| (Some(id), e))?;
     Ok((
         id,
         IngestBatch {
             stream,
             level,
             source,
-            bodies: bodies.iter().map(Vec::as_slice).collect(),
+            bodies: bodies.iter().map(|b| &b[..]).collect(),
         },
     ))
 }

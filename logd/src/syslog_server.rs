@@ -253,7 +253,10 @@ pub fn run_bridge(
                         source: head.source.clone(),
                         first_seq: appended.first,
                         ts_ns: appended.ts_ns,
-                        bodies: slice.iter().map(|r| r.body.clone()).collect(),
+                        bodies: slice
+                            .iter()
+                            .map(|r| zmq::Message::from(&r.body[..]))
+                            .collect(),
                     });
                 }
                 Err(e) => {

@@ -438,7 +438,7 @@ impl Tailer {
         {
             Ok(appended) => {
                 add(&self.metrics.stored_files, records.len() as u64);
-                let bodies = lines.iter().map(|l| l.to_vec()).collect();
+                let bodies = lines.iter().map(|l| zmq::Message::from(*l)).collect();
                 self.live.send(LiveBatch {
                     stream: tailed.stream.clone(),
                     level: tailed.level,

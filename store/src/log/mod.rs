@@ -346,6 +346,12 @@ impl Log {
             }
             (s.id, blocks, open_records)
         };
+        let expected = blocks
+            .iter()
+            .map(|b| b.last_seq - b.first_seq + 1)
+            .sum::<u64>()
+            .min(limit as u64) as usize;
+        out.reserve(expected + open_records.len());
         for meta in blocks {
             if out.len() >= limit {
                 break;
