@@ -204,19 +204,39 @@ pub fn tail(endpoints: &Endpoints, args: &TailArgs) -> anyhow::Result<()> {
         (None, None) if args.follow => "-0s".to_string(),
         (None, None) => "1".to_string(),
     };
-    let streams = match &args.stream {
-        Some(stream) => vec![stream.clone()],
-        None => crate::status::fetch(&endpoints.admin)?
-            .streams
-            .into_iter()
-            .map(|s| s.name)
-            .collect(),
+    let report = match &args.stream {
+        Some(_) if !std::io::IsTerminal::is_terminal(&std::io::stderr()) => None,
+        _ => Some(crate::status::fetch(&endpoints.admin)?),
+    };
+    let streams = match (&args.stream, &report) {
+        (Some(stream), _) => vec![stream.clone()],
+        (None, Some(report)) => report.streams.iter().map(|s| s.name.clone()).collect(),
+        (None, None) => Vec::new(),
     };
     let ctx = zmq::Context::new();
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     if !args.follow {
         for stream in &streams {
+            // A progress bar on a terminal, sized once the first record says where we start.
+            let last_seq = report
+                .as_ref()
+                .and_then(|r| r.streams.iter().find(|s| &s.name == stream))
+                .map(|s| s.last_seq);
+            let bar = match last_seq {
+                Some(_) if std::io::IsTerminal::is_terminal(&std::io::stderr()) => Some(
+                    indicatif::ProgressBar::new(0)
+                        .with_style(
+                            indicatif::ProgressStyle::with_template(
+                                "{prefix} [{bar:30}] {human_pos}/{human_len} records, {eta} left",
+                            )
+                            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                        )
+                        .with_prefix(stream.clone())
+                        .with_finish(indicatif::ProgressFinish::AndClear),
+                ),
+                _ => None,
+            };
             let mut failed = None;
             depot_logd::client::replay(
                 &ctx,
@@ -224,15 +244,26 @@ pub fn tail(endpoints: &Endpoints, args: &TailArgs) -> anyhow::Result<()> {
                 stream,
                 &start,
                 TIMEOUT,
-                |record| match filter.print(&mut out, &record) {
-                    Ok(()) => true,
-                    Err(e) => {
-                        failed = Some(e);
-                        false
+                |record| {
+                    if let (Some(bar), Some(last)) = (&bar, last_seq) {
+                        if bar.length() == Some(0) {
+                            bar.set_length(last.saturating_sub(record.header.seq) + 1);
+                        }
+                        bar.inc(1);
+                    }
+                    match filter.print(&mut out, &record) {
+                        Ok(()) => true,
+                        Err(e) => {
+                            failed = Some(e);
+                            false
+                        }
                     }
                 },
             )
             .with_context(|| format!("replaying {stream} from {}", endpoints.replay))?;
+            if let Some(bar) = bar {
+                bar.finish_and_clear();
+            }
             if let Some(e) = failed {
                 if e.kind() == std::io::ErrorKind::BrokenPipe {
                     return Ok(());

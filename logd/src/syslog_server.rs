@@ -38,9 +38,12 @@ fn stream_for(app_name: Option<&str>) -> String {
     }
 }
 
-fn to_record(message: SyslogMessage, peer: SocketAddr, metrics: &LogdMetrics) -> SyslogRecord {
+fn to_record(message: SyslogMessage, peer: SocketAddr, rejects: &mut Rejects) -> SyslogRecord {
     if !message.valid_utf8 {
-        inc(&metrics.syslog_invalid_utf8);
+        inc(&rejects.metrics.syslog_invalid_utf8);
+        if let Some(suppressed) = rejects.not_utf8.allow() {
+            tracing::warn!(%peer, suppressed, "syslog: message body is not UTF-8 (stored as bytes)");
+        }
     }
     let mut stream = stream_for(message.app_name.as_deref());
     while stream.len() > depot_store::MAX_STREAM_NAME {
@@ -58,6 +61,7 @@ fn to_record(message: SyslogMessage, peer: SocketAddr, metrics: &LogdMetrics) ->
 struct Rejects {
     metrics: Arc<LogdMetrics>,
     warn: RateLimited,
+    not_utf8: RateLimited,
 }
 
 impl Rejects {
@@ -120,6 +124,7 @@ async fn serve_udp(
     let mut rejects = Rejects {
         metrics: metrics.clone(),
         warn: RateLimited::default(),
+        not_utf8: RateLimited::default(),
     };
     loop {
         let (n, peer) = match socket.recv_from(&mut buf).await {
@@ -131,7 +136,7 @@ async fn serve_udp(
         };
         match syslog::parse(&buf[..n]) {
             Ok(message) => {
-                if tx.try_send(to_record(message, peer, &metrics)).is_err() {
+                if tx.try_send(to_record(message, peer, &mut rejects)).is_err() {
                     inc(&metrics.syslog_dropped);
                 }
             }
@@ -176,6 +181,7 @@ async fn serve_tcp_peer(
     let mut rejects = Rejects {
         metrics: metrics.clone(),
         warn: RateLimited::default(),
+        not_utf8: RateLimited::default(),
     };
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -189,7 +195,11 @@ async fn serve_tcp_peer(
                 Ok(Some(frame)) => match syslog::parse(&frame) {
                     // TCP has flow control: wait for the bridge rather than drop.
                     Ok(message) => {
-                        if tx.send(to_record(message, peer, &metrics)).await.is_err() {
+                        if tx
+                            .send(to_record(message, peer, &mut rejects))
+                            .await
+                            .is_err()
+                        {
                             return;
                         }
                     }
