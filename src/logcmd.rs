@@ -3,7 +3,7 @@
 use std::io::{BufRead, Write};
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use depot_logd::client::{AckedSender, Received, Subscription};
 use depot_logd::protocol;
 
@@ -274,20 +274,19 @@ pub fn tail(endpoints: &Endpoints, args: &TailArgs) -> anyhow::Result<()> {
         out.flush()?;
         return Ok(());
     }
-    if streams.is_empty() {
-        bail!("no streams yet: name one with --stream to wait for it");
-    }
     let mut subscriptions = streams
         .iter()
         .map(|stream| Subscription::start(&ctx, &endpoints.live, &endpoints.replay, stream, &start))
         .collect::<Result<Vec<_>, _>>()?;
-    // One stream waits on its sockets; several take turns with short waits.
-    let wait = if subscriptions.len() == 1 {
-        Duration::from_millis(500)
-    } else {
-        Duration::from_millis(5)
-    };
+    let mut known: std::collections::HashSet<String> = streams.into_iter().collect();
+    let mut last_check = std::time::Instant::now();
     loop {
+        // One stream waits on its sockets; several take turns with short waits.
+        let wait = if subscriptions.len() == 1 {
+            Duration::from_millis(500)
+        } else {
+            Duration::from_millis(5)
+        };
         for subscription in &mut subscriptions {
             while let Some(record) = subscription.next(wait)? {
                 filter.print(&mut out, &record)?;
@@ -297,6 +296,25 @@ pub fn tail(endpoints: &Endpoints, args: &TailArgs) -> anyhow::Result<()> {
             }
         }
         out.flush()?;
+        if subscriptions.is_empty() {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        // Following every stream: streams created since the start are followed from their
+        // first record.
+        if args.stream.is_none() && last_check.elapsed() >= Duration::from_secs(1) {
+            last_check = std::time::Instant::now();
+            for stream in crate::status::fetch(&endpoints.admin)?.streams {
+                if known.insert(stream.name.clone()) {
+                    subscriptions.push(Subscription::start(
+                        &ctx,
+                        &endpoints.live,
+                        &endpoints.replay,
+                        &stream.name,
+                        "1",
+                    )?);
+                }
+            }
+        }
     }
 }
 
