@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, StoreError};
-use crate::record::{NewRecord, Record};
+use crate::record::{NewRecord, Record, RecordRef};
 
 /// Version byte in front of every stored value; bump when a layout changes.
 pub(crate) const FORMAT_VERSION: u8 = 1;
@@ -197,15 +197,15 @@ impl OpenBlock {
         if self.is_empty() {
             return Ok(());
         }
-        decode_records(
-            &self.raw,
-            self.first_seq,
-            self.first_ts,
-            self.count,
-            from,
-            to,
-            out,
-        )
+        let span = RecordSpan {
+            first_seq: self.first_seq,
+            first_ts: self.first_ts,
+            count: self.count,
+        };
+        visit_records(&self.raw, span, from, to, &mut |r| {
+            out.push(r.to_record());
+            true
+        })
         .map_err(|e| StoreError::corrupt(format!("open block: {e}")))
     }
 }
@@ -217,7 +217,7 @@ pub(crate) fn decode_block(
     first_seq: u64,
     from: u64,
     to: u64,
-    out: &mut Vec<Record>,
+    visit: &mut dyn FnMut(RecordRef<'_>) -> bool,
 ) -> Result<u32> {
     let (version, rest) = value
         .split_first()
@@ -239,48 +239,70 @@ pub(crate) fn decode_block(
     }
     let raw = lz4_flex::block::decompress(compressed, header.raw_len as usize)
         .map_err(|e| StoreError::corrupt(format!("block decompression: {e}")))?;
-    decode_records(
-        &raw,
+    let span = RecordSpan {
         first_seq,
-        header.first_ts,
-        header.count,
-        from,
-        to,
-        out,
-    )?;
+        first_ts: header.first_ts,
+        count: header.count,
+    };
+    visit_records(&raw, span, from, to, visit)?;
     Ok(header.count)
 }
 
-fn decode_records(
-    raw: &[u8],
+/// Where a run of encoded records sits in its stream.
+#[derive(Clone, Copy)]
+struct RecordSpan {
     first_seq: u64,
     first_ts: u64,
     count: u32,
+}
+
+/// Calls `visit` for each record with sequence in `from..=to` until it returns false.
+fn visit_records(
+    raw: &[u8],
+    span: RecordSpan,
     from: u64,
     to: u64,
-    out: &mut Vec<Record>,
+    visit: &mut dyn FnMut(RecordRef<'_>) -> bool,
 ) -> Result<()> {
     let mut pos = 0;
-    for index in 0..u64::from(count) {
+    for index in 0..u64::from(span.count) {
         let (stored, used): (StoredRecord<'_>, usize) =
             bincode::serde::borrow_decode_from_slice(&raw[pos..], bincode::config::standard())
                 .map_err(|e| StoreError::corrupt(format!("record {index} of block: {e}")))?;
         pos += used;
-        let seq = first_seq + index;
+        let seq = span.first_seq + index;
         if seq > to {
             break;
         }
         if seq >= from {
-            out.push(Record {
+            let record = RecordRef {
                 seq,
-                ts_ns: first_ts + stored.ts_delta,
+                ts_ns: span.first_ts + stored.ts_delta,
                 level: stored.level,
-                source: stored.source.to_owned(),
-                body: stored.body.to_vec(),
-            });
+                source: stored.source,
+                body: stored.body,
+            };
+            if !visit(record) {
+                break;
+            }
         }
     }
     Ok(())
+}
+
+/// Decodes records of a block into owned records (for tests and recovery checks).
+#[cfg(test)]
+fn decode_block_owned(
+    value: &[u8],
+    first_seq: u64,
+    from: u64,
+    to: u64,
+    out: &mut Vec<Record>,
+) -> Result<u32> {
+    decode_block(value, first_seq, from, to, &mut |r| {
+        out.push(r.to_record());
+        true
+    })
 }
 
 /// The raw-size goal for the next block, from the compression ratio of the last one, so that
@@ -322,7 +344,7 @@ mod tests {
         assert_eq!((meta.first_seq, meta.last_seq), (10, 109));
         assert_eq!((meta.first_ts, meta.last_ts), (1_000, 1_297));
         let mut out = Vec::new();
-        decode_block(&value, 10, 20, 29, &mut out).unwrap();
+        decode_block_owned(&value, 10, 20, 29, &mut out).unwrap();
         assert_eq!(out.len(), 10);
         assert_eq!(out[0].seq, 20);
         assert_eq!(out[0].ts_ns, 1_030);
@@ -337,7 +359,7 @@ mod tests {
         let (_, mut value) = open.seal();
         let last = value.len() - 1;
         value[last] ^= 0x40;
-        let err = decode_block(&value, 1, 1, 1, &mut Vec::new()).unwrap_err();
+        let err = decode_block_owned(&value, 1, 1, 1, &mut Vec::new()).unwrap_err();
         assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
     }
 
@@ -345,10 +367,10 @@ mod tests {
     fn garbage_never_panics() {
         for len in 0..64usize {
             let value: Vec<u8> = (0..len).map(|i| (i * 37 % 251) as u8).collect();
-            let _ = decode_block(&value, 1, 0, u64::MAX, &mut Vec::new());
+            let _ = decode_block_owned(&value, 1, 0, u64::MAX, &mut Vec::new());
             let mut with_version = vec![FORMAT_VERSION];
             with_version.extend_from_slice(&value);
-            let _ = decode_block(&with_version, 1, 0, u64::MAX, &mut Vec::new());
+            let _ = decode_block_owned(&with_version, 1, 0, u64::MAX, &mut Vec::new());
         }
     }
 

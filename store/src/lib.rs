@@ -25,5 +25,7 @@ mod store;
 pub use durability::{Durability, Ticket, Watermark};
 pub use error::{Result, StoreError};
 pub use log::{now_ns, Appended, Log, Retention, RetentionOutcome, StreamStats};
-pub use record::{validate_stream_name, NewRecord, Record, Seq, MAX_RECORD_BYTES, MAX_STREAM_NAME};
+pub use record::{
+    validate_stream_name, NewRecord, Record, RecordRef, Seq, MAX_RECORD_BYTES, MAX_STREAM_NAME,
+};
 pub use store::{CommitStats, Store, StoreConfig, DB_DIR, IDENTITY_FILE, LOCK_FILE};

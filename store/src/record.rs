@@ -36,6 +36,47 @@ pub struct Record {
     pub body: Vec<u8>,
 }
 
+/// A stored record borrowed from a decoded block: no allocation per record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordRef<'a> {
+    /// Position in its stream.
+    pub seq: Seq,
+    /// Receive time, nanoseconds since the Unix epoch.
+    pub ts_ns: u64,
+    /// Severity, syslog numbering.
+    pub level: u8,
+    /// Who sent it.
+    pub source: &'a str,
+    /// The message itself.
+    pub body: &'a [u8],
+}
+
+impl RecordRef<'_> {
+    /// An owned copy.
+    pub fn to_record(&self) -> Record {
+        Record {
+            seq: self.seq,
+            ts_ns: self.ts_ns,
+            level: self.level,
+            source: self.source.to_owned(),
+            body: self.body.to_vec(),
+        }
+    }
+}
+
+impl Record {
+    /// A borrowed view.
+    pub fn view(&self) -> RecordRef<'_> {
+        RecordRef {
+            seq: self.seq,
+            ts_ns: self.ts_ns,
+            level: self.level,
+            source: &self.source,
+            body: &self.body,
+        }
+    }
+}
+
 /// Checks a stream name: 1 to 255 bytes, no control characters.
 pub fn validate_stream_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > MAX_STREAM_NAME {

@@ -8,6 +8,7 @@ mod recovery;
 mod retention;
 mod stream;
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -19,7 +20,7 @@ use crate::block::{self, BlockMeta, FRAGMENT_BYTES};
 use crate::durability::{CommitState, Ticket};
 use crate::error::{Result, StoreError};
 use crate::keys;
-use crate::record::{validate_stream_name, NewRecord, Record, Seq, MAX_RECORD_BYTES};
+use crate::record::{validate_stream_name, NewRecord, Record, RecordRef, Seq, MAX_RECORD_BYTES};
 use stream::{Stream, StreamInfo};
 
 /// Where an append landed.
@@ -33,6 +34,20 @@ pub struct Appended {
     pub ts_ns: u64,
     /// Durable once the store's watermark reaches it.
     pub ticket: Ticket,
+}
+
+/// What a read will touch, decided under the stream's lock.
+struct ReadPlan {
+    id: u32,
+    from: Seq,
+    to: Seq,
+    limit: usize,
+    /// Sealed blocks that may hold records of the range.
+    blocks: Vec<BlockMeta>,
+    /// Unsealed records of the range, copied while the lock was held.
+    open_records: Vec<Record>,
+    /// Records the read will return at most, to size its output.
+    expected: usize,
 }
 
 /// The sled trees behind the log.
@@ -324,47 +339,109 @@ impl Log {
     /// Records of `stream` with sequence in `from..=to`, at most `limit` of them, in order.
     /// Sequences removed by retention are skipped; an unknown stream reads as empty.
     pub fn read(&self, stream: &str, from: Seq, to: Seq, limit: usize) -> Result<Vec<Record>> {
-        let Some(handle) = self.stream_handle(stream) else {
+        let Some(plan) = self.plan_read(stream, from, to, limit)? else {
             return Ok(Vec::new());
         };
-        let mut out = Vec::new();
-        let (id, blocks, open_records) = {
-            let s = lock(&handle);
-            let from = from.max(s.first_seq());
-            let mut blocks = Vec::new();
-            let mut covered = 0u64;
-            for meta in s.blocks.range(s.block_index_for_seq(from)..) {
-                if meta.first_seq > to || covered >= limit as u64 {
-                    break;
-                }
-                covered += meta.last_seq - meta.first_seq.max(from) + 1;
-                blocks.push(*meta);
-            }
-            let mut open_records = Vec::new();
-            if covered < limit as u64 {
-                s.open.records(from, to, &mut open_records)?;
-            }
-            (s.id, blocks, open_records)
+        let mut out = Vec::with_capacity(plan.expected);
+        self.run_read(stream, plan, &mut |r| {
+            out.push(r.to_record());
+            true
+        })?;
+        Ok(out)
+    }
+
+    /// Calls `visit` with each record of `stream` in `from..=to`, in order, at most `limit`
+    /// times or until it returns false, without copying records; returns how many it saw.
+    pub fn visit(
+        &self,
+        stream: &str,
+        from: Seq,
+        to: Seq,
+        limit: usize,
+        mut visit: impl FnMut(RecordRef<'_>) -> bool,
+    ) -> Result<usize> {
+        match self.plan_read(stream, from, to, limit)? {
+            Some(plan) => self.run_read(stream, plan, &mut visit),
+            None => Ok(0),
+        }
+    }
+
+    /// Which blocks a read touches, and the unsealed records it may need, taken under the
+    /// stream's lock so the read sees one consistent moment.
+    fn plan_read(
+        &self,
+        stream: &str,
+        from: Seq,
+        to: Seq,
+        limit: usize,
+    ) -> Result<Option<ReadPlan>> {
+        let Some(handle) = self.stream_handle(stream) else {
+            return Ok(None);
         };
-        let expected = blocks
-            .iter()
-            .map(|b| b.last_seq - b.first_seq + 1)
-            .sum::<u64>()
-            .min(limit as u64) as usize;
-        out.reserve(expected + open_records.len());
-        for meta in blocks {
-            if out.len() >= limit {
+        let s = lock(&handle);
+        let from = from.max(s.first_seq());
+        let mut blocks = Vec::new();
+        let mut covered = 0u64;
+        for meta in s.blocks.range(s.block_index_for_seq(from)..) {
+            if meta.first_seq > to || covered >= limit as u64 {
                 break;
             }
-            let decoded = match self.read_block_value(id, &meta) {
-                Ok(Some(value)) => block::decode_block(&value, meta.first_seq, from, to, &mut out)
-                    .and_then(|count| {
-                        if u64::from(count) == meta.last_seq - meta.first_seq + 1 {
-                            Ok(())
-                        } else {
-                            Err(StoreError::corrupt("record count differs from the index"))
-                        }
-                    }),
+            covered += meta.last_seq - meta.first_seq.max(from) + 1;
+            blocks.push(*meta);
+        }
+        let mut open_records = Vec::new();
+        if covered < limit as u64 {
+            s.open.records(from, to, &mut open_records)?;
+        }
+        let expected = (covered as usize)
+            .saturating_add(open_records.len())
+            .min(limit);
+        Ok(Some(ReadPlan {
+            id: s.id,
+            from,
+            to,
+            limit,
+            blocks,
+            open_records,
+            expected,
+        }))
+    }
+
+    fn run_read(
+        &self,
+        stream: &str,
+        plan: ReadPlan,
+        visit: &mut dyn FnMut(RecordRef<'_>) -> bool,
+    ) -> Result<usize> {
+        let limit = plan.limit;
+        let seen = Cell::new(0usize);
+        let stopped = Cell::new(limit == 0);
+        let mut counted = |r: RecordRef<'_>| -> bool {
+            if stopped.get() || !visit(r) {
+                stopped.set(true);
+                return false;
+            }
+            seen.set(seen.get() + 1);
+            if seen.get() >= limit {
+                stopped.set(true);
+            }
+            !stopped.get()
+        };
+        for meta in plan.blocks {
+            if stopped.get() {
+                break;
+            }
+            let decoded = match self.read_block_value(plan.id, &meta) {
+                Ok(Some(value)) => {
+                    block::decode_block(&value, meta.first_seq, plan.from, plan.to, &mut counted)
+                        .and_then(|count| {
+                            if u64::from(count) == meta.last_seq - meta.first_seq + 1 {
+                                Ok(())
+                            } else {
+                                Err(StoreError::corrupt("record count differs from the index"))
+                            }
+                        })
+                }
                 Ok(None) => Err(StoreError::corrupt("block is missing")),
                 Err(e) => Err(e),
             };
@@ -376,9 +453,12 @@ impl Log {
                 return Err(self.locate(stream, &meta, e));
             }
         }
-        out.extend(open_records);
-        out.truncate(limit);
-        Ok(out)
+        for record in &plan.open_records {
+            if !counted(record.view()) {
+                break;
+            }
+        }
+        Ok(seen.get())
     }
 
     fn locate(&self, stream: &str, meta: &BlockMeta, e: StoreError) -> StoreError {
@@ -411,8 +491,11 @@ impl Log {
         let mut records = Vec::new();
         match self.read_block_value(id, &meta) {
             Ok(Some(value)) => {
-                block::decode_block(&value, meta.first_seq, 0, u64::MAX, &mut records)
-                    .map_err(|e| self.locate(stream, &meta, e))?;
+                block::decode_block(&value, meta.first_seq, 0, u64::MAX, &mut |r| {
+                    records.push(r.to_record());
+                    true
+                })
+                .map_err(|e| self.locate(stream, &meta, e))?;
             }
             // Removed by retention meanwhile: the answer is after it.
             _ if self.first_seq(stream) > meta.last_seq => return self.seq_at_time(stream, ts_ns),
@@ -504,6 +587,33 @@ mod tests {
             source: "t",
             body,
         }
+    }
+
+    #[test]
+    fn visit_sees_blocks_and_open_records_in_order_and_stops_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        let body = [b'v'; 100];
+        let batch = vec![record(&body); 1_000];
+        let appended = store.log().append("v", &batch).unwrap();
+        store.wait_durable(appended.ticket).unwrap();
+        store.log().append("v", &batch[..10]).unwrap();
+        let mut seqs = Vec::new();
+        let seen = store.log().visit("v", 995, u64::MAX, usize::MAX, |r| {
+            seqs.push(r.seq);
+            true
+        });
+        assert_eq!(seen.unwrap(), 16);
+        assert_eq!(seqs, (995..=1_010).collect::<Vec<_>>());
+        let mut count = 0;
+        let seen = store.log().visit("v", 1, u64::MAX, usize::MAX, |_| {
+            count += 1;
+            count < 5
+        });
+        assert_eq!((seen.unwrap(), count), (4, 5));
+        assert_eq!(store.log().visit("v", 1, u64::MAX, 7, |_| true).unwrap(), 7);
+        assert_eq!(store.log().visit("v", 1, u64::MAX, 0, |_| true).unwrap(), 0);
+        assert_eq!(store.log().visit("nope", 1, u64::MAX, 9, |_| true).unwrap(), 0);
     }
 
     #[test]
