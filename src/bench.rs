@@ -147,8 +147,9 @@ pub fn store(args: &StoreBenchArgs) -> anyhow::Result<()> {
 #[derive(clap::Args, Debug)]
 pub struct LogdBenchArgs {
     /// acked (durable acks), push (fire-and-forget, then checks nothing was lost), replay (reads
-    /// a stream back over SUB), latency (ingest to live subscriber at a fixed rate).
-    #[arg(long, value_parser = ["acked", "push", "replay", "latency"])]
+    /// a stream back over a plain SUB), replay-api (the same through the credit-based replay
+    /// API), latency (ingest to live subscriber at a fixed rate).
+    #[arg(long, value_parser = ["acked", "push", "replay", "replay-api", "latency"])]
     mode: String,
     /// Records in all.
     #[arg(long, default_value_t = 2_000_000)]
@@ -194,7 +195,8 @@ pub fn logd(
     match args.mode.as_str() {
         "acked" => logd_acked(endpoints, &stream, args),
         "push" => logd_push(endpoints, admin, &stream, args),
-        "replay" => logd_replay(endpoints, &stream),
+        "replay" => logd_replay(endpoints, &stream, false),
+        "replay-api" => logd_replay(endpoints, &stream, true),
         _ => logd_latency(endpoints, &stream, args),
     }
 }
@@ -330,32 +332,42 @@ fn logd_push(
     Ok(())
 }
 
-fn logd_replay(endpoints: &depot_logd::LogdEndpoints, stream: &str) -> anyhow::Result<()> {
+fn logd_replay(
+    endpoints: &depot_logd::LogdEndpoints,
+    stream: &str,
+    api: bool,
+) -> anyhow::Result<()> {
     let ctx = zmq::Context::new();
     let started = Instant::now();
     let mut count = 0u64;
     let mut expected = None;
     let mut gaps = 0u64;
-    let last = depot_logd::client::replay(
-        &ctx,
-        &endpoints.replay,
-        stream,
-        "1",
-        std::time::Duration::from_secs(30),
-        |r| {
-            if let Some(expected) = expected {
-                if r.header.seq != expected {
-                    gaps += 1;
-                }
+    let mut check = |r: depot_logd::client::Received| {
+        if let Some(expected) = expected {
+            if r.header.seq != expected {
+                gaps += 1;
             }
-            expected = Some(r.header.seq + 1);
-            count += 1;
-            true
-        },
-    )?;
+        }
+        expected = Some(r.header.seq + 1);
+        count += 1;
+        true
+    };
+    let timeout = std::time::Duration::from_secs(30);
+    let last = if api {
+        let query = depot_logd::client::ApiQuery {
+            stream,
+            start: "1",
+            filter: "",
+            window: 100_000,
+        };
+        depot_logd::client::replay_api(&ctx, &endpoints.replay_api, query, timeout, &mut check)?
+    } else {
+        depot_logd::client::replay(&ctx, &endpoints.replay, stream, "1", timeout, &mut check)?
+    };
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "replay: {count} records of stream {stream} (last seq {last}) over SUB: {secs:.2} s, {:.0} records/s, {gaps} gaps",
+        "replay: {count} records of stream {stream} (last seq {last}) over {}: {secs:.2} s, {:.0} records/s, {gaps} gaps",
+        if api { "the replay API" } else { "SUB" },
         count as f64 / secs
     );
     Ok(())

@@ -448,13 +448,17 @@ pub fn replay_api(
             continue;
         }
         match (marker.as_slice(), frames.next(), frames.next()) {
-            (protocol::RECORD_MARKER, Some(header), Some(body)) => {
-                if !each(record_from(&header, body)?) {
-                    let cancel: [&[u8]; 2] = [b"CANCEL", &id];
-                    socket.send_multipart(cancel, 0)?;
-                    return Ok(0);
+            (protocol::RECORDS_MARKER, Some(packed), None) => {
+                let records = protocol::unpack_records(&packed)
+                    .map_err(|e| ClientError::Protocol(e.to_string()))?;
+                for (header, body) in records {
+                    if !each(record_from(header, body.to_vec())?) {
+                        let cancel: [&[u8]; 2] = [b"CANCEL", &id];
+                        socket.send_multipart(cancel, 0)?;
+                        return Ok(0);
+                    }
+                    since_grant += 1;
                 }
-                since_grant += 1;
                 if since_grant >= window / 2 {
                     let grant: [&[u8]; 3] = [b"CREDIT", &id, &since_grant.to_be_bytes()];
                     socket.send_multipart(grant, 0)?;

@@ -294,14 +294,78 @@ pub struct Header {
 
 /// Encodes a header: `seq u64 BE | ts_ns u64 BE | level u8 | stream length u8 | stream | source`.
 pub fn encode_header(seq: u64, ts_ns: u64, level: u8, stream: &str, source: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(18 + stream.len() + source.len());
+    let mut out = Vec::with_capacity(header_len(stream, source));
+    encode_header_into(&mut out, seq, ts_ns, level, stream, source);
+    out
+}
+
+/// Length of the header [`encode_header`] makes.
+pub fn header_len(stream: &str, source: &str) -> usize {
+    18 + stream.len().min(255) + source.len()
+}
+
+/// Appends a header to `out`.
+pub fn encode_header_into(
+    out: &mut Vec<u8>,
+    seq: u64,
+    ts_ns: u64,
+    level: u8,
+    stream: &str,
+    source: &str,
+) {
+    let stream = &stream.as_bytes()[..stream.len().min(255)];
     out.extend_from_slice(&seq.to_be_bytes());
     out.extend_from_slice(&ts_ns.to_be_bytes());
     out.push(level);
-    out.push(stream.len().min(255) as u8);
-    out.extend_from_slice(stream.as_bytes());
+    out.push(stream.len() as u8);
+    out.extend_from_slice(stream);
     out.extend_from_slice(source.as_bytes());
-    out
+}
+
+/// Marker frame of a batch of records on the replay API.
+pub const RECORDS_MARKER: &[u8] = b"RECS";
+
+/// Appends one record to a replay API batch: `header length u32 BE | header | body length u32
+/// BE | body`.
+pub fn pack_record(
+    out: &mut Vec<u8>,
+    seq: u64,
+    ts_ns: u64,
+    level: u8,
+    stream: &str,
+    source: &str,
+    body: &[u8],
+) {
+    out.extend_from_slice(&(header_len(stream, source) as u32).to_be_bytes());
+    encode_header_into(out, seq, ts_ns, level, stream, source);
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(body);
+}
+
+/// A packed record's header and body frames.
+pub type PackedRecord<'a> = (&'a [u8], &'a [u8]);
+
+/// Splits a replay API batch into (header, body) pairs.
+pub fn unpack_records(mut packed: &[u8]) -> Result<Vec<PackedRecord<'_>>, ProtocolError> {
+    fn take<'a>(data: &mut &'a [u8]) -> Result<&'a [u8], ProtocolError> {
+        let bad = || ProtocolError::Header("record batch cut short".into());
+        let len_bytes: [u8; 4] = data
+            .get(..4)
+            .ok_or_else(bad)?
+            .try_into()
+            .map_err(|_| bad())?;
+        let len = u32::from_be_bytes(len_bytes) as usize;
+        let item = data.get(4..4 + len).ok_or_else(bad)?;
+        *data = &data[4 + len..];
+        Ok(item)
+    }
+    let mut records = Vec::new();
+    while !packed.is_empty() {
+        let header = take(&mut packed)?;
+        let body = take(&mut packed)?;
+        records.push((header, body));
+    }
+    Ok(records)
 }
 
 /// Decodes a header frame.
@@ -545,9 +609,6 @@ pub fn parse_api_request(
     }
 }
 
-/// Marker frame of a record on the replay API.
-pub const RECORD_MARKER: &[u8] = b"REC";
-
 fn parse_age(text: &str) -> Option<Duration> {
     let unit_at = text.find(|c: char| !c.is_ascii_digit())?;
     let (number, unit) = text.split_at(unit_at);
@@ -679,6 +740,30 @@ mod tests {
         let mut cut = frame.clone();
         cut[17] = 200;
         assert!(decode_header(&cut).is_err());
+    }
+
+    #[test]
+    fn record_batches_round_trip_and_cut_batches_are_refused() {
+        let mut packed = Vec::new();
+        pack_record(&mut packed, 7, 100, 3, "app", "host", b"first");
+        pack_record(&mut packed, 8, 101, 6, "app", "", b"");
+        let records = unpack_records(&packed).unwrap();
+        assert_eq!(records.len(), 2);
+        let header = decode_header(records[0].0).unwrap();
+        assert_eq!(
+            (header.seq, header.level, header.source.as_str()),
+            (7, 3, "host")
+        );
+        assert_eq!(records[0].1, b"first");
+        assert_eq!(decode_header(records[1].0).unwrap().seq, 8);
+        assert!(records[1].1.is_empty());
+        for cut in 1..packed.len() {
+            if unpack_records(&packed[..cut]).is_ok() {
+                // Only a cut exactly between two records parses.
+                assert_eq!(cut, 4 + header_len("app", "host") + 4 + 5);
+            }
+        }
+        assert!(unpack_records(&[]).unwrap().is_empty());
     }
 
     #[test]

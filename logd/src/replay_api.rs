@@ -13,10 +13,24 @@ use depot_store::Store;
 use crate::metrics::{add, inc, LogdMetrics};
 use crate::protocol::{self, ApiRequest, Filter, ReplayStart};
 
-/// Records read from the store at a time.
-const READ_BATCH: usize = 1_000;
-/// Records one replay may send per loop turn.
-const SEND_BUDGET: u64 = 2_000;
+/// Records looked at per batch (matching the filter or not), bounding one turn's work.
+const SCAN_BATCH: usize = 4_096;
+/// Bytes of records packed into one message.
+const BATCH_BYTES: usize = 64 * 1024;
+/// Records one replay may send per loop turn, so replays share the thread fairly.
+const SEND_BUDGET: u64 = 16_384;
+
+/// A message built but not yet accepted by the socket.
+struct Pending {
+    /// Packed records (empty when only the end marker is left).
+    packed: Vec<u8>,
+    /// Records in `packed`.
+    records: u64,
+    /// Where reading goes on once it is sent.
+    next: u64,
+    /// Send the end marker after it.
+    then_end: bool,
+}
 
 /// One replay in progress.
 struct ApiReplay {
@@ -28,6 +42,8 @@ struct ApiReplay {
     filter: Filter,
     /// Set when the socket refused a send; cleared when retried.
     blocked: bool,
+    /// The next message, kept when the socket refused it.
+    pending: Option<Pending>,
 }
 
 /// The replay API thread.
@@ -140,6 +156,7 @@ impl ReplayApi {
                             credit: u64::from(credit),
                             filter,
                             blocked: false,
+                            pending: None,
                         };
                         self.replays.insert((identity.clone(), id), replay);
                     }
@@ -184,67 +201,103 @@ impl ReplayApi {
             return Outcome::Done;
         };
         let mut sent = 0u64;
-        while replay.credit > 0 && sent < SEND_BUDGET {
-            let want = READ_BATCH.min(replay.credit as usize);
-            let to = replay.filter.until_seq.unwrap_or(u64::MAX);
-            let records = match self.store.log().read(&replay.stream, replay.next, to, want) {
-                Ok(records) => records,
+        let mut packs = 0;
+        let outcome = loop {
+            if let Some(pending) = replay.pending.take() {
+                if pending.records > 0 {
+                    let message: [&[u8]; 4] =
+                        [identity, id, protocol::RECORDS_MARKER, &pending.packed];
+                    match self.router.send_multipart(message, zmq::DONTWAIT) {
+                        Ok(()) => {
+                            replay.credit -= pending.records;
+                            sent += pending.records;
+                        }
+                        Err(zmq::Error::EAGAIN) => {
+                            replay.pending = Some(pending);
+                            break Outcome::Blocked;
+                        }
+                        // EHOSTUNREACH: the client is gone.
+                        Err(_) => break Outcome::Done,
+                    }
+                }
+                replay.next = pending.next;
+                if pending.then_end {
+                    let last = (replay.next - 1).min(self.store.log().last_seq(&replay.stream));
+                    let message: [&[u8]; 4] =
+                        [identity, id, protocol::END_MARKER, &last.to_be_bytes()];
+                    match self.router.send_multipart(message, zmq::DONTWAIT) {
+                        Ok(()) => {
+                            inc(&self.metrics.replays_finished);
+                            break Outcome::Done;
+                        }
+                        Err(zmq::Error::EAGAIN) => {
+                            replay.pending = Some(Pending {
+                                packed: Vec::new(),
+                                records: 0,
+                                next: replay.next,
+                                then_end: true,
+                            });
+                            break Outcome::Blocked;
+                        }
+                        Err(_) => break Outcome::Done,
+                    }
+                }
+            }
+            // Also bounded by packs: a filter that matches nothing must not hold the thread.
+            if replay.credit == 0 || sent >= SEND_BUDGET || packs >= 16 {
+                break Outcome::Continue;
+            }
+            packs += 1;
+            match Self::pack(&self.store, replay) {
+                Ok(pending) => replay.pending = Some(pending),
                 Err(e) => {
                     let reason = e.to_string();
                     let message: [&[u8]; 4] =
                         [identity, id, protocol::ERROR_MARKER, reason.as_bytes()];
                     let _ = self.router.send_multipart(message, zmq::DONTWAIT);
-                    return Outcome::Done;
-                }
-            };
-            let past_until = |ts: u64| replay.filter.until_ts.is_some_and(|until| ts > until);
-            let ended = records.is_empty() || records.first().is_some_and(|r| past_until(r.ts_ns));
-            if ended {
-                let last = (replay.next - 1).min(self.store.log().last_seq(&replay.stream));
-                let message: [&[u8]; 4] = [identity, id, protocol::END_MARKER, &last.to_be_bytes()];
-                return match self.router.send_multipart(message, zmq::DONTWAIT) {
-                    Ok(()) => {
-                        inc(&self.metrics.replays_finished);
-                        Outcome::Done
-                    }
-                    Err(zmq::Error::EAGAIN) => Outcome::Blocked,
-                    Err(_) => Outcome::Done,
-                };
-            }
-            for record in records {
-                if past_until(record.ts_ns) {
-                    break;
-                }
-                if replay.filter.accepts(record.level, &record.body) {
-                    let header = protocol::encode_header(
-                        record.seq,
-                        record.ts_ns,
-                        record.level,
-                        &replay.stream,
-                        &record.source,
-                    );
-                    let message: [&[u8]; 5] =
-                        [identity, id, protocol::RECORD_MARKER, &header, &record.body];
-                    match self.router.send_multipart(message, zmq::DONTWAIT) {
-                        Ok(()) => {
-                            replay.credit -= 1;
-                            sent += 1;
-                        }
-                        Err(zmq::Error::EAGAIN) => {
-                            add(&self.metrics.replay_records, sent);
-                            return Outcome::Blocked;
-                        }
-                        // EHOSTUNREACH: the client is gone.
-                        Err(_) => return Outcome::Done,
-                    }
-                }
-                replay.next = record.seq + 1;
-                if replay.credit == 0 {
-                    break;
+                    break Outcome::Done;
                 }
             }
-        }
+        };
         add(&self.metrics.replay_records, sent);
-        Outcome::Continue
+        outcome
+    }
+
+    /// Reads the next records from the store straight into one message, up to the credit, the
+    /// message size and the scan bound.
+    fn pack(store: &Store, replay: &ApiReplay) -> Result<Pending, depot_store::StoreError> {
+        let to = replay.filter.until_seq.unwrap_or(u64::MAX);
+        let (credit, filter, stream) = (replay.credit, &replay.filter, replay.stream.as_str());
+        let mut packed = Vec::with_capacity(BATCH_BYTES + 1024);
+        let (mut records, mut last, mut until_reached) = (0u64, None, false);
+        let visited = store
+            .log()
+            .visit(stream, replay.next, to, SCAN_BATCH, |r| {
+                if filter.until_ts.is_some_and(|until| r.ts_ns > until) {
+                    until_reached = true;
+                    return false;
+                }
+                last = Some(r.seq);
+                if filter.accepts(r.level, r.body) {
+                    protocol::pack_record(
+                        &mut packed,
+                        r.seq,
+                        r.ts_ns,
+                        r.level,
+                        stream,
+                        r.source,
+                        r.body,
+                    );
+                    records += 1;
+                }
+                records < credit && packed.len() < BATCH_BYTES
+            })?;
+        let next = last.map_or(replay.next, |seq| seq + 1);
+        Ok(Pending {
+            packed,
+            records,
+            next,
+            then_end: visited == 0 || until_reached || next > to,
+        })
     }
 }

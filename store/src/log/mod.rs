@@ -613,7 +613,10 @@ mod tests {
         assert_eq!((seen.unwrap(), count), (4, 5));
         assert_eq!(store.log().visit("v", 1, u64::MAX, 7, |_| true).unwrap(), 7);
         assert_eq!(store.log().visit("v", 1, u64::MAX, 0, |_| true).unwrap(), 0);
-        assert_eq!(store.log().visit("nope", 1, u64::MAX, 9, |_| true).unwrap(), 0);
+        assert_eq!(
+            store.log().visit("nope", 1, u64::MAX, 9, |_| true).unwrap(),
+            0
+        );
     }
 
     #[test]
