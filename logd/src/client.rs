@@ -114,6 +114,38 @@ impl AckedSender {
     }
 }
 
+/// Sends records fire-and-forget (PUSH to logd's PULL): durable within one commit interval of
+/// arrival, no answer. A full pipe makes `send` wait, so nothing is dropped on this side.
+pub struct PushSender {
+    socket: zmq::Socket,
+}
+
+impl PushSender {
+    /// Connects to the PULL endpoint.
+    pub fn connect(ctx: &zmq::Context, endpoint: &str) -> Result<Self, ClientError> {
+        let socket = ctx.socket(zmq::PUSH)?;
+        // Queued records still go out when the sender is dropped, for up to 5 s.
+        socket.set_linger(5_000)?;
+        socket.connect(endpoint)?;
+        Ok(PushSender { socket })
+    }
+
+    /// Sends records sharing a stream, level and source.
+    pub fn send(
+        &self,
+        stream: &str,
+        level: u8,
+        source: &str,
+        bodies: &[&[u8]],
+    ) -> Result<(), ClientError> {
+        let attributes = format!("level={level} source={}", source.replace(' ', "_"));
+        let mut frames: Vec<&[u8]> = vec![stream.as_bytes(), attributes.as_bytes()];
+        frames.extend_from_slice(bodies);
+        self.socket.send_multipart(frames, 0)?;
+        Ok(())
+    }
+}
+
 fn be_u64(bytes: &[u8]) -> u64 {
     let mut array = [0u8; 8];
     array.copy_from_slice(&bytes[..8]);
