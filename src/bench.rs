@@ -169,6 +169,9 @@ pub struct LogdBenchArgs {
     /// Records per second (latency mode).
     #[arg(long, default_value_t = 100_000)]
     rate: u64,
+    /// Send each batch as one packed frame (`packed=1`) instead of a frame per record.
+    #[arg(long)]
+    packed: bool,
 }
 
 fn bodies(seed: u64, size: usize, count: usize) -> Vec<Vec<u8>> {
@@ -212,10 +215,11 @@ fn logd_acked(
     let handles: Vec<_> = (0..args.producers)
         .map(|p| {
             let (endpoint, stream) = (endpoints.acked.clone(), stream.to_string());
-            let (size, batch) = (args.size, args.batch);
+            let (size, batch, packed) = (args.size, args.batch, args.packed);
             std::thread::spawn(move || -> anyhow::Result<()> {
                 let ctx = zmq::Context::new();
-                let mut sender = depot_logd::client::AckedSender::connect(&ctx, &endpoint)?;
+                let mut sender =
+                    depot_logd::client::AckedSender::connect(&ctx, &endpoint)?.with_packed(packed);
                 let pool = bodies(p as u64 + 1, size, batch * 4);
                 let (mut sent, mut in_flight) = (0u64, 0usize);
                 while sent < per_producer {
@@ -252,7 +256,8 @@ fn logd_acked(
     let secs = started.elapsed().as_secs_f64();
     let total = per_producer * args.producers as u64;
     println!(
-        "acked: {total} records of {} B, {} producers, {} per batch: {secs:.2} s, {:.0} records/s durable",
+        "acked{}: {total} records of {} B, {} producers, {} per batch: {secs:.2} s, {:.0} records/s durable",
+        if args.packed { " (packed)" } else { "" },
         args.size,
         args.producers,
         args.batch,
@@ -282,22 +287,19 @@ fn logd_push(
     let handles: Vec<_> = (0..args.producers)
         .map(|p| {
             let (endpoint, stream) = (endpoints.pull.clone(), stream.to_string());
-            let (size, batch) = (args.size, args.batch);
+            let (size, batch, packed) = (args.size, args.batch, args.packed);
             std::thread::spawn(move || -> anyhow::Result<()> {
                 let ctx = zmq::Context::new();
-                let socket = ctx.socket(zmq::PUSH)?;
-                socket.set_sndhwm(1_000)?;
-                socket.set_linger(-1)?;
-                socket.connect(&endpoint)?;
+                let sender =
+                    depot_logd::client::PushSender::connect(&ctx, &endpoint)?.with_packed(packed);
                 let pool = bodies(p as u64 + 1, size, batch * 4);
                 let mut sent = 0u64;
                 while sent < per_producer {
                     let n = (per_producer - sent).min(batch as u64) as usize;
                     let offset = (sent as usize / batch % 4) * batch;
-                    let mut frames: Vec<&[u8]> =
-                        vec![stream.as_bytes(), b"level=info source=bench"];
-                    frames.extend(pool[offset..offset + n].iter().map(Vec::as_slice));
-                    socket.send_multipart(frames, 0)?;
+                    let refs: Vec<&[u8]> =
+                        pool[offset..offset + n].iter().map(Vec::as_slice).collect();
+                    sender.send(&stream, 6, "bench", &refs)?;
                     sent += n as u64;
                 }
                 Ok(())
@@ -322,7 +324,8 @@ fn logd_push(
     }
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "push: {total} records of {} B, {} producers, {} per message: sent in {sent_secs:.2} s, all stored after {secs:.2} s: {:.0} records/s; stored {stored} of {total}",
+        "push{}: {total} records of {} B, {} producers, {} per message: sent in {sent_secs:.2} s, all stored after {secs:.2} s: {:.0} records/s; stored {stored} of {total}",
+        if args.packed { " (packed)" } else { "" },
         args.size,
         args.producers,
         args.batch,

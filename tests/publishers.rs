@@ -106,5 +106,37 @@ fn configured_publishers_are_collected_and_push_sender_lands_records() {
             (i as u64 + 1, 4, bodies[i].as_str())
         );
     }
+
+    // The same records packed into one frame per batch, acked and fire-and-forget.
+    let packed =
+        depot_logd::client::PushSender::connect(&ctx, run["logd"]["pull"].as_str().unwrap())
+            .unwrap()
+            .with_packed(true);
+    let mut acked =
+        depot_logd::client::AckedSender::connect(&ctx, run["logd"]["acked"].as_str().unwrap())
+            .unwrap()
+            .with_packed(true);
+    for chunk in bodies.chunks(100) {
+        let refs: Vec<&[u8]> = chunk.iter().map(|b| b.as_bytes()).collect();
+        packed.send("packed", 4, "test", &refs).unwrap();
+        let (first, last) = acked
+            .send_durable("packed-acked", 4, "test", &refs, Duration::from_secs(10))
+            .unwrap();
+        assert_eq!(last - first + 1, 100);
+    }
+    for stream in ["packed", "packed-acked"] {
+        let records = poll(Duration::from_secs(10), || {
+            let records = stored(&appliance, stream);
+            (records.len() == 1_000).then_some(records)
+        })
+        .unwrap_or_else(|| panic!("{stream}: packed records were not all stored"));
+        for (i, (seq, _, body)) in records.iter().enumerate() {
+            assert_eq!(
+                (*seq, body.as_str()),
+                (i as u64 + 1, bodies[i].as_str()),
+                "{stream}"
+            );
+        }
+    }
     assert_eq!(appliance.stop().code(), Some(0));
 }

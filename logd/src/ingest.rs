@@ -225,7 +225,16 @@ impl Ingest {
         owned: &Owned,
         bodies: Vec<zmq::Message>,
     ) -> Option<(depot_store::Appended, u64)> {
-        let records: Vec<NewRecord<'_>> = bodies
+        let slices: Vec<&[u8]> = if owned.packed {
+            // Checked when the message was parsed.
+            bodies
+                .iter()
+                .flat_map(|frame| protocol::unpack_bodies(frame).unwrap_or_default())
+                .collect()
+        } else {
+            bodies.iter().map(|frame| &frame[..]).collect()
+        };
+        let records: Vec<NewRecord<'_>> = slices
             .iter()
             .map(|body| NewRecord {
                 level: owned.level,
@@ -237,6 +246,7 @@ impl Ingest {
             Ok(appended) => {
                 let n = records.len() as u64;
                 drop(records);
+                drop(slices);
                 self.live.send(LiveBatch {
                     stream: owned.stream.clone(),
                     level: owned.level,
@@ -244,6 +254,7 @@ impl Ingest {
                     first_seq: appended.first,
                     ts_ns: appended.ts_ns,
                     bodies,
+                    packed: owned.packed,
                 });
                 Some((appended, n))
             }
@@ -344,6 +355,7 @@ struct Owned {
     level: u8,
     source: String,
     body_index: usize,
+    packed: bool,
 }
 
 impl Owned {
@@ -352,7 +364,8 @@ impl Owned {
             stream: batch.stream.to_owned(),
             level: batch.level,
             source: batch.source.to_owned(),
-            body_index: frame_count - batch.bodies.len(),
+            body_index: frame_count - batch.body_frames,
+            packed: batch.packed,
         }
     }
 }

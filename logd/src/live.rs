@@ -32,6 +32,8 @@ pub struct LiveBatch {
     pub ts_ns: u64,
     /// The records' bodies, as received: published without another copy.
     pub bodies: Vec<zmq::Message>,
+    /// Each of `bodies` holds several records (`packed=1`), split only when published.
+    pub packed: bool,
 }
 
 /// An appending thread's way to the live thread; one per thread, as it owns a zmq socket.
@@ -147,8 +149,18 @@ impl LivePublisher {
         {
             return;
         }
-        let count = batch.bodies.len() as u64;
-        for (i, body) in batch.bodies.into_iter().enumerate() {
+        let bodies: Vec<zmq::Message> = if batch.packed {
+            batch
+                .bodies
+                .iter()
+                .flat_map(|frame| protocol::unpack_bodies(frame).unwrap_or_default())
+                .map(zmq::Message::from)
+                .collect()
+        } else {
+            batch.bodies
+        };
+        let count = bodies.len() as u64;
+        for (i, body) in bodies.into_iter().enumerate() {
             let header = protocol::encode_header(
                 batch.first_seq + i as u64,
                 batch.ts_ns,

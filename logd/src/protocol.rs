@@ -103,13 +103,72 @@ pub struct IngestBatch<'a> {
     pub source: &'a str,
     /// One body per record.
     pub bodies: Vec<&'a [u8]>,
+    /// How many trailing frames of the message hold the bodies.
+    pub body_frames: usize,
+    /// The body frames are packed: each holds several records (`packed=1`).
+    pub packed: bool,
 }
 
-/// Parses the attributes frame: space-separated `key=value` (`level`, `source`); empty is fine.
-fn parse_attributes(frame: &[u8]) -> Result<(u8, &str), ProtocolError> {
+/// Splits a packed body frame (`packed=1`): records as `length u32 BE | bytes`, repeated.
+pub fn unpack_bodies(mut frame: &[u8]) -> Result<Vec<&[u8]>, ProtocolError> {
+    let bad = || ProtocolError::Attributes("packed frame cut short".into());
+    let mut bodies = Vec::new();
+    while !frame.is_empty() {
+        let len_bytes: [u8; 4] = frame
+            .get(..4)
+            .ok_or_else(bad)?
+            .try_into()
+            .map_err(|_| bad())?;
+        let len = u32::from_be_bytes(len_bytes) as usize;
+        bodies.push(frame.get(4..4 + len).ok_or_else(bad)?);
+        frame = &frame[4 + len..];
+    }
+    Ok(bodies)
+}
+
+/// Packs bodies into one frame for `packed=1`.
+pub fn pack_bodies(bodies: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bodies.iter().map(|b| b.len() + 4).sum());
+    for body in bodies {
+        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        out.extend_from_slice(body);
+    }
+    out
+}
+
+/// The records of the body frames, unpacked if `packed`.
+fn bodies_of<F: std::ops::Deref<Target = [u8]>>(
+    frames: &[F],
+    packed: bool,
+) -> Result<Vec<&[u8]>, ProtocolError> {
+    if !packed {
+        return Ok(frames.iter().map(|f| &f[..]).collect());
+    }
+    let mut bodies = Vec::new();
+    for frame in frames {
+        bodies.extend(unpack_bodies(frame)?);
+    }
+    if bodies.is_empty() {
+        return Err(ProtocolError::Attributes(
+            "packed frames hold no record".into(),
+        ));
+    }
+    Ok(bodies)
+}
+
+/// The attributes of an ingest message.
+struct Attributes<'a> {
+    level: u8,
+    source: &'a str,
+    packed: bool,
+}
+
+/// Parses the attributes frame: space-separated `key=value` (`level`, `source`, `packed`);
+/// empty is fine.
+fn parse_attributes(frame: &[u8]) -> Result<Attributes<'_>, ProtocolError> {
     let text =
         std::str::from_utf8(frame).map_err(|_| ProtocolError::Attributes("not UTF-8".into()))?;
-    let (mut level, mut source) = (DEFAULT_LEVEL, "");
+    let (mut level, mut source, mut packed) = (DEFAULT_LEVEL, "", false);
     for pair in text.split_ascii_whitespace() {
         let (key, value) = pair
             .split_once('=')
@@ -120,11 +179,16 @@ fn parse_attributes(frame: &[u8]) -> Result<(u8, &str), ProtocolError> {
                     .ok_or_else(|| ProtocolError::Attributes(format!("unknown level {value:?}")))?
             }
             "source" => source = value,
+            "packed" => packed = value == "1",
             // Unknown keys are allowed, so newer clients keep working against older servers.
             _ => {}
         }
     }
-    Ok((level, source))
+    Ok(Attributes {
+        level,
+        source,
+        packed,
+    })
 }
 
 fn total_size<F: std::ops::Deref<Target = [u8]>>(frames: &[F]) -> usize {
@@ -154,14 +218,18 @@ pub fn parse_push<F: std::ops::Deref<Target = [u8]>>(
             level: DEFAULT_LEVEL,
             source: "",
             bodies: vec![&body[..]],
+            body_frames: 1,
+            packed: false,
         }),
         [stream, attributes, bodies @ ..] if !bodies.is_empty() => {
-            let (level, source) = parse_attributes(&attributes[..])?;
+            let attributes = parse_attributes(&attributes[..])?;
             Ok(IngestBatch {
                 stream: check_stream(&stream[..])?,
-                level,
-                source,
-                bodies: bodies.iter().map(|b| &b[..]).collect(),
+                level: attributes.level,
+                source: attributes.source,
+                bodies: bodies_of(bodies, attributes.packed)?,
+                body_frames: bodies.len(),
+                packed: attributes.packed,
             })
         }
         _ => Err(ProtocolError::FrameCount {
@@ -213,6 +281,8 @@ pub fn parse_pub<F: std::ops::Deref<Target = [u8]>>(
         level: parse_level(level.as_bytes()).unwrap_or(DEFAULT_LEVEL),
         source,
         bodies: vec![&body[..]],
+        body_frames: 1,
+        packed: false,
     })
 }
 
@@ -258,15 +328,17 @@ pub fn parse_acked<F: std::ops::Deref<Target = [u8]>>(
             },
         ));
     }
-    let (level, source) = parse_attributes(&attributes[..]).map_err(|e| (Some(id), e))?;
+    let attributes = parse_attributes(&attributes[..]).map_err(|e| (Some(id), e))?;
     let stream = check_stream(&stream[..]).map_err(|e| (Some(id), e))?;
     Ok((
         id,
         IngestBatch {
             stream,
-            level,
-            source,
-            bodies: bodies.iter().map(|b| &b[..]).collect(),
+            level: attributes.level,
+            source: attributes.source,
+            bodies: bodies_of(bodies, attributes.packed).map_err(|e| (Some(id), e))?,
+            body_frames: bodies.len(),
+            packed: attributes.packed,
         },
     ))
 }
@@ -687,6 +759,30 @@ mod tests {
                 limit: 1024
             })
         ));
+    }
+
+    #[test]
+    fn packed_bodies_carry_many_records_per_frame() {
+        let packed = pack_bodies(&[b"one", b"", b"three"]);
+        let message = frames(&[
+            b"app",
+            b"packed=1 level=error",
+            &packed,
+            &pack_bodies(&[b"four"]),
+        ]);
+        let batch = parse_push(&message, 1024).unwrap();
+        assert_eq!(batch.bodies, vec![&b"one"[..], b"", b"three", b"four"]);
+        assert_eq!((batch.body_frames, batch.packed, batch.level), (2, true, 3));
+        let cut = frames(&[b"app", b"packed=1", &packed[..packed.len() - 1]]);
+        assert!(matches!(
+            parse_push(&cut, 1024),
+            Err(ProtocolError::Attributes(_))
+        ));
+        let empty = frames(&[b"app", b"packed=1", b""]);
+        assert!(parse_push(&empty, 1024).is_err());
+        let acked = frames(&[b"b1", b"app", b"packed=1", &packed]);
+        let (_, batch) = parse_acked(&acked, 1024).unwrap();
+        assert_eq!((batch.bodies.len(), batch.body_frames), (3, 1));
     }
 
     #[test]

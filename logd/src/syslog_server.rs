@@ -267,6 +267,7 @@ pub fn run_bridge(
                             .iter()
                             .map(|r| zmq::Message::from(&r.body[..]))
                             .collect(),
+                        packed: false,
                     });
                 }
                 Err(e) => {

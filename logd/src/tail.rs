@@ -446,6 +446,7 @@ impl Tailer {
                     first_seq: appended.first,
                     ts_ns: appended.ts_ns,
                     bodies,
+                    packed: false,
                 });
                 if tailed.head.len() < HEAD_BYTES && tailed.offset < HEAD_BYTES as u64 {
                     let take = consumed.min(HEAD_BYTES - tailed.offset as usize);
