@@ -4,7 +4,7 @@ use std::io::{BufRead, Write};
 use std::time::Duration;
 
 use anyhow::Context;
-use depot_logd::client::{AckedSender, Received, Subscription};
+use depot_logd::client::{AckedSender, PrefixSubscription, Received, Subscription};
 use depot_logd::protocol;
 
 /// Where the running appliance's log service listens.
@@ -15,6 +15,8 @@ pub struct Endpoints {
     pub live: String,
     /// Replay XPUB.
     pub replay: String,
+    /// Replay API ROUTER.
+    pub replay_api: String,
     /// Admin HTTP, for the stream list.
     pub admin: String,
 }
@@ -274,46 +276,49 @@ pub fn tail(endpoints: &Endpoints, args: &TailArgs) -> anyhow::Result<()> {
         out.flush()?;
         return Ok(());
     }
-    let mut subscriptions = streams
-        .iter()
-        .map(|stream| Subscription::start(&ctx, &endpoints.live, &endpoints.replay, stream, &start))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut known: std::collections::HashSet<String> = streams.into_iter().collect();
-    let mut last_check = std::time::Instant::now();
+    // A stream named exactly is followed alone; otherwise every stream, new ones included.
+    let follow_endpoints = depot_logd::client::FollowEndpoints {
+        live: endpoints.live.clone(),
+        replay: endpoints.replay.clone(),
+        replay_api: endpoints.replay_api.clone(),
+    };
+    let mut one = match &args.stream {
+        Some(stream) => Some(Subscription::start(
+            &ctx,
+            &endpoints.live,
+            &endpoints.replay,
+            stream,
+            &start,
+        )?),
+        None => None,
+    };
+    let mut all = match &args.stream {
+        Some(_) => None,
+        None => Some(PrefixSubscription::start(
+            &ctx,
+            follow_endpoints,
+            "",
+            &start,
+        )?),
+    };
+    let mut next = |wait: Duration| -> anyhow::Result<Option<Received>> {
+        Ok(match (&mut one, &mut all) {
+            (Some(one), _) => one.next(wait)?,
+            (None, Some(all)) => all.next(wait)?,
+            (None, None) => None,
+        })
+    };
     loop {
-        // One stream waits on its sockets; several take turns with short waits.
-        let wait = if subscriptions.len() == 1 {
-            Duration::from_millis(500)
-        } else {
-            Duration::from_millis(5)
+        // Print what is there without waiting; flush before waiting, so lines show at once.
+        let record = match next(Duration::ZERO)? {
+            Some(record) => Some(record),
+            None => {
+                out.flush()?;
+                next(Duration::from_millis(500))?
+            }
         };
-        for subscription in &mut subscriptions {
-            while let Some(record) = subscription.next(wait)? {
-                filter.print(&mut out, &record)?;
-                if record.header.seq % 1_000 == 0 {
-                    out.flush()?;
-                }
-            }
-        }
-        out.flush()?;
-        if subscriptions.is_empty() {
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        // Following every stream: streams created since the start are followed from their
-        // first record.
-        if args.stream.is_none() && last_check.elapsed() >= Duration::from_secs(1) {
-            last_check = std::time::Instant::now();
-            for stream in crate::status::fetch(&endpoints.admin)?.streams {
-                if known.insert(stream.name.clone()) {
-                    subscriptions.push(Subscription::start(
-                        &ctx,
-                        &endpoints.live,
-                        &endpoints.replay,
-                        &stream.name,
-                        "1",
-                    )?);
-                }
-            }
+        if let Some(record) = record {
+            filter.print(&mut out, &record)?;
         }
     }
 }

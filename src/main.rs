@@ -109,6 +109,7 @@ fn endpoints(args: &ConfigArgs) -> anyhow::Result<logcmd::Endpoints> {
         acked: run.acked,
         live: run.live,
         replay: run.replay,
+        replay_api: run.replay_api,
         admin,
     })
 }

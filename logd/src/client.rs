@@ -368,20 +368,23 @@ impl Subscription {
                 self.start_replay()?;
             }
             let now = Instant::now();
-            if now >= deadline {
-                return Ok(None);
-            }
             if self.replaying.is_none() && now.duration_since(self.last_activity) >= IDLE_PROBE {
                 self.last_activity = now;
                 self.start_replay()?;
             }
-            let wait = deadline.min(now + IDLE_PROBE) - now;
+            // A zero timeout still looks at the sockets once before giving up.
+            let wait = deadline
+                .min(now + IDLE_PROBE)
+                .saturating_duration_since(now);
             let mut items = [
                 self.replay.as_poll_item(zmq::POLLIN),
                 self.live.as_poll_item(zmq::POLLIN),
             ];
-            zmq::poll(&mut items, wait.as_millis().max(1) as i64)?;
+            zmq::poll(&mut items, wait.as_millis() as i64)?;
             let (replay_ready, live_ready) = (items[0].is_readable(), items[1].is_readable());
+            if !replay_ready && !live_ready && Instant::now() >= deadline {
+                return Ok(None);
+            }
             if replay_ready {
                 let frames = self.replay.recv_multipart(0)?;
                 let is_current = self.replaying.as_deref() == frames.first().map(Vec::as_slice);
@@ -467,6 +470,168 @@ impl Subscription {
     /// The next sequence this subscription will deliver.
     pub fn expected(&self) -> u64 {
         self.expected
+    }
+
+    /// Its sockets, for waiting on several subscriptions at once.
+    fn poll_items(&self) -> [zmq::PollItem<'_>; 2] {
+        [
+            self.replay.as_poll_item(zmq::POLLIN),
+            self.live.as_poll_item(zmq::POLLIN),
+        ]
+    }
+}
+
+/// Endpoints a [`PrefixSubscription`] needs.
+#[derive(Debug, Clone)]
+pub struct FollowEndpoints {
+    /// Live XPUB.
+    pub live: String,
+    /// Replay XPUB.
+    pub replay: String,
+    /// Replay API ROUTER (lists the streams).
+    pub replay_api: String,
+}
+
+/// Every stream whose name starts with a prefix, each joined replay-to-live from the start,
+/// and streams created later from their first record. Order holds within a stream.
+pub struct PrefixSubscription {
+    ctx: zmq::Context,
+    endpoints: FollowEndpoints,
+    prefix: String,
+    start: String,
+    streams: BTreeMap<String, Subscription>,
+    /// Next subscription to look at, so that no stream starves the others.
+    turn: usize,
+    last_listing: Instant,
+}
+
+/// How often a prefix subscription looks for new streams.
+const LISTING_INTERVAL: Duration = Duration::from_secs(1);
+
+impl PrefixSubscription {
+    /// Follows every stream starting with `prefix` (`""` for all) from `start` (see
+    /// [`Subscription::start`]).
+    pub fn start(
+        ctx: &zmq::Context,
+        endpoints: FollowEndpoints,
+        prefix: &str,
+        start: &str,
+    ) -> Result<Self, ClientError> {
+        let mut subscription = PrefixSubscription {
+            ctx: ctx.clone(),
+            endpoints,
+            prefix: prefix.to_string(),
+            start: start.to_string(),
+            streams: BTreeMap::new(),
+            turn: 0,
+            last_listing: Instant::now(),
+        };
+        for stream in list_streams(
+            ctx,
+            &subscription.endpoints.replay_api,
+            prefix,
+            Duration::from_secs(10),
+        )? {
+            let start = subscription.start.clone();
+            subscription.add(&stream, &start)?;
+        }
+        Ok(subscription)
+    }
+
+    fn add(&mut self, stream: &str, start: &str) -> Result<(), ClientError> {
+        let e = &self.endpoints;
+        let subscription = Subscription::start(&self.ctx, &e.live, &e.replay, stream, start)?;
+        self.streams.insert(stream.to_string(), subscription);
+        Ok(())
+    }
+
+    /// Streams followed so far.
+    pub fn streams(&self) -> Vec<String> {
+        self.streams.keys().cloned().collect()
+    }
+
+    /// The next record of any followed stream, or `None` if none arrives within `timeout`.
+    pub fn next(&mut self, timeout: Duration) -> Result<Option<Received>, ClientError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let count = self.streams.len();
+            for i in 0..count {
+                let index = (self.turn + i) % count;
+                if let Some(subscription) = self.streams.values_mut().nth(index) {
+                    if let Some(record) = subscription.next(Duration::ZERO)? {
+                        self.turn = index;
+                        return Ok(Some(record));
+                    }
+                }
+            }
+            if self.last_listing.elapsed() >= LISTING_INTERVAL {
+                self.last_listing = Instant::now();
+                let listed = list_streams(
+                    &self.ctx,
+                    &self.endpoints.replay_api,
+                    &self.prefix,
+                    Duration::from_secs(5),
+                )?;
+                for stream in listed {
+                    if !self.streams.contains_key(&stream) {
+                        // Created after the start: everything in it is new.
+                        self.add(&stream, "1")?;
+                    }
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            let wait = deadline.min(now + Duration::from_millis(100)) - now;
+            let mut items: Vec<zmq::PollItem<'_>> = self
+                .streams
+                .values()
+                .flat_map(Subscription::poll_items)
+                .collect();
+            if items.is_empty() {
+                std::thread::sleep(wait);
+            } else {
+                zmq::poll(&mut items, wait.as_millis().max(1) as i64)?;
+            }
+        }
+    }
+}
+
+/// Names of the streams starting with `prefix`, through the replay API.
+pub fn list_streams(
+    ctx: &zmq::Context,
+    endpoint: &str,
+    prefix: &str,
+    timeout: Duration,
+) -> Result<Vec<String>, ClientError> {
+    let socket = ctx.socket(zmq::DEALER)?;
+    socket.set_linger(0)?;
+    socket.connect(endpoint)?;
+    let id = nonce().into_bytes();
+    let request: [&[u8]; 3] = [b"STREAMS", &id, prefix.as_bytes()];
+    socket.send_multipart(request, 0)?;
+    loop {
+        if socket.poll(zmq::POLLIN, timeout.as_millis() as i64)? == 0 {
+            return Err(ClientError::Timeout(timeout));
+        }
+        let frames = socket.recv_multipart(0)?;
+        match frames.as_slice() {
+            [got, marker, names] if got == &id && marker.as_slice() == protocol::STREAMS_MARKER => {
+                let names = String::from_utf8_lossy(names);
+                return Ok(names
+                    .lines()
+                    .filter(|n| !n.is_empty())
+                    .map(String::from)
+                    .collect());
+            }
+            [got, marker, reason] if got == &id && marker.as_slice() == protocol::ERROR_MARKER => {
+                return Err(ClientError::Refused(
+                    String::from_utf8_lossy(reason).into_owned(),
+                ))
+            }
+            _ => continue,
+        }
     }
 }
 

@@ -610,7 +610,17 @@ pub enum ApiRequest {
         /// The replay.
         id: Vec<u8>,
     },
+    /// `["STREAMS"][id][prefix]`: names of the streams starting with `prefix`.
+    Streams {
+        /// The request.
+        id: Vec<u8>,
+        /// Name prefix (empty: all).
+        prefix: String,
+    },
 }
+
+/// Marker frame of the answer to `STREAMS`: `[id]["STREAMS"][names, one per line]`.
+pub const STREAMS_MARKER: &[u8] = b"STREAMS";
 
 /// Parses a replay API request; errors carry the request id when there is one.
 pub fn parse_api_request(
@@ -670,9 +680,14 @@ pub fn parse_api_request(
             n: u32_of(n)?,
         }),
         (b"CANCEL", []) => Ok(ApiRequest::Cancel { id: id.clone() }),
-        (b"REPLAY" | b"CREDIT" | b"CANCEL", _) => Err(with_id(ProtocolError::FrameCount {
+        (b"STREAMS", [prefix]) => Ok(ApiRequest::Streams {
+            id: id.clone(),
+            prefix: String::from_utf8(prefix.clone())
+                .map_err(|_| with_id(ProtocolError::Stream("prefix is not UTF-8".into())))?,
+        }),
+        (b"REPLAY" | b"CREDIT" | b"CANCEL" | b"STREAMS", _) => Err(with_id(ProtocolError::FrameCount {
             got: frames.len(),
-            expected: "REPLAY id stream start credit [filter] | CREDIT id n | CANCEL id",
+            expected: "REPLAY id stream start credit [filter] | CREDIT id n | CANCEL id | STREAMS id prefix",
         })),
         (other, _) => Err(with_id(ProtocolError::Attributes(format!(
             "unknown command {:?}",

@@ -178,6 +178,21 @@ impl ReplayApi {
             Ok(ApiRequest::Cancel { id }) => {
                 self.replays.remove(&(identity.clone(), id));
             }
+            Ok(ApiRequest::Streams { id, prefix }) => {
+                let names: Vec<String> = self
+                    .store
+                    .log()
+                    .streams()
+                    .into_iter()
+                    .filter(|s| s.starts_with(&prefix))
+                    .collect();
+                let _ = self.reply(
+                    identity,
+                    &id,
+                    protocol::STREAMS_MARKER,
+                    names.join("\n").as_bytes(),
+                );
+            }
             Err((id, e)) => {
                 inc(&self.metrics.replay_rejected);
                 if let Some(suppressed) = self.bad_request.allow() {
