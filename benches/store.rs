@@ -4,22 +4,11 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use depot_common::loadgen::LogLines;
+use depot_common::loadgen;
 use depot_store::{NewRecord, Store, StoreConfig};
 
 /// Records per append call, as an ingest batch would carry them.
 const BATCH: usize = 1_000;
-
-fn lines(count: usize, len: usize) -> Vec<Vec<u8>> {
-    let mut gen = LogLines::new(42);
-    (0..count)
-        .map(|_| {
-            let mut line = Vec::new();
-            gen.next_line(len, &mut line);
-            line
-        })
-        .collect()
-}
 
 /// Appends `records` in batches and waits until the last batch is durable.
 fn append_durable(store: &Store, stream: &str, bodies: &[Vec<u8>]) {
@@ -46,7 +35,7 @@ fn bench_append(c: &mut Criterion) {
         .sample_size(10)
         .measurement_time(Duration::from_secs(10));
     for (name, len, count) in [("100B", 100, 200_000), ("1KiB", 1024, 50_000)] {
-        let bodies = lines(count, len);
+        let bodies = loadgen::lines(42, len, count);
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path(), StoreConfig::default()).expect("open");
         group.throughput(Throughput::Elements(count as u64));
@@ -63,7 +52,7 @@ fn bench_read(c: &mut Criterion) {
     let count = 1_000_000u64;
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(dir.path(), StoreConfig::default()).expect("open");
-    append_durable(&store, "s", &lines(count as usize, 100));
+    append_durable(&store, "s", &loadgen::lines(42, 100, count as usize));
     group.throughput(Throughput::Elements(count));
     group.bench_function("100B_sequential", |b| {
         b.iter_batched(

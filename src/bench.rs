@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use depot_common::loadgen::LogLines;
+use depot_common::loadgen;
 use depot_store::{NewRecord, Store, StoreConfig};
 
 /// Options of `depot bench store`.
@@ -61,14 +61,7 @@ pub fn store(args: &StoreBenchArgs) -> anyhow::Result<()> {
             let store = store.clone();
             let (size, batch) = (args.size, args.batch);
             std::thread::spawn(move || -> anyhow::Result<()> {
-                let mut gen = LogLines::new(p as u64 + 1);
-                let bodies: Vec<Vec<u8>> = (0..batch * 16)
-                    .map(|_| {
-                        let mut line = Vec::new();
-                        gen.next_line(size, &mut line);
-                        line
-                    })
-                    .collect();
+                let bodies = loadgen::lines(p as u64 + 1, size, batch * 16);
                 let stream = format!("bench-{p}");
                 let mut sent = 0u64;
                 let mut last = None;
@@ -174,17 +167,6 @@ pub struct LogdBenchArgs {
     packed: bool,
 }
 
-fn bodies(seed: u64, size: usize, count: usize) -> Vec<Vec<u8>> {
-    let mut gen = LogLines::new(seed);
-    (0..count)
-        .map(|_| {
-            let mut line = Vec::new();
-            gen.next_line(size, &mut line);
-            line
-        })
-        .collect()
-}
-
 /// Runs one logd benchmark against the appliance at `endpoints` and prints its figures.
 pub fn logd(
     endpoints: &depot_logd::LogdEndpoints,
@@ -220,7 +202,7 @@ fn logd_acked(
                 let ctx = zmq::Context::new();
                 let mut sender =
                     depot_logd::client::AckedSender::connect(&ctx, &endpoint)?.with_packed(packed);
-                let pool = bodies(p as u64 + 1, size, batch * 4);
+                let pool = loadgen::lines(p as u64 + 1, size, batch * 4);
                 let (mut sent, mut in_flight) = (0u64, 0usize);
                 while sent < per_producer {
                     let n = (per_producer - sent).min(batch as u64) as usize;
@@ -292,7 +274,7 @@ fn logd_push(
                 let ctx = zmq::Context::new();
                 let sender =
                     depot_logd::client::PushSender::connect(&ctx, &endpoint)?.with_packed(packed);
-                let pool = bodies(p as u64 + 1, size, batch * 4);
+                let pool = loadgen::lines(p as u64 + 1, size, batch * 4);
                 let mut sent = 0u64;
                 while sent < per_producer {
                     let n = (per_producer - sent).min(batch as u64) as usize;

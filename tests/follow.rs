@@ -14,12 +14,10 @@ fn prefix_subscription_follows_existing_and_new_streams_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "");
     let appliance = Appliance::start(&dir.path().join("data"), &config);
-    let run: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(appliance.data.join("run.json")).unwrap())
-            .unwrap();
-    let endpoint = |name: &str| run["logd"][name].as_str().unwrap().to_string();
+    let logd = appliance.logd();
+
     let ctx = zmq::Context::new();
-    let mut sender = AckedSender::connect(&ctx, &endpoint("acked"))
+    let mut sender = AckedSender::connect(&ctx, &logd.acked.clone())
         .unwrap()
         .with_packed(true);
     let send = |sender: &mut AckedSender, stream: &str, from: usize, n: usize| {
@@ -34,9 +32,9 @@ fn prefix_subscription_follows_existing_and_new_streams_exactly_once() {
     send(&mut sender, "other", 0, 100);
 
     let endpoints = FollowEndpoints {
-        live: endpoint("live"),
-        replay: endpoint("replay"),
-        replay_api: endpoint("replay_api"),
+        live: logd.live.clone(),
+        replay: logd.replay.clone(),
+        replay_api: logd.replay_api.clone(),
     };
     let mut follow = PrefixSubscription::start(&ctx, endpoints, "app.", "1").unwrap();
     assert_eq!(

@@ -8,14 +8,12 @@ use std::time::Duration;
 use common::{poll, write_config, Appliance};
 
 fn stored(appliance: &Appliance, stream: &str) -> Vec<(u64, u8, String)> {
-    let run: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(appliance.data.join("run.json")).unwrap())
-            .unwrap();
+    let logd = appliance.logd();
     let ctx = zmq::Context::new();
     let mut out = Vec::new();
     depot_logd::client::replay(
         &ctx,
-        run["logd"]["replay"].as_str().unwrap(),
+        &logd.replay,
         stream,
         "1",
         Duration::from_secs(10),
@@ -85,11 +83,8 @@ fn configured_publishers_are_collected_and_push_sender_lands_records() {
     }
 
     // Fire-and-forget from the Rust client.
-    let run: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(appliance.data.join("run.json")).unwrap())
-            .unwrap();
-    let push = depot_logd::client::PushSender::connect(&ctx, run["logd"]["pull"].as_str().unwrap())
-        .unwrap();
+    let logd = appliance.logd();
+    let push = depot_logd::client::PushSender::connect(&ctx, &logd.pull).unwrap();
     let bodies: Vec<String> = (0..1_000).map(|i| format!("push {i}")).collect();
     for chunk in bodies.chunks(100) {
         let refs: Vec<&[u8]> = chunk.iter().map(|b| b.as_bytes()).collect();
@@ -108,14 +103,12 @@ fn configured_publishers_are_collected_and_push_sender_lands_records() {
     }
 
     // The same records packed into one frame per batch, acked and fire-and-forget.
-    let packed =
-        depot_logd::client::PushSender::connect(&ctx, run["logd"]["pull"].as_str().unwrap())
-            .unwrap()
-            .with_packed(true);
-    let mut acked =
-        depot_logd::client::AckedSender::connect(&ctx, run["logd"]["acked"].as_str().unwrap())
-            .unwrap()
-            .with_packed(true);
+    let packed = depot_logd::client::PushSender::connect(&ctx, &logd.pull)
+        .unwrap()
+        .with_packed(true);
+    let mut acked = depot_logd::client::AckedSender::connect(&ctx, &logd.acked)
+        .unwrap()
+        .with_packed(true);
     for chunk in bodies.chunks(100) {
         let refs: Vec<&[u8]> = chunk.iter().map(|b| b.as_bytes()).collect();
         packed.send("packed", 4, "test", &refs).unwrap();

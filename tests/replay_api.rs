@@ -8,13 +8,6 @@ use std::time::Duration;
 use common::{write_config, Appliance};
 use depot_logd::client::{replay_api, AckedSender, ApiQuery};
 
-fn endpoint(appliance: &Appliance, name: &str) -> String {
-    let run: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(appliance.data.join("run.json")).unwrap())
-            .unwrap();
-    run["logd"][name].as_str().unwrap().to_string()
-}
-
 fn query<'a>(start: &'a str, filter: &'a str, window: u32) -> ApiQuery<'a> {
     ApiQuery {
         stream: "api",
@@ -29,11 +22,11 @@ fn replay_api_serves_in_order_with_filters_credit_and_errors() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "");
     let appliance = Appliance::start(&dir.path().join("data"), &config);
-    let api = endpoint(&appliance, "replay_api");
+    let api = appliance.logd().replay_api;
     let ctx = zmq::Context::new();
 
     // 20,000 records; every tenth is an ERROR mentioning a disk.
-    let mut sender = AckedSender::connect(&ctx, &endpoint(&appliance, "acked")).unwrap();
+    let mut sender = AckedSender::connect(&ctx, &appliance.logd().acked).unwrap();
     for batch in 0..20u64 {
         for level in [6u8, 3] {
             let bodies: Vec<String> = (0..500u64)

@@ -16,22 +16,13 @@ fn configured_retention_trims_streams_while_ingest_runs() {
         "[retention]\ninterval = \"50ms\"\n\n[retention.streams.\"trimmed\"]\nmax_bytes = \"64KiB\"\n",
     );
     let appliance = Appliance::start(&dir.path().join("data"), &config);
-    let run: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(appliance.data.join("run.json")).unwrap())
-            .unwrap();
+    let logd = appliance.logd();
     let ctx = zmq::Context::new();
-    let mut sender = AckedSender::connect(&ctx, run["logd"]["acked"].as_str().unwrap())
+    let mut sender = AckedSender::connect(&ctx, &logd.acked)
         .unwrap()
         .with_packed(true);
-    let mut gen = depot_common::loadgen::LogLines::new(3);
-    let mut line = Vec::new();
-    for _ in 0..50 {
-        let bodies: Vec<Vec<u8>> = (0..1_000)
-            .map(|_| {
-                gen.next_line(100, &mut line);
-                line.clone()
-            })
-            .collect();
+    for round in 0..50 {
+        let bodies = depot_common::loadgen::lines(round, 100, 1_000);
         let refs: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
         for stream in ["trimmed", "kept"] {
             sender
@@ -63,7 +54,7 @@ fn configured_retention_trims_streams_while_ingest_runs() {
     let mut next = first;
     depot_logd::client::replay(
         &ctx,
-        run["logd"]["replay"].as_str().unwrap(),
+        &logd.replay,
         "trimmed",
         "1",
         Duration::from_secs(10),

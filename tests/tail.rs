@@ -26,10 +26,7 @@ level = "warn"
 
 /// Every body in stream `files`, in sequence order, checking sequences are contiguous.
 fn stored_lines(appliance: &Appliance) -> Vec<String> {
-    let run: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(appliance.data.join("run.json")).unwrap())
-            .unwrap();
-    let replay = run["logd"]["replay"].as_str().unwrap().to_string();
+    let replay = appliance.logd().replay;
     let ctx = zmq::Context::new();
     let mut lines = Vec::new();
     let mut next = 1;

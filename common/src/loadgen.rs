@@ -73,6 +73,18 @@ impl LogLines {
     }
 }
 
+/// `count` lines of `len` bytes from a generator seeded with `seed`.
+pub fn lines(seed: u64, len: usize, count: usize) -> Vec<Vec<u8>> {
+    let mut gen = LogLines::new(seed);
+    (0..count)
+        .map(|_| {
+            let mut line = Vec::new();
+            gen.next_line(len, &mut line);
+            line
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

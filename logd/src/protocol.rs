@@ -109,19 +109,27 @@ pub struct IngestBatch<'a> {
     pub packed: bool,
 }
 
+/// Takes one `length u32 BE | bytes` item off the front of `data`; `None` if it is cut short.
+fn take_prefixed<'a>(data: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let len = u32::from_be_bytes(data.get(..4)?.try_into().ok()?) as usize;
+    let item = data.get(4..4 + len)?;
+    *data = &data[4 + len..];
+    Some(item)
+}
+
+/// Appends one `length u32 BE | bytes` item.
+fn put_prefixed(out: &mut Vec<u8>, item: &[u8]) {
+    out.extend_from_slice(&(item.len() as u32).to_be_bytes());
+    out.extend_from_slice(item);
+}
+
 /// Splits a packed body frame (`packed=1`): records as `length u32 BE | bytes`, repeated.
 pub fn unpack_bodies(mut frame: &[u8]) -> Result<Vec<&[u8]>, ProtocolError> {
-    let bad = || ProtocolError::Attributes("packed frame cut short".into());
     let mut bodies = Vec::new();
     while !frame.is_empty() {
-        let len_bytes: [u8; 4] = frame
-            .get(..4)
-            .ok_or_else(bad)?
-            .try_into()
-            .map_err(|_| bad())?;
-        let len = u32::from_be_bytes(len_bytes) as usize;
-        bodies.push(frame.get(4..4 + len).ok_or_else(bad)?);
-        frame = &frame[4 + len..];
+        let body = take_prefixed(&mut frame)
+            .ok_or_else(|| ProtocolError::Attributes("packed frame cut short".into()))?;
+        bodies.push(body);
     }
     Ok(bodies)
 }
@@ -130,8 +138,7 @@ pub fn unpack_bodies(mut frame: &[u8]) -> Result<Vec<&[u8]>, ProtocolError> {
 pub fn pack_bodies(bodies: &[&[u8]]) -> Vec<u8> {
     let mut out = Vec::with_capacity(bodies.iter().map(|b| b.len() + 4).sum());
     for body in bodies {
-        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
-        out.extend_from_slice(body);
+        put_prefixed(&mut out, body);
     }
     out
 }
@@ -410,8 +417,7 @@ pub fn pack_record(
 ) {
     out.extend_from_slice(&(header_len(stream, source) as u32).to_be_bytes());
     encode_header_into(out, seq, ts_ns, level, stream, source);
-    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    out.extend_from_slice(body);
+    put_prefixed(out, body);
 }
 
 /// A packed record's header and body frames.
@@ -419,22 +425,13 @@ pub type PackedRecord<'a> = (&'a [u8], &'a [u8]);
 
 /// Splits a replay API batch into (header, body) pairs.
 pub fn unpack_records(mut packed: &[u8]) -> Result<Vec<PackedRecord<'_>>, ProtocolError> {
-    fn take<'a>(data: &mut &'a [u8]) -> Result<&'a [u8], ProtocolError> {
-        let bad = || ProtocolError::Header("record batch cut short".into());
-        let len_bytes: [u8; 4] = data
-            .get(..4)
-            .ok_or_else(bad)?
-            .try_into()
-            .map_err(|_| bad())?;
-        let len = u32::from_be_bytes(len_bytes) as usize;
-        let item = data.get(4..4 + len).ok_or_else(bad)?;
-        *data = &data[4 + len..];
-        Ok(item)
-    }
     let mut records = Vec::new();
     while !packed.is_empty() {
-        let header = take(&mut packed)?;
-        let body = take(&mut packed)?;
+        let header = take_prefixed(&mut packed);
+        let body = take_prefixed(&mut packed);
+        let (Some(header), Some(body)) = (header, body) else {
+            return Err(ProtocolError::Header("record batch cut short".into()));
+        };
         records.push((header, body));
     }
     Ok(records)
