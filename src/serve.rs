@@ -71,7 +71,9 @@ pub fn run(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
             state.clone(),
             shutdown_rx.clone(),
         ));
-        tokio::spawn(watch_signals(shutdown_tx));
+        // Installed before run.json says we serve, so an early SIGTERM is a clean stop too.
+        let signals = install_signals().context("cannot install signal handlers")?;
+        tokio::spawn(watch_signals(signals, shutdown_tx));
         write_run_file(&data_dir, admin_addr, &logd.endpoints)?;
         tracing::info!(admin = %format!("http://{admin_addr}"), "depot serving");
 
@@ -115,16 +117,20 @@ fn write_run_file(
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
-/// First SIGINT/SIGTERM: graceful shutdown. Second: exit at once (acknowledged data is durable).
-async fn watch_signals(shutdown: watch::Sender<bool>) {
+/// The SIGTERM and SIGINT streams.
+type Signals = (tokio::signal::unix::Signal, tokio::signal::unix::Signal);
+
+/// Registers SIGTERM and SIGINT handlers now (they take effect at once).
+fn install_signals() -> std::io::Result<Signals> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop Depot with SIGKILL");
-        return;
-    };
+    Ok((
+        signal(SignalKind::terminate())?,
+        signal(SignalKind::interrupt())?,
+    ))
+}
+
+/// First SIGINT/SIGTERM: graceful shutdown. Second: exit at once (acknowledged data is durable).
+async fn watch_signals((mut term, mut int): Signals, shutdown: watch::Sender<bool>) {
     let mut seen = 0;
     loop {
         let name = tokio::select! {
