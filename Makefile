@@ -9,8 +9,7 @@ run:
 	./target/release/depot serve
 
 test:
-	scripts/setup.sh test
-	$(CARGO) test --workspace --release
+	scripts/test.sh
 
 # Formatting and lints, as CI's reviewers expect them.
 check:
