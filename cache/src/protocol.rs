@@ -1,0 +1,297 @@
+//! CHP frames (ZeroMQ RFC 12), as the Guide's Clone clients speak them. Pure code.
+//!
+//! Every message but `ICANHAZ?` is five frames: key, sequence (8 bytes big-endian), uuid (16
+//! bytes or empty), properties (`name=value\n` lines), body. An empty body deletes the key.
+
+/// Key of the snapshot request's first frame.
+pub const ICANHAZ: &[u8] = b"ICANHAZ?";
+/// Key of the message that ends a snapshot.
+pub const KTHXBAI: &[u8] = b"KTHXBAI";
+/// Key of the heartbeat the publisher sends when idle.
+pub const HUGZ: &[u8] = b"HUGZ";
+/// Longest key accepted.
+pub const MAX_KEY: usize = 1024;
+/// Longest properties frame accepted.
+pub const MAX_PROPERTIES: usize = 16 * 1024;
+
+/// Why a CHP message was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChpError {
+    /// Not the frame count the message needs.
+    #[error("wrong frame count {got}, expected {expected}")]
+    FrameCount {
+        /// Frames received.
+        got: usize,
+        /// Frames expected.
+        expected: usize,
+    },
+    /// The sequence frame is not 8 bytes.
+    #[error("sequence frame must be 8 bytes, got {0}")]
+    Sequence(usize),
+    /// The uuid frame is neither empty nor 16 bytes.
+    #[error("uuid frame must be empty or 16 bytes, got {0}")]
+    Uuid(usize),
+    /// The key is empty or too long.
+    #[error("key must be 1 to {MAX_KEY} bytes, got {0}")]
+    Key(usize),
+    /// A properties line is not `name=value`, or the frame is too large or not UTF-8.
+    #[error("invalid properties: {0}")]
+    Properties(String),
+    /// Not a snapshot request.
+    #[error("unknown command {0:?}")]
+    Command(String),
+}
+
+/// One key-value message: KVSYNC, KVPUB or KVSET.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct KvMsg {
+    /// The key, a path such as `/app/config/x`.
+    pub key: Vec<u8>,
+    /// Sequence number assigned by the server (0 in a client's KVSET).
+    pub seq: u64,
+    /// The update's identity (16 bytes) or empty.
+    pub uuid: Vec<u8>,
+    /// Properties, in the order received.
+    pub properties: Vec<(String, String)>,
+    /// The value; empty deletes the key.
+    pub body: Vec<u8>,
+}
+
+impl KvMsg {
+    /// A message for `key` with `body`, no sequence, uuid or properties.
+    pub fn new(key: impl Into<Vec<u8>>, body: impl Into<Vec<u8>>) -> Self {
+        KvMsg {
+            key: key.into(),
+            body: body.into(),
+            ..Default::default()
+        }
+    }
+
+    /// The value of property `name`.
+    pub fn property(&self, name: &str) -> Option<&str> {
+        self.properties
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Sets property `name`, replacing an earlier value.
+    pub fn set_property(&mut self, name: &str, value: impl Into<String>) {
+        let value = value.into();
+        match self.properties.iter_mut().find(|(n, _)| n == name) {
+            Some(slot) => slot.1 = value,
+            None => self.properties.push((name.to_string(), value)),
+        }
+    }
+
+    /// Whether this message deletes its key.
+    pub fn is_delete(&self) -> bool {
+        self.body.is_empty()
+    }
+
+    /// The five frames.
+    pub fn encode(&self) -> [Vec<u8>; 5] {
+        [
+            self.key.clone(),
+            self.seq.to_be_bytes().to_vec(),
+            self.uuid.clone(),
+            encode_properties(&self.properties).into_bytes(),
+            self.body.clone(),
+        ]
+    }
+
+    /// Decodes five frames; `max_body` bounds the value.
+    pub fn decode(frames: &[Vec<u8>], max_body: usize) -> Result<KvMsg, ChpError> {
+        let [key, seq, uuid, properties, body] = frames else {
+            return Err(ChpError::FrameCount {
+                got: frames.len(),
+                expected: 5,
+            });
+        };
+        if key.is_empty() || key.len() > MAX_KEY {
+            return Err(ChpError::Key(key.len()));
+        }
+        let seq: [u8; 8] = seq
+            .as_slice()
+            .try_into()
+            .map_err(|_| ChpError::Sequence(seq.len()))?;
+        if !(uuid.is_empty() || uuid.len() == 16) {
+            return Err(ChpError::Uuid(uuid.len()));
+        }
+        if body.len() > max_body {
+            return Err(ChpError::Properties(format!(
+                "value of {} bytes exceeds the limit of {max_body}",
+                body.len()
+            )));
+        }
+        Ok(KvMsg {
+            key: key.clone(),
+            seq: u64::from_be_bytes(seq),
+            uuid: uuid.clone(),
+            properties: decode_properties(properties)?,
+            body: body.clone(),
+        })
+    }
+}
+
+/// Encodes properties as `name=value\n` lines.
+pub fn encode_properties(properties: &[(String, String)]) -> String {
+    properties
+        .iter()
+        .map(|(name, value)| format!("{name}={value}\n"))
+        .collect()
+}
+
+/// Decodes `name=value\n` lines (a missing final newline is accepted).
+pub fn decode_properties(frame: &[u8]) -> Result<Vec<(String, String)>, ChpError> {
+    if frame.len() > MAX_PROPERTIES {
+        return Err(ChpError::Properties(format!(
+            "{} bytes exceed the limit of {MAX_PROPERTIES}",
+            frame.len()
+        )));
+    }
+    let text = std::str::from_utf8(frame).map_err(|_| ChpError::Properties("not UTF-8".into()))?;
+    text.lines()
+        .filter(|line| !line.is_empty())
+        .map(|line| {
+            line.split_once('=')
+                .filter(|(name, _)| !name.is_empty())
+                .map(|(name, value)| (name.to_string(), value.to_string()))
+                .ok_or_else(|| ChpError::Properties(format!("{line:?} is not name=value")))
+        })
+        .collect()
+}
+
+/// Parses a snapshot request `["ICANHAZ?"][subtree]`; returns the subtree (empty: all).
+pub fn parse_icanhaz(frames: &[Vec<u8>]) -> Result<Vec<u8>, ChpError> {
+    match frames {
+        [command, subtree] if command.as_slice() == ICANHAZ => Ok(subtree.clone()),
+        // The Guide's first Clone clients send the command alone.
+        [command] if command.as_slice() == ICANHAZ => Ok(Vec::new()),
+        [command, ..] if command.as_slice() != ICANHAZ => Err(ChpError::Command(
+            String::from_utf8_lossy(command).into_owned(),
+        )),
+        _ => Err(ChpError::FrameCount {
+            got: frames.len(),
+            expected: 2,
+        }),
+    }
+}
+
+/// The message ending a snapshot: key `KTHXBAI`, the snapshot's sequence, the subtree as body.
+pub fn kthxbai(seq: u64, subtree: &[u8]) -> KvMsg {
+    KvMsg {
+        key: KTHXBAI.to_vec(),
+        seq,
+        body: subtree.to_vec(),
+        ..Default::default()
+    }
+}
+
+/// The idle heartbeat: key `HUGZ`, sequence 0, empty frames.
+pub fn hugz() -> KvMsg {
+    KvMsg {
+        key: HUGZ.to_vec(),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(parts: &[&[u8]]) -> Vec<Vec<u8>> {
+        parts.iter().map(|p| p.to_vec()).collect()
+    }
+
+    #[test]
+    fn messages_round_trip_through_five_frames() {
+        let mut msg = KvMsg::new("/app/x", "value");
+        msg.seq = 42;
+        msg.uuid = vec![7; 16];
+        msg.set_property("ttl", "30");
+        msg.set_property("ttl", "60");
+        let encoded = msg.encode();
+        assert_eq!(encoded[1], 42u64.to_be_bytes());
+        assert_eq!(encoded[3], b"ttl=60\n");
+        let decoded = KvMsg::decode(&encoded, 1024).unwrap();
+        assert_eq!(decoded, msg);
+        assert_eq!(decoded.property("ttl"), Some("60"));
+        assert!(!decoded.is_delete());
+        assert!(KvMsg::new("/k", "").is_delete());
+    }
+
+    #[test]
+    fn bad_messages_are_refused_with_the_reason() {
+        let ok: [&[u8]; 5] = [b"/k", &[0; 8], b"", b"", b"v"];
+        assert!(KvMsg::decode(&frames(&ok), 1024).is_ok());
+        assert_eq!(
+            KvMsg::decode(&frames(&ok[..4]), 1024),
+            Err(ChpError::FrameCount {
+                got: 4,
+                expected: 5
+            })
+        );
+        let short_seq: [&[u8]; 5] = [b"/k", &[0; 7], b"", b"", b"v"];
+        assert_eq!(
+            KvMsg::decode(&frames(&short_seq), 1024),
+            Err(ChpError::Sequence(7))
+        );
+        let bad_uuid: [&[u8]; 5] = [b"/k", &[0; 8], b"abc", b"", b"v"];
+        assert_eq!(
+            KvMsg::decode(&frames(&bad_uuid), 1024),
+            Err(ChpError::Uuid(3))
+        );
+        let no_key: [&[u8]; 5] = [b"", &[0; 8], b"", b"", b"v"];
+        assert_eq!(KvMsg::decode(&frames(&no_key), 1024), Err(ChpError::Key(0)));
+        let bad_props: [&[u8]; 5] = [b"/k", &[0; 8], b"", b"ttl\n", b"v"];
+        assert!(matches!(
+            KvMsg::decode(&frames(&bad_props), 1024),
+            Err(ChpError::Properties(_))
+        ));
+        let big: [&[u8]; 5] = [b"/k", &[0; 8], b"", b"", &[1; 2000]];
+        assert!(KvMsg::decode(&frames(&big), 1024).is_err());
+    }
+
+    #[test]
+    fn properties_accept_a_missing_final_newline_and_values_with_equals() {
+        let props = decode_properties(b"ttl=5\nformula=a=b").unwrap();
+        assert_eq!(
+            props,
+            vec![("ttl".into(), "5".into()), ("formula".into(), "a=b".into())]
+        );
+        assert!(decode_properties(b"=x\n").is_err());
+        assert!(decode_properties(b"\xff=1").is_err());
+    }
+
+    #[test]
+    fn snapshot_requests_and_markers() {
+        assert_eq!(
+            parse_icanhaz(&frames(&[b"ICANHAZ?", b"/app/"])).unwrap(),
+            b"/app/"
+        );
+        assert_eq!(parse_icanhaz(&frames(&[b"ICANHAZ?"])).unwrap(), b"");
+        assert!(matches!(
+            parse_icanhaz(&frames(&[b"GIMME", b""])),
+            Err(ChpError::Command(_))
+        ));
+        assert!(parse_icanhaz(&frames(&[])).is_err());
+        let end = kthxbai(99, b"/app/");
+        assert_eq!(
+            (end.key.as_slice(), end.seq, end.body.as_slice()),
+            (KTHXBAI, 99, &b"/app/"[..])
+        );
+        let beat = hugz().encode();
+        assert_eq!(beat[0], HUGZ);
+        assert_eq!(beat[1], [0; 8]);
+        assert!(beat[2].is_empty() && beat[3].is_empty() && beat[4].is_empty());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decode_never_panics(parts in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40), 0..7)) {
+            let _ = KvMsg::decode(&parts, 64);
+            let _ = parse_icanhaz(&parts);
+        }
+    }
+}
