@@ -1,0 +1,204 @@
+//! The cache's state machine: the ordered map, the sequence, and TTL expiry. Pure code: the
+//! server feeds it collector messages and a clock, and publishes what it returns.
+
+use std::collections::BTreeMap;
+
+use crate::protocol::KvMsg;
+
+/// Property carrying a time to live.
+pub const TTL: &str = "ttl";
+
+/// One stored value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The message as last published (sequence, uuid, properties, body).
+    pub msg: KvMsg,
+    /// Absolute expiry, ms since the Unix epoch.
+    pub expires_ms: Option<u64>,
+}
+
+/// The map with its sequence.
+#[derive(Debug, Default)]
+pub struct CacheState {
+    entries: BTreeMap<Vec<u8>, Entry>,
+    /// Sequence of the last published change.
+    seq: u64,
+}
+
+/// Reads a `ttl` property as an absolute expiry in ms since the epoch. Relative values are
+/// seconds from `now_ms`; values that can only be absolute times (after the year 2001 in ms
+/// or seconds, as the Guide's servers rewrite them) are kept as such.
+pub fn expiry_ms(msg: &KvMsg, now_ms: u64) -> Option<u64> {
+    let ttl: f64 = msg.property(TTL)?.trim().parse().ok()?;
+    if !ttl.is_finite() || ttl <= 0.0 {
+        return None;
+    }
+    const ABSOLUTE_MS: f64 = 978_307_200_000.0; // 2001-01-01 in ms
+    const ABSOLUTE_S: f64 = 978_307_200.0; // 2001-01-01 in s
+    Some(if ttl >= ABSOLUTE_MS {
+        ttl as u64
+    } else if ttl >= ABSOLUTE_S {
+        (ttl * 1000.0) as u64
+    } else {
+        now_ms + (ttl * 1000.0) as u64
+    })
+}
+
+impl CacheState {
+    /// An empty cache continuing after sequence `seq`.
+    pub fn new(seq: u64) -> Self {
+        CacheState {
+            entries: BTreeMap::new(),
+            seq,
+        }
+    }
+
+    /// Sequence of the last change.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Keys stored.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether nothing is stored.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The value of `key`.
+    pub fn get(&self, key: &[u8]) -> Option<&Entry> {
+        self.entries.get(key)
+    }
+
+    /// Applies a client's KVSET: assigns the next sequence, stores the absolute expiry (so the
+    /// published `ttl` is absolute ms and survives restarts and failover), and returns the
+    /// KVPUB to publish. A delete of a missing key is still published, so peers converge.
+    pub fn apply_set(&mut self, mut msg: KvMsg, now_ms: u64) -> KvMsg {
+        self.seq += 1;
+        msg.seq = self.seq;
+        let expires_ms = expiry_ms(&msg, now_ms);
+        if let Some(at) = expires_ms {
+            msg.set_property(TTL, at.to_string());
+        }
+        self.store(msg.clone(), expires_ms);
+        msg
+    }
+
+    /// Applies a message that already has its sequence (recovery, or mirroring the active
+    /// server); the sequence never goes back.
+    pub fn apply_published(&mut self, msg: KvMsg, now_ms: u64) {
+        self.seq = self.seq.max(msg.seq);
+        let expires_ms = expiry_ms(&msg, now_ms);
+        self.store(msg, expires_ms);
+    }
+
+    fn store(&mut self, msg: KvMsg, expires_ms: Option<u64>) {
+        if msg.is_delete() {
+            self.entries.remove(&msg.key);
+        } else {
+            self.entries
+                .insert(msg.key.clone(), Entry { msg, expires_ms });
+        }
+    }
+
+    /// Removes every key whose expiry has passed and returns the deletes to publish, each with
+    /// a new sequence.
+    pub fn expire(&mut self, now_ms: u64) -> Vec<KvMsg> {
+        let expired: Vec<Vec<u8>> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.expires_ms.is_some_and(|at| at <= now_ms))
+            .map(|(k, _)| k.clone())
+            .collect();
+        expired
+            .into_iter()
+            .map(|key| self.apply_set(KvMsg::new(key, Vec::new()), now_ms))
+            .collect()
+    }
+
+    /// The entries under `subtree` (a key prefix; empty for all), in key order.
+    pub fn snapshot<'a>(&'a self, subtree: &'a [u8]) -> impl Iterator<Item = &'a Entry> + 'a {
+        self.entries
+            .range(subtree.to_vec()..)
+            .take_while(move |(k, _)| k.starts_with(subtree))
+            .map(|(_, e)| e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sets_get_increasing_sequences_and_deletes_remove() {
+        let mut state = CacheState::new(10);
+        let a = state.apply_set(KvMsg::new("/a", "1"), 0);
+        let b = state.apply_set(KvMsg::new("/b", "2"), 0);
+        assert_eq!((a.seq, b.seq), (11, 12));
+        assert_eq!(state.get(b"/a").unwrap().msg.body, b"1");
+        let del = state.apply_set(KvMsg::new("/a", ""), 0);
+        assert_eq!(del.seq, 13);
+        assert!(state.get(b"/a").is_none());
+        assert_eq!(state.len(), 1);
+    }
+
+    #[test]
+    fn ttl_becomes_absolute_and_expiry_publishes_deletes() {
+        let mut state = CacheState::new(0);
+        let mut msg = KvMsg::new("/session/1", "x");
+        msg.set_property(TTL, "2");
+        let published = state.apply_set(msg, 1_000_000_000_000);
+        assert_eq!(published.property(TTL), Some("1000000002000"));
+        assert!(state.expire(1_000_000_001_999).is_empty());
+        let deletes = state.expire(1_000_000_002_000);
+        assert_eq!(deletes.len(), 1);
+        assert!(deletes[0].is_delete());
+        assert_eq!(deletes[0].seq, 2);
+        assert!(state.get(b"/session/1").is_none());
+    }
+
+    #[test]
+    fn absolute_ttls_from_other_servers_are_kept() {
+        let now = 1_700_000_000_000;
+        let mut ms = KvMsg::new("/k", "v");
+        ms.set_property(TTL, "1700000005000");
+        assert_eq!(expiry_ms(&ms, now), Some(1_700_000_005_000));
+        let mut secs = KvMsg::new("/k", "v");
+        secs.set_property(TTL, "1700000005");
+        assert_eq!(expiry_ms(&secs, now), Some(1_700_000_005_000));
+        let mut junk = KvMsg::new("/k", "v");
+        junk.set_property(TTL, "soon");
+        assert_eq!(expiry_ms(&junk, now), None);
+        junk.set_property(TTL, "-3");
+        assert_eq!(expiry_ms(&junk, now), None);
+    }
+
+    #[test]
+    fn snapshots_filter_by_subtree_in_key_order() {
+        let mut state = CacheState::new(0);
+        for key in ["/b/2", "/a/1", "/b/1", "/c", "/b"] {
+            state.apply_set(KvMsg::new(key, "v"), 0);
+        }
+        let keys: Vec<&[u8]> = state
+            .snapshot(b"/b/")
+            .map(|e| e.msg.key.as_slice())
+            .collect();
+        assert_eq!(keys, vec![&b"/b/1"[..], b"/b/2"]);
+        assert_eq!(state.snapshot(b"").count(), 5);
+    }
+
+    #[test]
+    fn mirrored_messages_keep_their_sequence_and_never_go_back() {
+        let mut state = CacheState::new(0);
+        let mut msg = KvMsg::new("/m", "v");
+        msg.seq = 50;
+        state.apply_published(msg.clone(), 0);
+        msg.seq = 40;
+        state.apply_published(msg, 0);
+        assert_eq!(state.seq(), 50);
+        assert_eq!(state.apply_set(KvMsg::new("/n", "v"), 0).seq, 51);
+    }
+}
