@@ -22,6 +22,8 @@ pub struct Config {
     pub retention: RetentionSection,
     /// The log service.
     pub logd: depot_logd::LogdConfig,
+    /// The state cache.
+    pub cache: depot_cache::CacheConfig,
 }
 
 /// `[store]`

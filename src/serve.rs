@@ -28,6 +28,9 @@ pub struct RunInfo {
     pub version: String,
     /// Where the log service listens.
     pub logd: depot_logd::LogdEndpoints,
+    /// Where the cache listens, if it runs.
+    #[serde(default)]
+    pub cache: Option<depot_cache::CacheEndpoints>,
 }
 
 /// Runs the appliance with `config` and data in `data_dir` until SIGINT or SIGTERM.
@@ -52,6 +55,21 @@ pub fn run(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
     let ctx = zmq::Context::new();
     let logd = depot_logd::Logd::start(&ctx, store.clone(), &config.logd, runtime.handle())?;
     state.logd.set(logd.metrics.clone()).ok();
+    let cache = if config.cache.snapshot.is_empty() {
+        None
+    } else {
+        match depot_cache::Cache::start(&ctx, store.clone(), &config.cache) {
+            Ok(cache) => Some(cache),
+            Err(e) => {
+                logd.shutdown();
+                return Err(e.into());
+            }
+        }
+    };
+    if let Some(cache) = &cache {
+        state.cache.set(cache.metrics.clone()).ok();
+    }
+    let cache_endpoints = cache.as_ref().map(|c| c.endpoints.clone());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (retention_stop, retention_thread) =
         start_retention(store.clone(), state.clone(), config.retention.clone())?;
@@ -74,7 +92,12 @@ pub fn run(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
         // Installed before run.json says we serve, so an early SIGTERM is a clean stop too.
         let signals = install_signals().context("cannot install signal handlers")?;
         tokio::spawn(watch_signals(signals, shutdown_tx));
-        write_run_file(&data_dir, admin_addr, &logd.endpoints)?;
+        write_run_file(
+            &data_dir,
+            admin_addr,
+            &logd.endpoints,
+            cache_endpoints.clone(),
+        )?;
         tracing::info!(admin = %format!("http://{admin_addr}"), "depot serving");
 
         let mut shutdown = shutdown_rx.clone();
@@ -84,6 +107,9 @@ pub fn run(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
         anyhow::Ok(())
     });
 
+    if let Some(cache) = cache {
+        cache.shutdown();
+    }
     logd.shutdown();
     drop(retention_stop);
     let _ = retention_thread.join();
@@ -103,12 +129,14 @@ fn write_run_file(
     data_dir: &Path,
     admin: std::net::SocketAddr,
     logd: &depot_logd::LogdEndpoints,
+    cache: Option<depot_cache::CacheEndpoints>,
 ) -> anyhow::Result<()> {
     let info = RunInfo {
         pid: std::process::id(),
         admin: admin.to_string(),
         version: env!("CARGO_PKG_VERSION").into(),
         logd: logd.clone(),
+        cache,
     };
     let path = data_dir.join(RUN_FILE);
     let tmp = data_dir.join(format!("{RUN_FILE}.tmp"));

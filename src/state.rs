@@ -24,6 +24,8 @@ pub struct AppState {
     pub http_requests: AtomicU64,
     /// The log service's counters, once it runs.
     pub logd: std::sync::OnceLock<Arc<depot_logd::LogdMetrics>>,
+    /// The cache's counters, once it runs.
+    pub cache: std::sync::OnceLock<Arc<depot_cache::CacheMetrics>>,
 }
 
 /// `/health` body.
@@ -72,6 +74,7 @@ impl AppState {
             retention_removed: AtomicU64::new(0),
             http_requests: AtomicU64::new(0),
             logd: std::sync::OnceLock::new(),
+            cache: std::sync::OnceLock::new(),
         }
     }
 
@@ -183,6 +186,9 @@ impl AppState {
         }
         if let Some(logd) = self.logd.get() {
             logd.render(&mut m);
+        }
+        if let Some(cache) = self.cache.get() {
+            cache.render(&mut m);
         }
         m.finish()
     }

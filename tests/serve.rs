@@ -142,7 +142,11 @@ fn admin_port_in_use_names_the_endpoint() {
     let config = dir.path().join("depot.toml");
     std::fs::write(
         &config,
-        format!("[admin]\nlisten = \"{addr}\"\n{}", common::LOGD_EPHEMERAL),
+        format!(
+            "[admin]\nlisten = \"{addr}\"\n{}\n{}",
+            common::LOGD_EPHEMERAL,
+            common::CACHE_EPHEMERAL
+        ),
     )
     .unwrap();
     let output = depot()

@@ -4,8 +4,15 @@
 //! - `protocol`: CHP messages (KVSYNC, KVPUB, KVSET, ICANHAZ?, KTHXBAI, HUGZ) and their
 //!   properties, encoded and decoded without sockets.
 //! - `state`: the ordered map, its sequence and TTL expiry (pure).
+//! - `server`: the thread owning the three CHP sockets; persistence in the store.
+//! - `config`: `[cache]` settings.
 //!
-//! The server, persistence, TTL sweep, subtrees and Binary Star failover come next (issue 4).
+//! Binary Star failover, the Rust client and the CLI come next (issue 4).
 
+pub mod config;
 pub mod protocol;
+pub mod server;
 pub mod state;
+
+pub use config::CacheConfig;
+pub use server::{Cache, CacheEndpoints, CacheError, CacheMetrics};

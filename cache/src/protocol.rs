@@ -134,6 +134,37 @@ impl KvMsg {
     }
 }
 
+impl KvMsg {
+    /// The five frames, each prefixed with its length (u32 BE), for storage.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let frames = self.encode();
+        let mut out = Vec::with_capacity(frames.iter().map(|f| f.len() + 4).sum());
+        for frame in &frames {
+            out.extend_from_slice(&(frame.len() as u32).to_be_bytes());
+            out.extend_from_slice(frame);
+        }
+        out
+    }
+
+    /// Reads what [`KvMsg::to_bytes`] wrote.
+    pub fn from_bytes(mut bytes: &[u8]) -> Result<KvMsg, ChpError> {
+        let mut frames = Vec::with_capacity(5);
+        while !bytes.is_empty() {
+            let cut = || ChpError::Properties("stored message cut short".into());
+            let len = u32::from_be_bytes(
+                bytes
+                    .get(..4)
+                    .ok_or_else(cut)?
+                    .try_into()
+                    .map_err(|_| cut())?,
+            ) as usize;
+            frames.push(bytes.get(4..4 + len).ok_or_else(cut)?.to_vec());
+            bytes = &bytes[4 + len..];
+        }
+        KvMsg::decode(&frames, usize::MAX)
+    }
+}
+
 /// Encodes properties as `name=value\n` lines.
 pub fn encode_properties(properties: &[(String, String)]) -> String {
     properties
@@ -219,6 +250,16 @@ mod tests {
         assert_eq!(decoded.property("ttl"), Some("60"));
         assert!(!decoded.is_delete());
         assert!(KvMsg::new("/k", "").is_delete());
+    }
+
+    #[test]
+    fn stored_form_round_trips_and_cut_bytes_are_refused() {
+        let mut msg = KvMsg::new("/a", "b");
+        msg.seq = 3;
+        msg.set_property("ttl", "1");
+        let bytes = msg.to_bytes();
+        assert_eq!(KvMsg::from_bytes(&bytes).unwrap(), msg);
+        assert!(KvMsg::from_bytes(&bytes[..bytes.len() - 1]).is_err());
     }
 
     #[test]

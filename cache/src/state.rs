@@ -121,8 +121,23 @@ impl CacheState {
 
     /// The entries under `subtree` (a key prefix; empty for all), in key order.
     pub fn snapshot<'a>(&'a self, subtree: &'a [u8]) -> impl Iterator<Item = &'a Entry> + 'a {
+        self.snapshot_after(subtree, None)
+    }
+
+    /// Like [`CacheState::snapshot`], resuming after key `after`, so a snapshot sent in parts
+    /// costs no rescans.
+    pub fn snapshot_after<'a>(
+        &'a self,
+        subtree: &'a [u8],
+        after: Option<&[u8]>,
+    ) -> impl Iterator<Item = &'a Entry> + 'a {
+        use std::ops::Bound;
+        let start = match after {
+            Some(key) => Bound::Excluded(key.to_vec()),
+            None => Bound::Included(subtree.to_vec()),
+        };
         self.entries
-            .range(subtree.to_vec()..)
+            .range((start, Bound::Unbounded))
             .take_while(move |(k, _)| k.starts_with(subtree))
             .map(|(_, e)| e)
     }
@@ -188,6 +203,11 @@ mod tests {
             .collect();
         assert_eq!(keys, vec![&b"/b/1"[..], b"/b/2"]);
         assert_eq!(state.snapshot(b"").count(), 5);
+        let rest: Vec<&[u8]> = state
+            .snapshot_after(b"/b", Some(b"/b/1"))
+            .map(|e| e.msg.key.as_slice())
+            .collect();
+        assert_eq!(rest, vec![&b"/b/2"[..]]);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! - `durability`: what survives what ([`Durability`]), tickets and the durable watermark.
 //! - `log`: named streams of records with per-stream sequences, reads, retention, recovery.
 //! - `block`: how records are packed, compressed and checksummed into blocks (pure code).
+//! - `kv`: named key-value trees under the same group commit.
 //! - `keys`: big-endian key layout.
 //! - `record`: the record types.
 //! - `error`: [`StoreError`].
@@ -18,12 +19,14 @@ mod block;
 mod durability;
 mod error;
 mod keys;
+mod kv;
 pub mod log;
 mod record;
 mod store;
 
 pub use durability::{Durability, Ticket, Watermark};
 pub use error::{Result, StoreError};
+pub use kv::{Kv, MAX_KV_VALUE};
 pub use log::{now_ns, Appended, Log, Retention, RetentionOutcome, StreamStats};
 pub use record::{
     validate_stream_name, NewRecord, Record, RecordRef, Seq, MAX_RECORD_BYTES, MAX_STREAM_NAME,

@@ -226,6 +226,12 @@ impl Store {
         &self.inner.log
     }
 
+    /// The key-value tree `name` (created on first use), under the same group commit.
+    pub fn kv(&self, name: &str) -> Result<crate::Kv> {
+        let tree = self.inner.db.open_tree(format!("kv.{name}"))?;
+        Ok(crate::Kv::new(tree, self.inner.commit.clone()))
+    }
+
     /// The data folder.
     pub fn dir(&self) -> &Path {
         &self.inner.dir

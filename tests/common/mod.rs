@@ -40,7 +40,9 @@ pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
     let path = dir.join("depot.toml");
     std::fs::write(
         &path,
-        format!("[admin]\nlisten = \"127.0.0.1:0\"\n{LOGD_EPHEMERAL}\n{extra}\n"),
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n{CACHE_EPHEMERAL}\n{LOGD_EPHEMERAL}\n{extra}\n"
+        ),
     )
     .unwrap();
     path
@@ -153,6 +155,13 @@ replay = "tcp://127.0.0.1:*"
 replay_api = "tcp://127.0.0.1:*"
 syslog_udp = "127.0.0.1:0"
 syslog_tcp = "127.0.0.1:0"
+"#;
+
+/// A `[cache]` section with every endpoint on an ephemeral port.
+pub const CACHE_EPHEMERAL: &str = r#"[cache]
+snapshot = "tcp://127.0.0.1:*"
+publisher = "tcp://127.0.0.1:*"
+collector = "tcp://127.0.0.1:*"
 "#;
 
 /// The value of one sample in Prometheus text, e.g. `name{label="x"}` or `name`.

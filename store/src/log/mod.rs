@@ -620,6 +620,26 @@ mod tests {
     }
 
     #[test]
+    fn kv_writes_become_durable_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+            let kv = store.kv("test").unwrap();
+            kv.put(b"a", b"1").unwrap();
+            kv.put(b"b", b"2").unwrap();
+            let last = kv.remove(b"a").unwrap();
+            store.wait_durable(last).unwrap();
+            assert!(kv.put(b"big", &vec![0; crate::MAX_KV_VALUE + 1]).is_err());
+            store.close().unwrap();
+        }
+        let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        let kv = store.kv("test").unwrap();
+        let entries: Vec<_> = kv.entries().map(Result::unwrap).collect();
+        assert_eq!(entries, vec![(b"b".to_vec(), b"2".to_vec())]);
+        assert_eq!(kv.get(b"b").unwrap().as_deref(), Some(&b"2"[..]));
+    }
+
+    #[test]
     fn cursor_is_kept_with_its_records_across_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {

@@ -1,0 +1,206 @@
+//! The CHP cache through a real `depot serve`, spoken with raw ZeroMQ sockets as any Clone
+//! client would: updates published with increasing sequences, snapshots by subtree, TTL,
+//! persistence across SIGKILL, bad input counted.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{poll, write_config, Appliance};
+
+fn endpoints(appliance: &Appliance) -> (String, String, String) {
+    let run: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(appliance.data.join("run.json")).unwrap())
+            .unwrap();
+    let get = |name: &str| run["cache"][name].as_str().unwrap().to_string();
+    (get("snapshot"), get("publisher"), get("collector"))
+}
+
+fn kvset(key: &str, body: &str, props: &str) -> Vec<Vec<u8>> {
+    vec![key.into(), vec![0; 8], vec![], props.into(), body.into()]
+}
+
+fn seq_of(frames: &[Vec<u8>]) -> u64 {
+    u64::from_be_bytes(frames[1].as_slice().try_into().unwrap())
+}
+
+/// A Clone-pattern peer: SUB to the publisher, PUB to the collector.
+struct Peer {
+    updates: zmq::Socket,
+    collector: zmq::Socket,
+}
+
+impl Peer {
+    fn join(ctx: &zmq::Context, publisher: &str, collector: &str) -> Peer {
+        let updates = ctx.socket(zmq::SUB).unwrap();
+        updates.connect(publisher).unwrap();
+        updates.set_subscribe(b"").unwrap();
+        let pub_socket = ctx.socket(zmq::PUB).unwrap();
+        pub_socket.connect(collector).unwrap();
+        let peer = Peer {
+            updates,
+            collector: pub_socket,
+        };
+        // Both directions join asynchronously: repeat a warm-up set until it comes back.
+        let joined = poll(Duration::from_secs(10), || {
+            peer.collector
+                .send_multipart(kvset("/warm", "1", ""), 0)
+                .unwrap();
+            peer.next_update(Duration::from_millis(50))
+                .filter(|f| f[0] == b"/warm")
+        });
+        assert!(joined.is_some(), "peer never saw its own update");
+        peer
+    }
+
+    fn next_update(&self, timeout: Duration) -> Option<Vec<Vec<u8>>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if self
+                .updates
+                .poll(zmq::POLLIN, left.as_millis() as i64)
+                .unwrap()
+                == 0
+            {
+                return None;
+            }
+            let frames = self.updates.recv_multipart(0).unwrap();
+            if frames[0] != b"HUGZ" {
+                return Some(frames);
+            }
+        }
+    }
+
+    /// Sets a key and waits for its publication; returns the published frames.
+    fn set(&self, key: &str, body: &str, props: &str) -> Vec<Vec<u8>> {
+        self.collector
+            .send_multipart(kvset(key, body, props), 0)
+            .unwrap();
+        loop {
+            let frames = self
+                .next_update(Duration::from_secs(10))
+                .expect("update not published");
+            if frames[0] == key.as_bytes() {
+                return frames;
+            }
+        }
+    }
+}
+
+/// Asks for a snapshot: (key, seq, body) per KVSYNC, and the KTHXBAI's sequence.
+fn snapshot(
+    ctx: &zmq::Context,
+    endpoint: &str,
+    subtree: &str,
+) -> (Vec<(String, u64, String)>, u64) {
+    let dealer = ctx.socket(zmq::DEALER).unwrap();
+    dealer.connect(endpoint).unwrap();
+    dealer
+        .send_multipart([&b"ICANHAZ?"[..], subtree.as_bytes()], 0)
+        .unwrap();
+    let mut entries = Vec::new();
+    loop {
+        assert!(
+            dealer.poll(zmq::POLLIN, 10_000).unwrap() > 0,
+            "snapshot timed out"
+        );
+        let frames = dealer.recv_multipart(0).unwrap();
+        assert_eq!(frames.len(), 5);
+        if frames[0] == b"KTHXBAI" {
+            assert_eq!(frames[4], subtree.as_bytes());
+            return (entries, seq_of(&frames));
+        }
+        let key = String::from_utf8(frames[0].clone()).unwrap();
+        entries.push((
+            key,
+            seq_of(&frames),
+            String::from_utf8(frames[4].clone()).unwrap(),
+        ));
+    }
+}
+
+#[test]
+fn chp_updates_snapshots_ttl_and_persistence_across_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let data = dir.path().join("data");
+    let appliance = Appliance::start(&data, &config);
+    let (snap, publisher, collector) = endpoints(&appliance);
+    let ctx = zmq::Context::new();
+    let peer = Peer::join(&ctx, &publisher, &collector);
+
+    let a = peer.set("/app/a", "1", "");
+    let b = peer.set("/app/b", "2", "");
+    let other = peer.set("/other", "x", "");
+    assert!(
+        seq_of(&a) < seq_of(&b) && seq_of(&b) < seq_of(&other),
+        "sequences increase"
+    );
+
+    // A TTL comes back absolute (ms since the epoch), and expiry publishes a delete.
+    let temp = peer.set("/tmp/t", "gone soon", "ttl=1\n");
+    let ttl: u64 = String::from_utf8(temp[3].clone())
+        .unwrap()
+        .trim()
+        .strip_prefix("ttl=")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(ttl > 1_700_000_000_000, "absolute expiry, got {ttl}");
+    let deleted = poll(Duration::from_secs(5), || {
+        peer.next_update(Duration::from_millis(100))
+            .filter(|f| f[0] == b"/tmp/t")
+    })
+    .expect("expiry delete not published");
+    assert!(deleted[4].is_empty());
+    assert!(seq_of(&deleted) > seq_of(&temp));
+
+    // Snapshots filter by subtree and end with the current sequence.
+    let (entries, seq) = snapshot(&ctx, &snap, "/app/");
+    let keys: Vec<&str> = entries.iter().map(|(k, _, _)| k.as_str()).collect();
+    assert_eq!(keys, vec!["/app/a", "/app/b"]);
+    assert_eq!(seq, seq_of(&deleted));
+
+    // Bad input is counted and the service goes on.
+    peer.collector
+        .send_multipart([&b"/bad"[..], b"short", b"", b"", b"v"], 0)
+        .unwrap();
+    peer.collector
+        .send_multipart([&b"/bad"[..], b"x"], 0)
+        .unwrap();
+    let dealer = ctx.socket(zmq::DEALER).unwrap();
+    dealer.connect(&snap).unwrap();
+    dealer.send_multipart([&b"GIMME"[..], b""], 0).unwrap();
+    let counted = poll(Duration::from_secs(5), || {
+        (appliance.metric("depot_cache_rejected_total") >= 3.0).then_some(())
+    });
+    assert!(counted.is_some());
+    let last = peer.set("/app/c", "3", "");
+    let last_seq = seq_of(&last);
+
+    // SIGKILL: every published update survives with its sequence.
+    appliance.kill();
+    let appliance = Appliance::start(&data, &config);
+    let (snap, publisher, collector) = endpoints(&appliance);
+    let (entries, seq) = snapshot(&ctx, &snap, "");
+    assert_eq!(seq, last_seq, "the sequence survives");
+    let state: Vec<(&str, &str)> = entries
+        .iter()
+        .map(|(k, _, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(
+        state,
+        vec![
+            ("/app/a", "1"),
+            ("/app/b", "2"),
+            ("/app/c", "3"),
+            ("/other", "x"),
+            ("/warm", "1")
+        ]
+    );
+    let peer = Peer::join(&ctx, &publisher, &collector);
+    let next = peer.set("/app/d", "4", "");
+    assert!(seq_of(&next) > last_seq, "numbering continues");
+    assert_eq!(appliance.stop().code(), Some(0));
+}
