@@ -8,9 +8,11 @@
 //! - `status`: `depot status`, the client side of `/status`.
 //! - `bench`: load tools (`depot bench ...`).
 //! - `logcmd`: `depot log ...`, the command-line log client.
+//! - `cachecmd`: `depot cache ...`, the command-line cache client.
 
 mod admin;
 mod bench;
+mod cachecmd;
 mod config;
 mod logcmd;
 mod serve;
@@ -50,6 +52,13 @@ enum Command {
     Status(StatusArgs),
     /// Send, tail and replay log records.
     Log(LogArgs),
+    /// Read and change the state cache.
+    Cache {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(subcommand)]
+        command: cachecmd::CacheCommand,
+    },
     /// Load tools that measure Depot on this machine.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -100,6 +109,27 @@ fn run_info(args: &ConfigArgs) -> anyhow::Result<(depot_logd::LogdEndpoints, Str
             };
             (endpoints, config.admin.listen.to_string())
         }
+    })
+}
+
+/// The running appliance's cache endpoints: run.json in the data folder, else the configuration.
+fn cache_endpoints(args: &ConfigArgs) -> anyhow::Result<depot_cache::client::ServerEndpoints> {
+    let (config, data_dir) = args.load()?;
+    let run = std::fs::read(data_dir.join(serve::RUN_FILE))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serve::RunInfo>(&bytes).ok())
+        .and_then(|run| run.cache);
+    Ok(match run {
+        Some(c) => depot_cache::client::ServerEndpoints {
+            snapshot: c.snapshot,
+            publisher: c.publisher,
+            collector: c.collector,
+        },
+        None => depot_cache::client::ServerEndpoints {
+            snapshot: config.cache.snapshot,
+            publisher: config.cache.publisher,
+            collector: config.cache.collector,
+        },
     })
 }
 
@@ -220,6 +250,9 @@ fn main() -> ExitCode {
             .and_then(|(config, data_dir)| serve::run(config, data_dir)),
         Command::Status(args) => status(args),
         Command::Log(args) => log(args),
+        Command::Cache { config, command } => {
+            cache_endpoints(config).and_then(|server| cachecmd::run(&server, command))
+        }
         Command::Bench(BenchCommand::Store(args)) => bench::store(args),
         Command::Bench(BenchCommand::Logd { config, args }) => {
             run_info(config).and_then(|(run, admin)| bench::logd(&run, &admin, args))

@@ -204,3 +204,112 @@ fn chp_updates_snapshots_ttl_and_persistence_across_sigkill() {
     assert!(seq_of(&next) > last_seq, "numbering continues");
     assert_eq!(appliance.stop().code(), Some(0));
 }
+
+fn server(appliance: &Appliance) -> depot_cache::client::ServerEndpoints {
+    let (snapshot, publisher, collector) = endpoints(appliance);
+    depot_cache::client::ServerEndpoints {
+        snapshot,
+        publisher,
+        collector,
+    }
+}
+
+#[test]
+fn concurrent_peers_and_a_late_joiner_converge_to_the_servers_state() {
+    use depot_cache::client::CacheClient;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let appliance = Appliance::start(&dir.path().join("data"), &config);
+    let server = server(&appliance);
+    let ctx = zmq::Context::new();
+    let timeout = Duration::from_secs(10);
+
+    // Three peers set and delete overlapping keys at the same time.
+    let writers: Vec<_> = (0..3)
+        .map(|peer| {
+            let (ctx, server) = (ctx.clone(), server.clone());
+            std::thread::spawn(move || {
+                let mut client = CacheClient::join(&ctx, &server, b"/shared/", timeout).unwrap();
+                for i in 0..200 {
+                    let key = format!("/shared/{}", i % 50);
+                    if i % 7 == 6 {
+                        client.delete(key.as_bytes(), timeout).unwrap();
+                    } else {
+                        client
+                            .set(
+                                key.as_bytes(),
+                                format!("peer{peer}-{i}").as_bytes(),
+                                None,
+                                timeout,
+                            )
+                            .unwrap();
+                    }
+                }
+                client
+            })
+        })
+        .collect();
+    let mut clients: Vec<CacheClient> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+    let late = CacheClient::join(&ctx, &server, b"/shared/", timeout).unwrap();
+    let (truth, seq) = snapshot(&ctx, &server.snapshot, "/shared/");
+    assert_eq!(late.seq(), seq);
+    let dump = |c: &CacheClient| -> Vec<(String, String)> {
+        c.entries()
+            .map(|m| {
+                (
+                    String::from_utf8(m.key.clone()).unwrap(),
+                    String::from_utf8(m.body.clone()).unwrap(),
+                )
+            })
+            .collect()
+    };
+    let truth: Vec<(String, String)> = truth.into_iter().map(|(k, _, v)| (k, v)).collect();
+    assert_eq!(dump(&late), truth, "the late joiner has the server's state");
+    for client in &mut clients {
+        // Catch up with what the others published after this one finished.
+        let caught_up = poll(Duration::from_secs(10), || {
+            client.poll(Duration::from_millis(50)).unwrap();
+            (client.seq() >= seq).then_some(())
+        });
+        assert!(caught_up.is_some());
+        assert_eq!(dump(client), truth, "every peer converges");
+    }
+    assert_eq!(appliance.stop().code(), Some(0));
+}
+
+#[test]
+fn cli_sets_gets_deletes_and_dumps() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let data = dir.path().join("data");
+    let appliance = Appliance::start(&data, &config);
+    let depot = |args: &[&str]| {
+        common::depot()
+            .arg("cache")
+            .arg("--data")
+            .arg(&data)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert!(depot(&["set", "/cfg/a", "one"]).status.success());
+    assert!(depot(&["set", "/cfg/b", "two"]).status.success());
+    let got = depot(&["get", "/cfg/a"]);
+    assert_eq!(String::from_utf8(got.stdout).unwrap(), "one\n");
+    let dump = depot(&["dump", "/cfg/", "--json"]);
+    let lines: Vec<serde_json::Value> = String::from_utf8(dump.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(
+        (lines[1]["key"].as_str(), lines[1]["value"].as_str()),
+        (Some("/cfg/b"), Some("two"))
+    );
+    assert!(depot(&["del", "/cfg/a"]).status.success());
+    let missing = depot(&["get", "/cfg/a"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("not set"));
+    assert_eq!(appliance.stop().code(), Some(0));
+}

@@ -6,9 +6,11 @@
 //! - `state`: the ordered map, its sequence and TTL expiry (pure).
 //! - `server`: the thread owning the three CHP sockets; persistence in the store.
 //! - `config`: `[cache]` settings.
+//! - `client`: a Clone-pattern peer in Rust (join, get, set, delete, watch).
 //!
-//! Binary Star failover, the Rust client and the CLI come next (issue 4).
+//! Binary Star failover and client failover between servers come next (issue 4).
 
+pub mod client;
 pub mod config;
 pub mod protocol;
 pub mod server;
