@@ -313,3 +313,58 @@ fn cli_sets_gets_deletes_and_dumps() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("not set"));
     assert_eq!(appliance.stop().code(), Some(0));
 }
+
+#[test]
+fn an_independent_python_clone_client_interoperates() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let appliance = Appliance::start(&dir.path().join("data"), &config);
+    let (snap, publisher, collector) = endpoints(&appliance);
+    let ctx = zmq::Context::new();
+    let rust = Peer::join(&ctx, &publisher, &collector);
+    rust.set("/py/a", "from rust", "");
+    rust.set("/elsewhere", "not in the subtree", "");
+
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/chp_client.py");
+    let output = std::process::Command::new("python3")
+        .args([
+            script,
+            &snap,
+            &publisher,
+            &collector,
+            "/py/",
+            "/py/b",
+            "from python",
+        ])
+        .output()
+        .expect("python3 runs (make test installs pyzmq)");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        result["state"],
+        serde_json::json!({"/py/a": "from rust", "/py/b": "from python"})
+    );
+
+    // The Rust peer sees the Python peer's update, and the server's snapshot agrees.
+    let seen = poll(Duration::from_secs(5), || {
+        rust.next_update(Duration::from_millis(100))
+            .filter(|f| f[0] == b"/py/b")
+    })
+    .expect("python's update not published to the other peer");
+    assert_eq!(seen[4], b"from python");
+    assert_eq!(result["seq"].as_u64(), Some(seq_of(&seen)));
+    let (entries, _) = snapshot(&ctx, &snap, "/py/");
+    let state: Vec<(&str, &str)> = entries
+        .iter()
+        .map(|(k, _, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(
+        state,
+        vec![("/py/a", "from rust"), ("/py/b", "from python")]
+    );
+    assert_eq!(appliance.stop().code(), Some(0));
+}

@@ -26,6 +26,9 @@ const LINGER_MS: i32 = 200;
 const SNAPSHOT_BUDGET: usize = 10_000;
 /// How often expiry is checked.
 const EXPIRY_CHECK: Duration = Duration::from_millis(100);
+/// Update uuids remembered to ignore resends (a client repeats a KVSET until it sees it
+/// published, since a PUB drops while its connection forms).
+const RECENT_UUIDS: usize = 65_536;
 
 /// Why the cache could not start.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +62,8 @@ pub struct CacheMetrics {
     pub snapshots: AtomicU64,
     /// Messages refused (frames, sequence, uuid, properties, size, unknown command).
     pub rejected: AtomicU64,
+    /// KVSETs ignored because their uuid was applied already (a client's resend).
+    pub duplicates: AtomicU64,
     /// Keys stored now.
     pub keys: AtomicU64,
     /// Last sequence.
@@ -203,6 +208,8 @@ impl Cache {
             last_sent: Instant::now(),
             last_expiry: Instant::now(),
             bad_input: RateLimited::default(),
+            recent: VecDeque::new(),
+            recent_set: Default::default(),
         };
         let thread = {
             let stop = stop.clone();
@@ -288,9 +295,29 @@ struct Server {
     last_sent: Instant,
     last_expiry: Instant,
     bad_input: RateLimited,
+    /// Uuids of recent updates, oldest first, and the same as a set.
+    recent: VecDeque<Vec<u8>>,
+    recent_set: std::collections::HashSet<Vec<u8>>,
 }
 
 impl Server {
+    /// Remembers `uuid`; false if it was seen already.
+    fn first_sight(&mut self, uuid: &[u8]) -> bool {
+        if uuid.is_empty() {
+            return true;
+        }
+        if !self.recent_set.insert(uuid.to_vec()) {
+            return false;
+        }
+        self.recent.push_back(uuid.to_vec());
+        if self.recent.len() > RECENT_UUIDS {
+            if let Some(old) = self.recent.pop_front() {
+                self.recent_set.remove(&old);
+            }
+        }
+        true
+    }
+
     fn run(mut self, stop: Arc<AtomicBool>) {
         while !stop.load(Ordering::Acquire) {
             let timeout = if !self.pending.is_empty() || !self.snapshots.is_empty() {
@@ -341,6 +368,9 @@ impl Server {
             match KvMsg::decode(&frames, self.max_value) {
                 Ok(msg) if msg.key == protocol::HUGZ || msg.key == KTHXBAI => {
                     self.reject("update", &"reserved key");
+                }
+                Ok(msg) if !self.first_sight(&msg.uuid) => {
+                    self.metrics.duplicates.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(msg) => {
                     let published = self.state.apply_set(msg, now_ms());
