@@ -427,3 +427,130 @@ fn logd_latency(
     );
     Ok(())
 }
+
+/// Options of `depot bench cache` (against a running appliance).
+#[derive(clap::Args, Debug)]
+pub struct CacheBenchArgs {
+    /// updates (KVSETs through the collector until all are published), snapshot (a joining
+    /// client takes the whole state), latency (set on one peer, seen on another, at a rate).
+    #[arg(long, value_parser = ["updates", "snapshot", "latency"])]
+    mode: String,
+    /// Updates to send (updates, latency) or keys to load first (snapshot).
+    #[arg(long, default_value_t = 200_000)]
+    count: u64,
+    /// Value bytes.
+    #[arg(long, default_value_t = 100)]
+    size: usize,
+    /// Updates per second (latency mode).
+    #[arg(long, default_value_t = 10_000)]
+    rate: u64,
+}
+
+/// Runs one cache benchmark against `server` and prints its figures.
+pub fn cache(
+    server: &depot_cache::client::ServerEndpoints,
+    args: &CacheBenchArgs,
+) -> anyhow::Result<()> {
+    use depot_cache::client::CacheClient;
+    use depot_cache::protocol::KvMsg;
+    let ctx = zmq::Context::new();
+    let timeout = std::time::Duration::from_secs(30);
+    let value = vec![b'v'; args.size];
+    // Floods the collector with `count` KVSETs under `prefix` and waits for the last one.
+    let flood = |prefix: &str, count: u64, watcher: &mut CacheClient| -> anyhow::Result<f64> {
+        let collector = ctx.socket(zmq::PUB)?;
+        collector.set_sndhwm(0)?;
+        collector.connect(&server.collector)?;
+        watcher.set(format!("{prefix}warm").as_bytes(), b"1", None, timeout)?;
+        let started = Instant::now();
+        for i in 0..count {
+            let msg = KvMsg::new(format!("{prefix}{}", i % 1_000_000), value.clone());
+            collector.send_multipart(msg.encode(), 0)?;
+        }
+        let last = format!("{prefix}{}", (count - 1) % 1_000_000);
+        let deadline = Instant::now() + timeout;
+        let mut seen = 0u64;
+        while Instant::now() < deadline {
+            for update in watcher.poll(std::time::Duration::from_millis(100))? {
+                seen += 1;
+                if update.key == last.as_bytes() && seen >= count {
+                    return Ok(started.elapsed().as_secs_f64());
+                }
+            }
+        }
+        anyhow::bail!("saw {seen} of {count} updates published")
+    };
+    match args.mode.as_str() {
+        "updates" => {
+            let mut watcher = CacheClient::join(&ctx, server, b"/bench/u/", timeout)?;
+            let secs = flood("/bench/u/", args.count, &mut watcher)?;
+            println!(
+                "updates: {} KVSETs of {} B applied, persisted (group commit) and published: {secs:.2} s, {:.0} updates/s",
+                args.count,
+                args.size,
+                args.count as f64 / secs
+            );
+        }
+        "snapshot" => {
+            let mut watcher = CacheClient::join(&ctx, server, b"/bench/s/", timeout)?;
+            if (watcher.entries().count() as u64) < args.count {
+                flood("/bench/s/", args.count, &mut watcher)?;
+            }
+            let started = Instant::now();
+            let client = CacheClient::join(&ctx, server, b"/bench/s/", timeout)?;
+            let secs = started.elapsed().as_secs_f64();
+            println!(
+                "snapshot: {} keys of {} B to a joining Rust client: {secs:.2} s ({:.0} keys/s)",
+                client.entries().count(),
+                args.size,
+                client.entries().count() as f64 / secs
+            );
+        }
+        _ => {
+            let mut watcher = CacheClient::join(&ctx, server, b"/bench/l/", timeout)?;
+            let collector = ctx.socket(zmq::PUB)?;
+            collector.connect(&server.collector)?;
+            watcher.set(b"/bench/l/warm", b"1", None, timeout)?;
+            let total = args.count.min(args.rate * 30);
+            let started = Instant::now();
+            let mut latencies = Vec::with_capacity(total as usize);
+            let mut sent = 0u64;
+            while (latencies.len() as u64) < total {
+                let due = (started.elapsed().as_nanos() as u64).saturating_mul(args.rate)
+                    / 1_000_000_000
+                    + 1;
+                while sent < due.min(total) {
+                    let body = depot_store::now_ns().to_be_bytes().to_vec();
+                    collector.send_multipart(
+                        KvMsg::new(format!("/bench/l/{}", sent % 1000), body).encode(),
+                        0,
+                    )?;
+                    sent += 1;
+                }
+                for update in watcher.poll(std::time::Duration::from_millis(1))? {
+                    if let Ok(bytes) = <[u8; 8]>::try_from(update.body.as_slice()) {
+                        latencies
+                            .push(depot_store::now_ns().saturating_sub(u64::from_be_bytes(bytes)));
+                    }
+                }
+                anyhow::ensure!(
+                    started.elapsed() < std::time::Duration::from_secs(60),
+                    "latency run took too long"
+                );
+            }
+            latencies.sort_unstable();
+            let pick = |q: f64| {
+                latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)] as f64
+                    / 1e6
+            };
+            println!(
+                "latency: {total} sets at {} updates/s, set to seen on another peer: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+                args.rate,
+                pick(0.5),
+                pick(0.99),
+                pick(1.0)
+            );
+        }
+    }
+    Ok(())
+}

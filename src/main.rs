@@ -164,6 +164,13 @@ enum BenchCommand {
         #[command(flatten)]
         args: bench::LogdBenchArgs,
     },
+    /// Load against a running appliance's cache.
+    Cache {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(flatten)]
+        args: bench::CacheBenchArgs,
+    },
 }
 
 #[derive(clap::Args)]
@@ -254,6 +261,9 @@ fn main() -> ExitCode {
             cache_endpoints(config).and_then(|server| cachecmd::run(&server, command))
         }
         Command::Bench(BenchCommand::Store(args)) => bench::store(args),
+        Command::Bench(BenchCommand::Cache { config, args }) => {
+            cache_endpoints(config).and_then(|server| bench::cache(&server, args))
+        }
         Command::Bench(BenchCommand::Logd { config, args }) => {
             run_info(config).and_then(|(run, admin)| bench::logd(&run, &admin, args))
         }
