@@ -176,7 +176,9 @@ fn chp_updates_snapshots_ttl_and_persistence_across_sigkill() {
         (appliance.metric("depot_cache_rejected_total") >= 3.0).then_some(())
     });
     assert!(counted.is_some());
-    let last = peer.set("/app/c", "3", "");
+    peer.set("/app/c", "3", "");
+    // The last change before the crash is a delete: its sequence must survive too.
+    let last = peer.set("/other", "", "");
     let last_seq = seq_of(&last);
 
     // SIGKILL: every published update survives with its sequence.
@@ -195,7 +197,6 @@ fn chp_updates_snapshots_ttl_and_persistence_across_sigkill() {
             ("/app/a", "1"),
             ("/app/b", "2"),
             ("/app/c", "3"),
-            ("/other", "x"),
             ("/warm", "1")
         ]
     );

@@ -16,8 +16,6 @@ use crate::config::CacheConfig;
 use crate::protocol::{self, KvMsg, KTHXBAI};
 use crate::state::CacheState;
 
-/// Key of the last sequence in the cache's key-value tree.
-const SEQ_KEY: &[u8] = b"\x00seq";
 /// Prefix of every stored entry.
 const ENTRY_PREFIX: u8 = 1;
 /// Linger of the cache's sockets.
@@ -239,30 +237,18 @@ fn now_ms() -> u64 {
     depot_store::now_ns() / 1_000_000
 }
 
-/// Rebuilds the state from the key-value tree.
+/// Rebuilds the state from the key-value tree: entries and tombstones, the sequence being
+/// the highest stored.
 fn load(kv: &Kv) -> Result<CacheState, CacheError> {
-    let mut seq = 0;
-    let mut messages = Vec::new();
+    let mut state = CacheState::new(0);
     for entry in kv.entries() {
         let (key, value) = entry.map_err(|e| CacheError::Load(e.to_string()))?;
-        if key == SEQ_KEY {
-            let bytes: [u8; 8] = value
-                .as_slice()
-                .try_into()
-                .map_err(|_| CacheError::Load("sequence entry is damaged".into()))?;
-            seq = u64::from_be_bytes(bytes);
-        } else {
-            messages.push(KvMsg::from_bytes(&value).map_err(|e| {
-                CacheError::Load(format!(
-                    "entry {:?} is damaged: {e}",
-                    String::from_utf8_lossy(&key)
-                ))
-            })?);
-        }
-    }
-    // The sequence continues after the last change, deletes included.
-    let mut state = CacheState::new(seq);
-    for msg in messages {
+        let msg = KvMsg::from_bytes(&value).map_err(|e| {
+            CacheError::Load(format!(
+                "entry {:?} is damaged: {e}",
+                String::from_utf8_lossy(&key)
+            ))
+        })?;
         // Expired keys are loaded too: the first sweep deletes and publishes them.
         state.apply_published(msg, 0);
     }
@@ -392,12 +378,9 @@ impl Server {
     fn persist(&mut self, msg: KvMsg) {
         let mut key = vec![ENTRY_PREFIX];
         key.extend_from_slice(&msg.key);
-        let written = if msg.is_delete() {
-            self.kv.remove(&key)
-        } else {
-            self.kv.put(&key, &msg.to_bytes())
-        }
-        .and_then(|_| self.kv.put(SEQ_KEY, &msg.seq.to_be_bytes()));
+        // A delete is kept as a tombstone (empty body) so that the highest sequence, deletes
+        // included, is found again at start with one write per update.
+        let written = self.kv.put(&key, &msg.to_bytes());
         match written {
             Ok(ticket) => self.pending.push_back((ticket, msg)),
             Err(e) => {
