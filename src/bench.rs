@@ -497,7 +497,7 @@ pub fn cache(
                 flood("/bench/s/", args.count, &mut watcher)?;
             }
             let started = Instant::now();
-            let client = CacheClient::join(&ctx, server, b"/bench/s/", timeout)?;
+            let client = CacheClient::fetch(&ctx, server, b"/bench/s/", timeout)?;
             let secs = started.elapsed().as_secs_f64();
             println!(
                 "snapshot: {} keys of {} B to a joining Rust client: {secs:.2} s ({:.0} keys/s)",

@@ -75,11 +75,15 @@ pub fn run(server: &ServerEndpoints, command: &CacheCommand) -> anyhow::Result<(
         CacheClient::join(&ctx, server, subtree.as_bytes(), TIMEOUT)
             .with_context(|| format!("joining the cache at {}", server.snapshot))
     };
+    let fetch = |subtree: &str| {
+        CacheClient::fetch(&ctx, server, subtree.as_bytes(), TIMEOUT)
+            .with_context(|| format!("reading the cache at {}", server.snapshot))
+    };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     match command {
         CacheCommand::Get { key } => {
-            let client = join(key)?;
+            let client = fetch(key)?;
             let value = client
                 .get(key.as_bytes())
                 .with_context(|| format!("{key} is not set"))?;
@@ -106,7 +110,7 @@ pub fn run(server: &ServerEndpoints, command: &CacheCommand) -> anyhow::Result<(
             eprintln!("{key} deleted (#{})", published.seq);
         }
         CacheCommand::Dump { subtree, json } => {
-            let client = join(subtree.as_deref().unwrap_or(""))?;
+            let client = fetch(subtree.as_deref().unwrap_or(""))?;
             for msg in client.entries() {
                 print(&mut out, msg, *json)?;
             }

@@ -369,3 +369,68 @@ fn an_independent_python_clone_client_interoperates() {
     );
     assert_eq!(appliance.stop().code(), Some(0));
 }
+
+#[test]
+fn a_peer_joining_during_a_stream_of_updates_misses_none() {
+    use depot_cache::client::CacheClient;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let appliance = Appliance::start(&dir.path().join("data"), &config);
+    let server = server(&appliance);
+    let ctx = zmq::Context::new();
+    let timeout = Duration::from_secs(10);
+
+    let writer = {
+        let (ctx, server) = (ctx.clone(), server.clone());
+        std::thread::spawn(move || {
+            let mut client = CacheClient::join(&ctx, &server, b"/stream/", timeout).unwrap();
+            for i in 0..3_000 {
+                client
+                    .set(
+                        format!("/stream/{}", i % 500).as_bytes(),
+                        format!("v{i}").as_bytes(),
+                        None,
+                        timeout,
+                    )
+                    .unwrap();
+            }
+        })
+    };
+    // Join once the stream is under way.
+    let mut watcher = CacheClient::join(&ctx, &server, b"/stream/", timeout).unwrap();
+    let started = poll(Duration::from_secs(10), || {
+        watcher.poll(Duration::from_millis(20)).unwrap();
+        (watcher.seq() > 300).then_some(())
+    });
+    assert!(started.is_some());
+    let mut joiner = CacheClient::join(&ctx, &server, b"/stream/", timeout).unwrap();
+    let joined_at = joiner.seq();
+    // Every update after the snapshot arrives, with no sequence skipped.
+    let mut next = joined_at + 1;
+    let mut applied = 0;
+    writer.join().unwrap();
+    let (truth, final_seq) = snapshot(&ctx, &server.snapshot, "/stream/");
+    while joiner.seq() < final_seq {
+        for update in joiner.poll(Duration::from_secs(5)).unwrap() {
+            assert_eq!(update.seq, next, "no update lost between snapshot and live");
+            next += 1;
+            applied += 1;
+        }
+    }
+    assert!(
+        applied > 0,
+        "the joiner joined mid-stream (at {joined_at} of {final_seq})"
+    );
+    let state: Vec<(String, String)> = joiner
+        .entries()
+        .map(|m| {
+            (
+                String::from_utf8(m.key.clone()).unwrap(),
+                String::from_utf8(m.body.clone()).unwrap(),
+            )
+        })
+        .collect();
+    let truth: Vec<(String, String)> = truth.into_iter().map(|(k, _, v)| (k, v)).collect();
+    assert_eq!(state, truth);
+    assert_eq!(appliance.stop().code(), Some(0));
+}

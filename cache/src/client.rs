@@ -54,13 +54,35 @@ fn new_uuid() -> Vec<u8> {
 }
 
 impl CacheClient {
-    /// Joins `subtree` (empty for everything): subscribes to updates first, then takes a
-    /// snapshot, so that nothing published in between is missed.
+    /// Joins `subtree` (empty for everything) with no update lost: subscribes, waits until the
+    /// subscription is live (the first update or HUGZ arrives, at most one HUGZ interval on an
+    /// idle cache), then takes the snapshot; updates newer than the snapshot wait in the socket.
     pub fn join(
         ctx: &zmq::Context,
         server: &ServerEndpoints,
         subtree: &[u8],
         timeout: Duration,
+    ) -> Result<Self, CacheClientError> {
+        Self::connect(ctx, server, subtree, timeout, true)
+    }
+
+    /// Takes a snapshot of `subtree` without waiting for the update stream to be live: for a
+    /// one-off read (a later [`CacheClient::poll`] may miss updates published meanwhile).
+    pub fn fetch(
+        ctx: &zmq::Context,
+        server: &ServerEndpoints,
+        subtree: &[u8],
+        timeout: Duration,
+    ) -> Result<Self, CacheClientError> {
+        Self::connect(ctx, server, subtree, timeout, false)
+    }
+
+    fn connect(
+        ctx: &zmq::Context,
+        server: &ServerEndpoints,
+        subtree: &[u8],
+        timeout: Duration,
+        wait_live: bool,
     ) -> Result<Self, CacheClientError> {
         let updates = ctx.socket(zmq::SUB)?;
         updates.set_linger(0)?;
@@ -71,6 +93,13 @@ impl CacheClient {
         let collector = ctx.socket(zmq::PUB)?;
         collector.set_linger(1_000)?;
         collector.connect(&server.collector)?;
+        if wait_live {
+            // Whatever arrives first is older than the snapshot asked for after it.
+            if updates.poll(zmq::POLLIN, timeout.as_millis() as i64)? == 0 {
+                return Err(CacheClientError::Timeout(timeout));
+            }
+            updates.recv_multipart(0)?;
+        }
         let mut client = CacheClient {
             updates,
             collector,
