@@ -43,6 +43,16 @@ fn folder_bytes(path: &Path) -> u64 {
         .sum()
 }
 
+/// Waits for every producer thread and returns the first error.
+fn join_producers(handles: Vec<std::thread::JoinHandle<anyhow::Result<()>>>) -> anyhow::Result<()> {
+    for handle in handles {
+        handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("producer panicked"))??;
+    }
+    Ok(())
+}
+
 /// Runs the store benchmark and prints its figures.
 pub fn store(args: &StoreBenchArgs) -> anyhow::Result<()> {
     let temp;
@@ -86,11 +96,7 @@ pub fn store(args: &StoreBenchArgs) -> anyhow::Result<()> {
             })
         })
         .collect();
-    for handle in handles {
-        handle
-            .join()
-            .map_err(|_| anyhow::anyhow!("producer panicked"))??;
-    }
+    join_producers(handles)?;
     let append_secs = started.elapsed().as_secs_f64();
     let total = per_producer * args.producers as u64;
 
@@ -230,11 +236,7 @@ fn logd_acked(
             })
         })
         .collect();
-    for handle in handles {
-        handle
-            .join()
-            .map_err(|_| anyhow::anyhow!("producer panicked"))??;
-    }
+    join_producers(handles)?;
     let secs = started.elapsed().as_secs_f64();
     let total = per_producer * args.producers as u64;
     println!(
@@ -288,11 +290,7 @@ fn logd_push(
             })
         })
         .collect();
-    for handle in handles {
-        handle
-            .join()
-            .map_err(|_| anyhow::anyhow!("producer panicked"))??;
-    }
+    join_producers(handles)?;
     let sent_secs = started.elapsed().as_secs_f64();
     let total = per_producer * args.producers as u64;
     let deadline = Instant::now() + std::time::Duration::from_secs(60);

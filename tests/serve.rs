@@ -2,7 +2,25 @@
 
 mod common;
 
+use std::path::Path;
+
 use common::{depot, write_config, Appliance};
+
+/// Runs `depot serve` expecting it to refuse to start; returns what it printed.
+fn refused_start(data: &Path, config: &Path) -> String {
+    let output = depot()
+        .args(["serve", "--data"])
+        .arg(data)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(
+        !output.status.success(),
+        "depot serve should have refused to start"
+    );
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
 
 #[test]
 fn serves_health_metrics_and_status_then_stops_cleanly_on_sigterm() {
@@ -121,15 +139,7 @@ fn invalid_config_names_key_and_line() {
         "[store]\nsync = true\ncommit_intervall = \"2ms\"\n",
     )
     .unwrap();
-    let output = depot()
-        .args(["serve", "--data"])
-        .arg(dir.path().join("data"))
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_start(&dir.path().join("data"), &config);
     assert!(stderr.contains("commit_intervall"), "{stderr}");
     assert!(stderr.contains("line 3"), "{stderr}");
 }
@@ -149,15 +159,7 @@ fn admin_port_in_use_names_the_endpoint() {
         ),
     )
     .unwrap();
-    let output = depot()
-        .args(["serve", "--data"])
-        .arg(dir.path().join("data"))
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_start(&dir.path().join("data"), &config);
     assert!(stderr.contains(&format!("http://{addr}")), "{stderr}");
     assert!(stderr.contains("in use"), "{stderr}");
 }
@@ -173,15 +175,7 @@ fn damaged_database_is_refused_with_what_to_do() {
     let db = data.join("store").join("db");
     let len = std::fs::metadata(&db).unwrap().len() as usize;
     std::fs::write(&db, vec![0x5a; len.max(4096)]).unwrap();
-    let output = depot()
-        .args(["serve", "--data"])
-        .arg(&data)
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_start(&data, &config);
     assert!(stderr.contains("damaged"), "{stderr}");
     assert!(stderr.contains("restore"), "{stderr}");
 }
