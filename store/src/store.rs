@@ -371,3 +371,61 @@ impl Inner {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::NewRecord;
+
+    /// What a failed flush does (the commit path calls `poison`): nothing after it is
+    /// acknowledged, writes are refused with the reason, and what was durable stays readable.
+    #[test]
+    fn a_poisoned_store_refuses_writes_and_never_acknowledges_pending_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        let record = NewRecord {
+            level: 6,
+            source: "t",
+            body: b"durable",
+        };
+        let durable = store.log().append("s", &[record]).unwrap();
+        store.wait_durable(durable.ticket).unwrap();
+
+        store.inner.commit.poison("disk gone".into());
+        let refused = store.log().append("s", &[record]).unwrap_err();
+        assert!(
+            matches!(&refused, StoreError::Poisoned(reason) if reason.contains("disk gone")),
+            "{refused}"
+        );
+        assert!(store.kv("k").unwrap().put(b"a", b"b").is_err());
+        assert!(store.watermark().poisoned.is_some());
+        assert_eq!(store.durability_of(durable.ticket), Durability::PowerLoss);
+        assert_eq!(store.log().read("s", 1, u64::MAX, 10).unwrap().len(), 1);
+        assert!(store.close().is_err(), "closing reports the poisoning");
+    }
+
+    /// A ticket issued before the poisoning but not yet committed is answered with an error,
+    /// not left waiting.
+    #[test]
+    fn waiters_for_uncommitted_tickets_get_the_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig {
+            commit_interval: Duration::from_secs(1),
+            ..StoreConfig::default()
+        };
+        let store = Store::open(dir.path(), config).unwrap();
+        let record = NewRecord {
+            level: 6,
+            source: "t",
+            body: b"x",
+        };
+        // The committer commits once at once, then waits its interval: the second append is
+        // still pending when the poison comes.
+        let first = store.log().append("s", &[record]).unwrap();
+        store.wait_durable(first.ticket).unwrap();
+        let pending = store.log().append("s", &[record]).unwrap();
+        store.inner.commit.poison("flush failed".into());
+        let err = store.wait_durable(pending.ticket).unwrap_err();
+        assert!(matches!(err, StoreError::Poisoned(_)), "{err}");
+    }
+}
