@@ -5,6 +5,8 @@ use std::time::Duration;
 use depot_common::config::{duration, size_usize};
 use serde::Deserialize;
 
+use crate::bstar::Role;
+
 /// Endpoints and limits of the cache. An empty `snapshot` switches the cache off.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -21,6 +23,50 @@ pub struct CacheConfig {
     /// Publisher silence after which HUGZ is sent.
     #[serde(deserialize_with = "duration")]
     pub hugz_interval: Duration,
+    /// Binary Star failover with a peer server; absent for a single server.
+    pub ha: Option<HaConfig>,
+}
+
+/// `[cache.ha]`: this server's side of a primary/backup pair and where its peer listens.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HaConfig {
+    /// `primary` or `backup`.
+    pub role: Role,
+    /// PUB this server binds to tell its peer its state.
+    #[serde(default = "default_state")]
+    pub state: String,
+    /// The peer's state endpoint.
+    pub peer_state: String,
+    /// The peer's snapshot ROUTER (mirrored while passive).
+    pub peer_snapshot: String,
+    /// The peer's publisher (followed while passive).
+    pub peer_publisher: String,
+    /// How often the state is sent.
+    #[serde(default = "default_heartbeat", deserialize_with = "duration")]
+    pub heartbeat: Duration,
+    /// Peer silence after which it counts as dead.
+    #[serde(default = "default_peer_timeout", deserialize_with = "duration")]
+    pub peer_timeout: Duration,
+    /// Most client updates the passive server holds for takeover.
+    #[serde(default = "default_pending_limit")]
+    pub pending_limit: usize,
+}
+
+fn default_state() -> String {
+    "tcp://127.0.0.1:5559".into()
+}
+
+fn default_heartbeat() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_peer_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+
+fn default_pending_limit() -> usize {
+    1_000_000
 }
 
 impl Default for CacheConfig {
@@ -31,6 +77,7 @@ impl Default for CacheConfig {
             collector: "tcp://127.0.0.1:5558".into(),
             max_value_size: 7 * 1024,
             hugz_interval: Duration::from_secs(1),
+            ha: None,
         }
     }
 }

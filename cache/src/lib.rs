@@ -6,12 +6,18 @@
 //! - `state`: the ordered map, its sequence and TTL expiry (pure).
 //! - `server`: the thread owning the three CHP sockets; persistence in the store.
 //! - `config`: `[cache]` settings.
-//! - `client`: a Clone-pattern peer in Rust (join, get, set, delete, watch).
-//!
-//! Binary Star failover and client failover between servers come next (issue 4).
+//! - `bstar`: the Binary Star state machine of a primary/backup pair (pure).
+//! - `pending`: client updates a passive server holds for takeover (pure).
+//! - `ha`: the pair link (state messages), driving `bstar`, the mirror and the pending list.
+//! - `mirror`: how a passive server follows the active one (snapshot, then updates).
+//! - `client`: a Clone-pattern peer in Rust (join, get, set, delete, watch, failover).
 
+pub mod bstar;
 pub mod client;
 pub mod config;
+pub mod ha;
+pub mod mirror;
+pub mod pending;
 pub mod protocol;
 pub mod server;
 pub mod state;

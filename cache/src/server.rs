@@ -12,12 +12,18 @@ use depot_common::metrics::{Kind, MetricsText};
 use depot_common::ratelimit::RateLimited;
 use depot_store::{Kv, Store, Ticket};
 
+use crate::bstar::Transition;
 use crate::config::CacheConfig;
+use crate::ha::Ha;
+use crate::mirror::MirrorEvent;
+use crate::pending::Refused;
 use crate::protocol::{self, KvMsg, KTHXBAI};
 use crate::state::CacheState;
 
 /// Prefix of every stored entry.
 const ENTRY_PREFIX: u8 = 1;
+/// Key of the stored sequence a passive server takes from the active one's snapshot.
+const SEQ_KEY: &[u8] = b"\0seq";
 /// Linger of the cache's sockets.
 const LINGER_MS: i32 = 200;
 /// Snapshot messages sent per loop turn, so snapshots share the thread with updates.
@@ -66,6 +72,20 @@ pub struct CacheMetrics {
     pub keys: AtomicU64,
     /// Last sequence.
     pub seq: AtomicU64,
+    /// Binary Star state: 0 single server, 1 primary, 2 backup, 3 active, 4 passive.
+    pub ha_state: AtomicU64,
+    /// Times this server became active in a pair.
+    pub takeovers: AtomicU64,
+    /// Snapshot requests refused because this server is not active.
+    pub votes_refused: AtomicU64,
+    /// Client updates held for takeover (passive server).
+    pub pending: AtomicU64,
+    /// Pending client updates applied on takeover.
+    pub pending_applied: AtomicU64,
+    /// Updates mirrored from the active peer.
+    pub mirrored: AtomicU64,
+    /// Snapshots installed from the active peer.
+    pub resyncs: AtomicU64,
 }
 
 impl CacheMetrics {
@@ -108,6 +128,54 @@ impl CacheMetrics {
             "Last sequence",
             get(&self.seq),
         );
+        m.single(
+            "depot_cache_duplicates_total",
+            Kind::Counter,
+            "Resent updates ignored",
+            get(&self.duplicates),
+        );
+        m.single(
+            "depot_cache_ha_state",
+            Kind::Gauge,
+            "Binary Star state: 0 single, 1 primary, 2 backup, 3 active, 4 passive",
+            get(&self.ha_state),
+        );
+        m.single(
+            "depot_cache_takeovers_total",
+            Kind::Counter,
+            "Times this server became active in a pair",
+            get(&self.takeovers),
+        );
+        m.single(
+            "depot_cache_votes_refused_total",
+            Kind::Counter,
+            "Snapshot requests refused while not active",
+            get(&self.votes_refused),
+        );
+        m.single(
+            "depot_cache_pending",
+            Kind::Gauge,
+            "Client updates held for takeover",
+            get(&self.pending),
+        );
+        m.single(
+            "depot_cache_pending_applied_total",
+            Kind::Counter,
+            "Pending client updates applied on takeover",
+            get(&self.pending_applied),
+        );
+        m.single(
+            "depot_cache_mirrored_total",
+            Kind::Counter,
+            "Updates mirrored from the active peer",
+            get(&self.mirrored),
+        );
+        m.single(
+            "depot_cache_resyncs_total",
+            Kind::Counter,
+            "Snapshots installed from the active peer",
+            get(&self.resyncs),
+        );
     }
 }
 
@@ -120,6 +188,9 @@ pub struct CacheEndpoints {
     pub publisher: String,
     /// Collector SUB.
     pub collector: String,
+    /// State PUB of a Binary Star pair, if configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
 }
 
 /// The running cache.
@@ -180,12 +251,26 @@ impl Cache {
         collector
             .set_subscribe(b"")
             .map_err(|e| CacheError::Setup(e.to_string()))?;
+        let ha = match &config.ha {
+            Some(ha) => Some(Ha::start(ctx, ha).map_err(|source| CacheError::Endpoint {
+                role: "ha state",
+                endpoint: ha.state.clone(),
+                source,
+            })?),
+            None => None,
+        };
         let endpoints = CacheEndpoints {
             snapshot: bound(&snapshot),
             publisher: bound(&publisher),
             collector: bound(&collector),
+            state: ha.as_ref().map(Ha::state_endpoint),
         };
         let metrics = Arc::new(CacheMetrics::default());
+        if let Some(ha) = &ha {
+            metrics
+                .ha_state
+                .store(ha.fsm.state().code(), Ordering::Relaxed);
+        }
         metrics.keys.store(state.len() as u64, Ordering::Relaxed);
         metrics.seq.store(state.seq(), Ordering::Relaxed);
         tracing::info!(keys = state.len(), seq = state.seq(), snapshot = %endpoints.snapshot,
@@ -198,7 +283,7 @@ impl Cache {
             store,
             kv,
             state,
-            pending: VecDeque::new(),
+            unpublished: VecDeque::new(),
             snapshots: VecDeque::new(),
             metrics: metrics.clone(),
             max_value: config.max_value_size,
@@ -208,6 +293,8 @@ impl Cache {
             bad_input: RateLimited::default(),
             recent: VecDeque::new(),
             recent_set: Default::default(),
+            published_seq: 0,
+            ha,
         };
         let thread = {
             let stop = stop.clone();
@@ -243,6 +330,14 @@ fn load(kv: &Kv) -> Result<CacheState, CacheError> {
     let mut state = CacheState::new(0);
     for entry in kv.entries() {
         let (key, value) = entry.map_err(|e| CacheError::Load(e.to_string()))?;
+        if key == SEQ_KEY {
+            let seq: [u8; 8] = value
+                .as_slice()
+                .try_into()
+                .map_err(|_| CacheError::Load("the stored sequence is damaged".to_string()))?;
+            state.raise_seq(u64::from_be_bytes(seq));
+            continue;
+        }
         let msg = KvMsg::from_bytes(&value).map_err(|e| {
             CacheError::Load(format!(
                 "entry {:?} is damaged: {e}",
@@ -273,7 +368,7 @@ struct Server {
     kv: Kv,
     state: CacheState,
     /// Applied updates waiting for their commit before they are published.
-    pending: VecDeque<(Ticket, KvMsg)>,
+    unpublished: VecDeque<(Ticket, KvMsg)>,
     snapshots: VecDeque<SnapshotJob>,
     metrics: Arc<CacheMetrics>,
     max_value: usize,
@@ -284,6 +379,11 @@ struct Server {
     /// Uuids of recent updates, oldest first, and the same as a set.
     recent: VecDeque<Vec<u8>>,
     recent_set: std::collections::HashSet<Vec<u8>>,
+    /// Sequence of the last update published: snapshots wait until it covers their sequence,
+    /// so a snapshot never shows what is not durable yet.
+    published_seq: u64,
+    /// The pair link, when this server is one of a Binary Star pair.
+    ha: Option<Ha>,
 }
 
 impl Server {
@@ -304,22 +404,38 @@ impl Server {
         true
     }
 
+    /// Whether this server serves and publishes: always alone, only when active in a pair.
+    fn active(&self) -> bool {
+        self.ha.as_ref().is_none_or(Ha::active)
+    }
+
     fn run(mut self, stop: Arc<AtomicBool>) {
+        self.published_seq = self.state.seq();
         while !stop.load(Ordering::Acquire) {
-            let timeout = if !self.pending.is_empty() || !self.snapshots.is_empty() {
-                1
-            } else {
-                50
+            let busy = !self.unpublished.is_empty() || !self.snapshots.is_empty();
+            let timeout = if busy { 1 } else { 50 };
+            let timeout = match &self.ha {
+                Some(ha) => timeout.min(ha.next_beat_in().as_millis() as i64 + 1),
+                None => timeout,
             };
-            let mut items = [
-                self.snapshot.as_poll_item(zmq::POLLIN),
-                self.collector.as_poll_item(zmq::POLLIN),
-            ];
-            if let Err(e) = zmq::poll(&mut items, timeout) {
-                tracing::warn!(error = %e, "cache: poll failed");
+            {
+                let mut items = vec![
+                    self.snapshot.as_poll_item(zmq::POLLIN),
+                    self.collector.as_poll_item(zmq::POLLIN),
+                ];
+                if let Some(ha) = &self.ha {
+                    items.extend(ha.poll_items());
+                }
+                if let Err(e) = zmq::poll(&mut items, timeout) {
+                    tracing::warn!(error = %e, "cache: poll failed");
+                }
             }
+            self.pair_turn();
             self.take_updates();
             self.take_snapshot_requests();
+            if !self.active() {
+                continue;
+            }
             if self.last_expiry.elapsed() >= EXPIRY_CHECK {
                 self.last_expiry = Instant::now();
                 self.expire();
@@ -331,12 +447,14 @@ impl Server {
             }
         }
         // What was applied is stored; publish what becomes durable within a bounded wait.
-        if let Some((ticket, _)) = self.pending.back() {
+        if let Some((ticket, _)) = self.unpublished.back() {
             let _ = self
                 .store
                 .wait_durable_timeout(*ticket, Duration::from_secs(5));
         }
-        self.publish_durable();
+        if self.active() {
+            self.publish_durable();
+        }
     }
 
     fn reject(&mut self, what: &str, e: &dyn std::fmt::Display) {
@@ -355,16 +473,192 @@ impl Server {
                 Ok(msg) if msg.key == protocol::HUGZ || msg.key == KTHXBAI => {
                     self.reject("update", &"reserved key");
                 }
-                Ok(msg) if !self.first_sight(&msg.uuid) => {
-                    self.metrics.duplicates.fetch_add(1, Ordering::Relaxed);
+                Ok(msg) if self.active() => {
+                    if self.first_sight(&msg.uuid) {
+                        let published = self.state.apply_set(msg, now_ms());
+                        self.persist(published);
+                    } else {
+                        self.metrics.duplicates.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
-                Ok(msg) => {
-                    let published = self.state.apply_set(msg, now_ms());
-                    self.persist(published);
-                }
+                Ok(msg) => self.hold(msg),
                 Err(e) => self.reject("update", &e),
             }
         }
+    }
+
+    /// Keeps a client update for takeover, unless the active server already published it.
+    fn hold(&mut self, msg: KvMsg) {
+        if self.recent_set.contains(&msg.uuid) {
+            self.metrics.duplicates.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let Some(ha) = self.ha.as_mut() else {
+            return;
+        };
+        match ha.pending.add(msg, now_ms()) {
+            Ok(()) => {}
+            Err(Refused::NoUuid) => self.reject("update", &"no uuid: cannot be held for failover"),
+            Err(Refused::Full) => self.reject("update", &"the pending list is full"),
+        }
+        self.update_pending_gauge();
+    }
+
+    fn update_pending_gauge(&self) {
+        let pending = self.ha.as_ref().map_or(0, |ha| ha.pending.len());
+        self.metrics
+            .pending
+            .store(pending as u64, Ordering::Relaxed);
+    }
+
+    /// Heartbeats, the peer's state, and mirroring while passive.
+    fn pair_turn(&mut self) {
+        let seq = self.state.seq();
+        let Some(ha) = self.ha.as_mut() else {
+            return;
+        };
+        ha.beat(seq);
+        let (transitions, errors) = ha.take_peer_states();
+        for e in errors {
+            self.reject("peer state", &e);
+        }
+        for transition in transitions {
+            self.transition(transition);
+        }
+        self.mirror_turn();
+    }
+
+    fn transition(&mut self, transition: Transition) {
+        if let Some(ha) = &self.ha {
+            self.metrics
+                .ha_state
+                .store(ha.fsm.state().code(), Ordering::Relaxed);
+        }
+        match transition {
+            Transition::BecameActive => self.take_over(),
+            Transition::BecamePassive => {
+                tracing::info!(
+                    seq = self.state.seq(),
+                    "cache: passive, mirroring the active peer"
+                );
+                // A passive server publishes nothing; what it stored stays stored.
+                self.unpublished.clear();
+                self.snapshots.clear();
+            }
+            Transition::Stay => {}
+        }
+    }
+
+    /// Becomes the active server: applies and publishes the client updates still pending.
+    fn take_over(&mut self) {
+        self.metrics.takeovers.fetch_add(1, Ordering::Relaxed);
+        let held = match self.ha.as_mut() {
+            Some(ha) => ha.pending.drain(now_ms()),
+            None => Vec::new(),
+        };
+        tracing::info!(
+            seq = self.state.seq(),
+            pending = held.len(),
+            "cache: active"
+        );
+        self.published_seq = self.state.seq();
+        for msg in held {
+            if !self.first_sight(&msg.uuid) {
+                continue;
+            }
+            let published = self.state.apply_set(msg, now_ms());
+            self.persist(published);
+            self.metrics.pending_applied.fetch_add(1, Ordering::Relaxed);
+        }
+        self.update_pending_gauge();
+        self.last_expiry = Instant::now() - EXPIRY_CHECK;
+    }
+
+    fn mirror_turn(&mut self) {
+        let seq = self.state.seq();
+        let events = match self.ha.as_mut().and_then(|ha| ha.mirror.as_mut()) {
+            Some(mirror) => mirror.turn(seq),
+            None => return,
+        };
+        for event in events {
+            match event {
+                MirrorEvent::Asked => {
+                    if let Some(ha) = self.ha.as_mut() {
+                        ha.resync_mark = ha.pending.mark();
+                    }
+                }
+                MirrorEvent::Snapshot { entries, seq } => self.install(entries, seq),
+                MirrorEvent::Update(msg) => {
+                    if let Some(ha) = self.ha.as_mut() {
+                        ha.pending.confirm(&msg.uuid);
+                    }
+                    self.first_sight(&msg.uuid);
+                    self.state.apply_published(msg.clone(), now_ms());
+                    self.write(&msg);
+                    self.metrics.mirrored.fetch_add(1, Ordering::Relaxed);
+                }
+                MirrorEvent::Gap { expected, got } => {
+                    tracing::warn!(expected, got, "cache: mirrored updates lost; resyncing");
+                }
+                MirrorEvent::Invalid(e) => self.reject("mirrored message", &e),
+            }
+        }
+        self.update_pending_gauge();
+    }
+
+    /// Takes the active server's snapshot as this server's state, in memory and on disk.
+    fn install(&mut self, entries: Vec<KvMsg>, seq: u64) {
+        if let Some(ha) = self.ha.as_mut() {
+            let mark = ha.resync_mark;
+            ha.pending.drop_before(mark);
+            for msg in &entries {
+                ha.pending.confirm(&msg.uuid);
+            }
+        }
+        for msg in &entries {
+            self.first_sight(&msg.uuid);
+        }
+        let installed = self.state.install_snapshot(entries, seq, now_ms());
+        let mut failed = None;
+        if let Err(e) = self.kv.put(SEQ_KEY, &seq.to_be_bytes()) {
+            failed = Some(e);
+        }
+        for key in &installed.removed {
+            if let Err(e) = self.kv.remove(&entry_key(key)) {
+                failed = Some(e);
+            }
+        }
+        // Tombstones newer than the snapshot belong to a numbering this server left.
+        let stale: Vec<Vec<u8>> = self
+            .kv
+            .entries()
+            .filter_map(Result::ok)
+            .filter(|(key, value)| {
+                key.first() == Some(&ENTRY_PREFIX)
+                    && KvMsg::from_bytes(value).is_ok_and(|m| m.is_delete() && m.seq > seq)
+            })
+            .map(|(key, _)| key)
+            .collect();
+        for key in stale {
+            if let Err(e) = self.kv.remove(&key) {
+                failed = Some(e);
+            }
+        }
+        for msg in &installed.changed {
+            self.write(msg);
+        }
+        if let Some(e) = failed {
+            tracing::error!(error = %e, "cache: storing the mirrored snapshot failed");
+        }
+        self.metrics.resyncs.fetch_add(1, Ordering::Relaxed);
+        self.update_gauges();
+        tracing::info!(
+            seq,
+            keys = self.state.len(),
+            removed = installed.removed.len(),
+            changed = installed.changed.len(),
+            "cache: mirrored the active peer's snapshot"
+        );
     }
 
     fn expire(&mut self) {
@@ -374,35 +668,46 @@ impl Server {
         }
     }
 
-    /// Writes an applied update and queues it for publishing once durable.
-    fn persist(&mut self, msg: KvMsg) {
-        let mut key = vec![ENTRY_PREFIX];
-        key.extend_from_slice(&msg.key);
+    /// Writes an update to the store; the ticket tells when it is durable.
+    fn write(&mut self, msg: &KvMsg) -> Option<Ticket> {
         // A delete is kept as a tombstone (empty body) so that the highest sequence, deletes
         // included, is found again at start with one write per update.
-        let written = self.kv.put(&key, &msg.to_bytes());
+        let written = self.kv.put(&entry_key(&msg.key), &msg.to_bytes());
+        self.update_gauges();
         match written {
-            Ok(ticket) => self.pending.push_back((ticket, msg)),
+            Ok(ticket) => Some(ticket),
             Err(e) => {
-                // Not stored, so never published: peers cannot see what a restart would lose.
                 self.metrics.rejected.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(error = %e, "cache: update not stored");
+                None
             }
         }
+    }
+
+    fn update_gauges(&self) {
         self.metrics
             .keys
             .store(self.state.len() as u64, Ordering::Relaxed);
         self.metrics.seq.store(self.state.seq(), Ordering::Relaxed);
     }
 
+    /// Writes an applied update and queues it for publishing once durable. What cannot be
+    /// stored is never published: peers cannot see what a restart would lose.
+    fn persist(&mut self, msg: KvMsg) {
+        if let Some(ticket) = self.write(&msg) {
+            self.unpublished.push_back((ticket, msg));
+        }
+    }
+
     fn publish_durable(&mut self) {
         let durable = self.store.watermark().durable;
-        while let Some((ticket, _)) = self.pending.front() {
+        while let Some((ticket, _)) = self.unpublished.front() {
             if ticket.get() > durable {
                 break;
             }
-            if let Some((_, msg)) = self.pending.pop_front() {
+            if let Some((_, msg)) = self.unpublished.pop_front() {
                 self.send(&msg);
+                self.published_seq = msg.seq;
                 self.metrics.published.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -423,15 +728,28 @@ impl Server {
             let Some((identity, request)) = frames.split_first() else {
                 continue;
             };
-            match protocol::parse_icanhaz(request) {
-                Ok(subtree) => self.snapshots.push_back(SnapshotJob {
-                    identity: identity.clone(),
-                    subtree,
-                    seq: self.state.seq(),
-                    after: None,
-                }),
-                Err(e) => self.reject("snapshot request", &e),
+            let subtree = match protocol::parse_icanhaz(request) {
+                Ok(subtree) => subtree,
+                Err(e) => {
+                    self.reject("snapshot request", &e);
+                    continue;
+                }
+            };
+            // A snapshot request is a client's vote for this server.
+            if let Some(ha) = self.ha.as_mut() {
+                let (serve, transition) = ha.vote();
+                self.transition(transition);
+                if !serve {
+                    self.metrics.votes_refused.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
             }
+            self.snapshots.push_back(SnapshotJob {
+                identity: identity.clone(),
+                subtree,
+                seq: self.state.seq(),
+                after: None,
+            });
         }
     }
 
@@ -440,6 +758,11 @@ impl Server {
     fn serve_snapshots(&mut self) {
         let mut budget = SNAPSHOT_BUDGET;
         while let Some(mut job) = self.snapshots.pop_front() {
+            if job.after.is_none() && job.seq > self.published_seq {
+                // Not everything it would show is durable and published yet.
+                self.snapshots.push_front(job);
+                return;
+            }
             let mut blocked = false;
             let mut gone = false;
             for entry in self
@@ -489,4 +812,12 @@ impl Server {
             }
         }
     }
+}
+
+/// The store key of cache key `key`.
+fn entry_key(key: &[u8]) -> Vec<u8> {
+    let mut stored = Vec::with_capacity(key.len() + 1);
+    stored.push(ENTRY_PREFIX);
+    stored.extend_from_slice(key);
+    stored
 }

@@ -17,6 +17,15 @@ pub struct Entry {
     pub expires_ms: Option<u64>,
 }
 
+/// What installing a snapshot changed, to be written to the store.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Installed {
+    /// Keys that are gone.
+    pub removed: Vec<Vec<u8>>,
+    /// Entries that are new or differ.
+    pub changed: Vec<KvMsg>,
+}
+
 /// The map with its sequence.
 #[derive(Debug, Default)]
 pub struct CacheState {
@@ -56,6 +65,11 @@ impl CacheState {
     /// Sequence of the last change.
     pub fn seq(&self) -> u64 {
         self.seq
+    }
+
+    /// Raises the sequence to at least `seq` (a stored sequence found at start).
+    pub fn raise_seq(&mut self, seq: u64) {
+        self.seq = self.seq.max(seq);
     }
 
     /// Keys stored.
@@ -102,6 +116,44 @@ impl CacheState {
             self.entries
                 .insert(msg.key.clone(), Entry { msg, expires_ms });
         }
+    }
+
+    /// Replaces the state with the active server's snapshot (entries in any order, the
+    /// snapshot's sequence `seq`) and returns what changed: keys removed, and entries that are
+    /// new or differ. The sequence becomes `seq`, even if lower: a passive server follows the
+    /// active server's numbering.
+    pub fn install_snapshot(&mut self, entries: Vec<KvMsg>, seq: u64, now_ms: u64) -> Installed {
+        let mut incoming: BTreeMap<Vec<u8>, KvMsg> = entries
+            .into_iter()
+            .filter(|m| !m.is_delete())
+            .map(|m| (m.key.clone(), m))
+            .collect();
+        let removed: Vec<Vec<u8>> = self
+            .entries
+            .keys()
+            .filter(|k| !incoming.contains_key(*k))
+            .cloned()
+            .collect();
+        for key in &removed {
+            self.entries.remove(key);
+        }
+        let mut changed = Vec::new();
+        for (key, msg) in std::mem::take(&mut incoming) {
+            if self.entries.get(&key).is_some_and(|e| e.msg == msg) {
+                continue;
+            }
+            let expires_ms = expiry_ms(&msg, now_ms);
+            self.entries.insert(
+                key,
+                Entry {
+                    msg: msg.clone(),
+                    expires_ms,
+                },
+            );
+            changed.push(msg);
+        }
+        self.seq = seq;
+        Installed { removed, changed }
     }
 
     /// Removes every key whose expiry has passed and returns the deletes to publish, each with
@@ -220,5 +272,26 @@ mod tests {
         state.apply_published(msg, 0);
         assert_eq!(state.seq(), 50);
         assert_eq!(state.apply_set(KvMsg::new("/n", "v"), 0).seq, 51);
+    }
+
+    #[test]
+    fn installing_a_snapshot_reports_only_what_changed_and_takes_its_sequence() {
+        let mut state = CacheState::new(0);
+        for key in ["/same", "/gone", "/changed"] {
+            state.apply_set(KvMsg::new(key, "old"), 0);
+        }
+        let mut same = state.get(b"/same").unwrap().msg.clone();
+        same.seq = 1;
+        let mut changed = KvMsg::new("/changed", "new");
+        changed.seq = 7;
+        let mut added = KvMsg::new("/added", "x");
+        added.seq = 6;
+        let installed = state.install_snapshot(vec![same, changed.clone(), added.clone()], 2, 0);
+        assert_eq!(installed.removed, vec![b"/gone".to_vec()]);
+        assert_eq!(installed.changed, vec![added, changed]);
+        // The active server's numbering wins, even below the old local sequence.
+        assert_eq!(state.seq(), 2);
+        assert_eq!(state.len(), 3);
+        assert_eq!(state.get(b"/changed").unwrap().msg.body, b"new");
     }
 }

@@ -48,6 +48,29 @@ pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
     path
 }
 
+/// Like [`write_config`], with `cache` as the whole `[cache]` section (e.g. a Binary Star pair
+/// whose endpoints each server must know before the other starts).
+pub fn write_config_with_cache(dir: &Path, cache: &str, extra: &str) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("depot.toml");
+    std::fs::write(
+        &path,
+        format!("[admin]\nlisten = \"127.0.0.1:0\"\n{cache}\n{LOGD_EPHEMERAL}\n{extra}\n"),
+    )
+    .unwrap();
+    path
+}
+
+/// A loopback TCP port that was free a moment ago, for configs that must name a port before
+/// the process that binds it starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 impl Appliance {
     /// Starts `depot serve` on `data` with `config` and waits until it serves.
     pub fn start(data: &Path, config: &Path) -> Appliance {

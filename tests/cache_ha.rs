@@ -1,0 +1,258 @@
+//! End-to-end: a Binary Star pair of real `depot serve` processes (primary and backup) with a
+//! client that fails over between them.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::{free_port, poll, write_config_with_cache, Appliance};
+use depot_cache::client::{CacheClient, ServerEndpoints};
+
+const ACTIVE: f64 = 3.0;
+const PASSIVE: f64 = 4.0;
+
+/// The four ports of one server of the pair.
+struct Ports {
+    snapshot: u16,
+    publisher: u16,
+    collector: u16,
+    state: u16,
+}
+
+fn ports() -> Ports {
+    Ports {
+        snapshot: free_port(),
+        publisher: free_port(),
+        collector: free_port(),
+        state: free_port(),
+    }
+}
+
+fn endpoints(p: &Ports) -> ServerEndpoints {
+    ServerEndpoints {
+        snapshot: format!("tcp://127.0.0.1:{}", p.snapshot),
+        publisher: format!("tcp://127.0.0.1:{}", p.publisher),
+        collector: format!("tcp://127.0.0.1:{}", p.collector),
+    }
+}
+
+fn cache_section(role: &str, own: &Ports, peer: &Ports) -> String {
+    format!(
+        r#"[cache]
+snapshot = "tcp://127.0.0.1:{}"
+publisher = "tcp://127.0.0.1:{}"
+collector = "tcp://127.0.0.1:{}"
+
+[cache.ha]
+role = "{role}"
+state = "tcp://127.0.0.1:{}"
+peer_state = "tcp://127.0.0.1:{}"
+peer_snapshot = "tcp://127.0.0.1:{}"
+peer_publisher = "tcp://127.0.0.1:{}"
+"#,
+        own.snapshot,
+        own.publisher,
+        own.collector,
+        own.state,
+        peer.state,
+        peer.snapshot,
+        peer.publisher
+    )
+}
+
+fn wait_metric(appliance: &Appliance, sample: &str, want: f64, within: Duration) {
+    poll(within, || (appliance.metric(sample) == want).then_some(())).unwrap_or_else(|| {
+        panic!(
+            "{sample} stayed {} (wanted {want}):\n{}",
+            appliance.metric(sample),
+            appliance.stderr()
+        )
+    });
+}
+
+fn dump(
+    entries: impl IntoIterator<Item = depot_cache::protocol::KvMsg>,
+) -> BTreeMap<String, String> {
+    entries
+        .into_iter()
+        .map(|m| {
+            (
+                String::from_utf8_lossy(&m.key).into_owned(),
+                String::from_utf8_lossy(&m.body).into_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Compares two dumps, naming the keys that differ rather than printing both whole.
+fn assert_same(got: &BTreeMap<String, String>, want: &BTreeMap<String, String>, what: &str) {
+    let missing: Vec<&String> = want
+        .keys()
+        .filter(|k| got.get(*k) != want.get(*k))
+        .collect();
+    let extra: Vec<&String> = got.keys().filter(|k| !want.contains_key(*k)).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{what}: missing or different {missing:?}, unexpected {extra:?}"
+    );
+}
+
+#[test]
+fn the_backup_takes_over_without_losing_updates_and_a_restarted_primary_goes_passive() {
+    let dir = tempfile::tempdir().unwrap();
+    let (p, b) = (ports(), ports());
+    let primary_config = write_config_with_cache(
+        &dir.path().join("primary"),
+        &cache_section("primary", &p, &b),
+        "",
+    );
+    let backup_config = write_config_with_cache(
+        &dir.path().join("backup"),
+        &cache_section("backup", &b, &p),
+        "",
+    );
+    let primary_data = dir.path().join("primary/data");
+    let primary = Appliance::start(&primary_data, &primary_config);
+    let backup = Appliance::start(&dir.path().join("backup/data"), &backup_config);
+    wait_metric(
+        &primary,
+        "depot_cache_ha_state",
+        ACTIVE,
+        Duration::from_secs(10),
+    );
+    wait_metric(
+        &backup,
+        "depot_cache_ha_state",
+        PASSIVE,
+        Duration::from_secs(10),
+    );
+
+    let ctx = zmq::Context::new();
+    let timeout = Duration::from_secs(10);
+    let servers = [endpoints(&p), endpoints(&b)];
+    let mut client = CacheClient::connect(&ctx, &servers, timeout).unwrap();
+    assert_eq!(client.server(), 0, "the client follows the active primary");
+    let mut expected = BTreeMap::new();
+    for i in 0..100 {
+        let (key, value) = (format!("/ha/confirmed/{i:03}"), format!("v{i}"));
+        client
+            .set(key.as_bytes(), value.as_bytes(), None, timeout)
+            .unwrap();
+        expected.insert(key, value);
+    }
+    // The passive backup mirrors the primary.
+    let primary_seq = primary.metric("depot_cache_seq");
+    wait_metric(
+        &backup,
+        "depot_cache_seq",
+        primary_seq,
+        Duration::from_secs(10),
+    );
+    assert_eq!(backup.metric("depot_cache_published_total"), 0.0);
+
+    // Updates sent fire-and-forget right before the primary dies: whether the primary got to
+    // publish them or not, the backup has them (mirrored, or pending).
+    for i in 0..50 {
+        let (key, value) = (format!("/ha/burst/{i:03}"), format!("b{i}"));
+        client.send(key.as_bytes(), value.as_bytes(), None).unwrap();
+        expected.insert(key, value);
+    }
+    let seq_before = client.seq();
+    primary.kill();
+    let killed = Instant::now();
+
+    // Sent while no server is active: the backup holds it until the client's vote makes it
+    // take over, then publishes it.
+    client
+        .set(b"/ha/during", b"x", None, Duration::from_secs(20))
+        .unwrap();
+    expected.insert("/ha/during".into(), "x".into());
+    let moved = killed.elapsed();
+    eprintln!("the client moved to the backup {moved:?} after the kill");
+    assert_eq!(client.server(), 1, "the client follows the backup");
+    assert!(
+        moved <= Duration::from_secs(6),
+        "the client moved after {moved:?}"
+    );
+    assert!(client.resyncs() >= 1);
+    assert_eq!(backup.metric("depot_cache_ha_state"), ACTIVE);
+    assert!(
+        client.seq() > seq_before,
+        "the backup continues the primary's numbering ({} after {seq_before})",
+        client.seq()
+    );
+
+    let on_backup = dump(CacheClient::snapshot(&ctx, &servers[1..], b"/ha/", timeout).unwrap());
+    assert_same(&on_backup, &expected, "every update survived the failover");
+    assert_same(
+        &dump(client.entries().cloned()),
+        &expected,
+        "the client's copy equals the server's",
+    );
+
+    // The old primary comes back: it hears the active backup and goes passive.
+    let primary = Appliance::start(&primary_data, &primary_config);
+    wait_metric(
+        &primary,
+        "depot_cache_ha_state",
+        PASSIVE,
+        Duration::from_secs(10),
+    );
+    assert_eq!(primary.metric("depot_cache_takeovers_total"), 0.0);
+    client.set(b"/ha/after", b"y", None, timeout).unwrap();
+    let backup_seq = backup.metric("depot_cache_seq");
+    wait_metric(
+        &primary,
+        "depot_cache_seq",
+        backup_seq,
+        Duration::from_secs(10),
+    );
+    assert_eq!(
+        primary.metric("depot_cache_keys"),
+        backup.metric("depot_cache_keys")
+    );
+    assert_eq!(backup.metric("depot_cache_ha_state"), ACTIVE);
+    assert_eq!(primary.stop().code(), Some(0));
+    assert_eq!(backup.stop().code(), Some(0));
+}
+
+#[test]
+fn a_primary_alone_serves_after_waiting_for_its_peer_and_a_backup_alone_never_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let (p, b) = (ports(), ports());
+    let primary_config = write_config_with_cache(
+        &dir.path().join("primary"),
+        &cache_section("primary", &p, &b),
+        "",
+    );
+    let backup_config = write_config_with_cache(
+        &dir.path().join("backup"),
+        &cache_section("backup", &b, &p),
+        "",
+    );
+    let ctx = zmq::Context::new();
+
+    // A backup that never heard an active primary refuses every vote.
+    let backup = Appliance::start(&dir.path().join("backup/data"), &backup_config);
+    let refused = CacheClient::snapshot(&ctx, &[endpoints(&b)], b"", Duration::from_secs(3));
+    assert!(refused.is_err(), "a lone backup served a snapshot");
+    assert!(backup.metric("depot_cache_votes_refused_total") >= 1.0);
+    assert_eq!(backup.metric("depot_cache_ha_state"), 2.0);
+    backup.kill();
+
+    // A primary alone becomes active on a vote once its peer timeout passed unheard.
+    let primary = Appliance::start(&dir.path().join("primary/data"), &primary_config);
+    let mut client = CacheClient::connect(
+        &ctx,
+        &[endpoints(&p), endpoints(&b)],
+        Duration::from_secs(15),
+    )
+    .unwrap();
+    assert_eq!(client.server(), 0);
+    assert_eq!(primary.metric("depot_cache_ha_state"), ACTIVE);
+    client
+        .set(b"/alone", b"1", None, Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(primary.stop().code(), Some(0));
+}
