@@ -191,6 +191,10 @@ fn start_retention(
                 stop_rx.recv_timeout(retention.interval)
             {
                 for stream in store.log().streams() {
+                    // Services manage their own streams (the cache trims what it compacted).
+                    if depot_store::is_internal_stream(&stream) {
+                        continue;
+                    }
                     let policy = retention.policy(&stream);
                     if policy.max_age.is_none() && policy.max_bytes.is_none() {
                         continue;

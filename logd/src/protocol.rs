@@ -89,6 +89,12 @@ pub fn check_stream(name: &[u8]) -> Result<&str, ProtocolError> {
     if name.contains(' ') {
         return Err(ProtocolError::Stream("must not contain spaces".into()));
     }
+    if depot_store::is_internal_stream(name) {
+        return Err(ProtocolError::Stream(format!(
+            "names starting with {:?} are reserved for Depot's services",
+            depot_store::INTERNAL_STREAM_PREFIX
+        )));
+    }
     Ok(name)
 }
 
@@ -713,6 +719,15 @@ mod tests {
 
     fn frames(parts: &[&[u8]]) -> Vec<Vec<u8>> {
         parts.iter().map(|p| p.to_vec()).collect()
+    }
+
+    #[test]
+    fn internal_stream_names_are_refused() {
+        assert!(matches!(
+            check_stream(b"$cache"),
+            Err(ProtocolError::Stream(_))
+        ));
+        assert!(check_stream(b"app$1").is_ok());
     }
 
     #[test]

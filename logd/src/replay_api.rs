@@ -184,7 +184,7 @@ impl ReplayApi {
                     .log()
                     .streams()
                     .into_iter()
-                    .filter(|s| s.starts_with(&prefix))
+                    .filter(|s| s.starts_with(&prefix) && !depot_store::is_internal_stream(s))
                     .collect();
                 let _ = self.reply(
                     identity,

@@ -1,5 +1,8 @@
 //! What survives what: the durability vocabulary, tickets and the durable watermark.
 
+use std::io::{Read, Write};
+use std::os::unix::io::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
@@ -64,6 +67,28 @@ pub(crate) struct CommitState {
     work_arrived: Condvar,
     /// The same watermark for async waiters.
     watch: tokio::sync::watch::Sender<Watermark>,
+    /// Write ends of [`DurableNotifier`]s: a byte each time the watermark moves, for threads
+    /// that wait in a poll loop rather than on a condition variable.
+    notifiers: Mutex<Vec<UnixStream>>,
+}
+
+/// A file descriptor that becomes readable when the durable watermark moves, for a service's
+/// poll loop (e.g. `zmq::poll` with a raw fd item). Read it empty with [`DurableNotifier::drain`].
+pub struct DurableNotifier {
+    pub(crate) reader: UnixStream,
+}
+
+impl DurableNotifier {
+    /// The descriptor to poll for reading.
+    pub fn fd(&self) -> RawFd {
+        self.reader.as_raw_fd()
+    }
+
+    /// Consumes the pending wake-ups.
+    pub fn drain(&self) {
+        let mut buf = [0u8; 256];
+        while matches!((&self.reader).read(&mut buf), Ok(n) if n > 0) {}
+    }
 }
 
 fn next_instance() -> u64 {
@@ -83,6 +108,7 @@ impl CommitState {
             durable_moved: Condvar::new(),
             work_arrived: Condvar::new(),
             watch: tokio::sync::watch::channel(Watermark::default()).0,
+            notifiers: Mutex::new(Vec::new()),
         }
     }
 
@@ -157,7 +183,29 @@ impl CommitState {
             drop(guard);
             self.durable_moved.notify_all();
             self.watch.send_replace(snapshot);
+            self.notify();
         }
+    }
+
+    /// A new notifier, woken on every move of the watermark.
+    pub(crate) fn notifier(&self) -> std::io::Result<DurableNotifier> {
+        let (reader, writer) = UnixStream::pair()?;
+        reader.set_nonblocking(true)?;
+        writer.set_nonblocking(true)?;
+        self.notifiers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(writer);
+        Ok(DurableNotifier { reader })
+    }
+
+    fn notify(&self) {
+        let mut notifiers = self.notifiers.lock().unwrap_or_else(|e| e.into_inner());
+        // A full socket already holds a wake-up; a closed one belongs to a dropped notifier.
+        notifiers.retain(|writer| match (&*writer).write(&[1]) {
+            Ok(_) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+        });
     }
 
     pub(crate) fn poison(&self, reason: String) {

@@ -24,11 +24,12 @@ pub mod log;
 mod record;
 mod store;
 
-pub use durability::{Durability, Ticket, Watermark};
+pub use durability::{Durability, DurableNotifier, Ticket, Watermark};
 pub use error::{Result, StoreError};
 pub use kv::{Kv, MAX_KV_VALUE};
 pub use log::{now_ns, Appended, Log, Retention, RetentionOutcome, StreamStats};
 pub use record::{
-    validate_stream_name, NewRecord, Record, RecordRef, Seq, MAX_RECORD_BYTES, MAX_STREAM_NAME,
+    is_internal_stream, validate_stream_name, NewRecord, Record, RecordRef, Seq,
+    INTERNAL_STREAM_PREFIX, MAX_RECORD_BYTES, MAX_STREAM_NAME,
 };
 pub use store::{CommitStats, Store, StoreConfig, DB_DIR, IDENTITY_FILE, LOCK_FILE};

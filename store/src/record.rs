@@ -77,6 +77,15 @@ impl Record {
     }
 }
 
+/// First character of the streams services keep for themselves (the cache's change log,
+/// queue journals): logd neither takes records for them nor replays them.
+pub const INTERNAL_STREAM_PREFIX: char = '$';
+
+/// Whether `name` is a service's internal stream.
+pub fn is_internal_stream(name: &str) -> bool {
+    name.starts_with(INTERNAL_STREAM_PREFIX)
+}
+
 /// Checks a stream name: 1 to 255 bytes, no control characters.
 pub fn validate_stream_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > MAX_STREAM_NAME {

@@ -272,6 +272,11 @@ impl Store {
         self.inner.commit.wait_async(ticket).await
     }
 
+    /// A descriptor that becomes readable whenever the durable watermark moves.
+    pub fn durable_notifier(&self) -> std::io::Result<crate::DurableNotifier> {
+        self.inner.commit.notifier()
+    }
+
     /// The committer's watermark now.
     pub fn watermark(&self) -> Watermark {
         self.inner.commit.watermark()
@@ -402,6 +407,21 @@ mod tests {
         assert_eq!(store.durability_of(durable.ticket), Durability::PowerLoss);
         assert_eq!(store.log().read("s", 1, u64::MAX, 10).unwrap().len(), 1);
         assert!(store.close().is_err(), "closing reports the poisoning");
+    }
+
+    #[test]
+    fn a_notifier_becomes_readable_when_a_write_is_durable() {
+        use std::io::Read;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        let notifier = store.durable_notifier().unwrap();
+        let mut byte = [0u8; 1];
+        assert!((&notifier.reader).read(&mut byte).is_err(), "nothing yet");
+        let ticket = store.kv("k").unwrap().put(b"a", b"b").unwrap();
+        store.wait_durable(ticket).unwrap();
+        assert_eq!((&notifier.reader).read(&mut byte).unwrap(), 1);
+        notifier.drain();
+        assert!((&notifier.reader).read(&mut byte).is_err(), "drained");
     }
 
     /// A ticket issued before the poisoning but not yet committed is answered with an error,
