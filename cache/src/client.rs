@@ -121,17 +121,31 @@ fn take_snapshot(
     dealer.set_linger(0)?;
     dealer.set_rcvhwm(1_000_000)?;
     dealer.connect(endpoint)?;
-    dealer.send_multipart([protocol::ICANHAZ, subtree], 0)?;
-    let mut entries = BTreeMap::new();
+    // Depot servers answer "packed" with batches; others ignore the frame and send KVSYNCs.
+    dealer.send_multipart([protocol::ICANHAZ, subtree, protocol::PACKED], 0)?;
+    // Collected in arrival (key) order and built into a map at the end: a bulk build of
+    // sorted input is much cheaper than a million inserts.
+    let mut entries = Vec::new();
     loop {
         if dealer.poll(zmq::POLLIN, wait.as_millis() as i64)? == 0 {
             return Ok(None);
         }
-        let msg = KvMsg::decode(&dealer.recv_multipart(0)?, usize::MAX)?;
-        if msg.key == KTHXBAI {
-            return Ok(Some((entries, msg.seq)));
+        let frames = dealer.recv_multipart(0)?;
+        if let [kind, batch] = frames.as_slice() {
+            if kind.as_slice() == protocol::KVSYNCS {
+                entries.extend(
+                    protocol::unpack_entries(batch)?
+                        .into_iter()
+                        .map(|msg| (msg.key.clone(), msg)),
+                );
+                continue;
+            }
         }
-        entries.insert(msg.key.clone(), msg);
+        let msg = KvMsg::decode(&frames, usize::MAX)?;
+        if msg.key == KTHXBAI {
+            return Ok(Some((entries.into_iter().collect(), msg.seq)));
+        }
+        entries.push((msg.key.clone(), msg));
     }
 }
 

@@ -18,6 +18,7 @@ pub mod config;
 pub mod ha;
 pub mod mirror;
 pub mod pending;
+pub mod persist;
 pub mod protocol;
 pub mod server;
 pub mod state;

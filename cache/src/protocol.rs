@@ -108,13 +108,16 @@ impl KvMsg {
                 expected: 5,
             });
         };
+        Self::decode_parts([key, seq, uuid, properties, body], max_body)
+    }
+
+    /// Decodes the five parts of a message, wherever they were read from.
+    fn decode_parts(parts: [&[u8]; 5], max_body: usize) -> Result<KvMsg, ChpError> {
+        let [key, seq, uuid, properties, body] = parts;
         if key.is_empty() || key.len() > MAX_KEY {
             return Err(ChpError::Key(key.len()));
         }
-        let seq: [u8; 8] = seq
-            .as_slice()
-            .try_into()
-            .map_err(|_| ChpError::Sequence(seq.len()))?;
+        let seq: [u8; 8] = seq.try_into().map_err(|_| ChpError::Sequence(seq.len()))?;
         if !(uuid.is_empty() || uuid.len() == 16) {
             return Err(ChpError::Uuid(uuid.len()));
         }
@@ -125,11 +128,15 @@ impl KvMsg {
             )));
         }
         Ok(KvMsg {
-            key: key.clone(),
+            key: key.to_vec(),
             seq: u64::from_be_bytes(seq),
-            uuid: uuid.clone(),
-            properties: decode_properties(properties)?,
-            body: body.clone(),
+            uuid: uuid.to_vec(),
+            properties: if properties.is_empty() {
+                Vec::new()
+            } else {
+                decode_properties(properties)?
+            },
+            body: body.to_vec(),
         })
     }
 }
@@ -137,20 +144,28 @@ impl KvMsg {
 impl KvMsg {
     /// The five frames, each prefixed with its length (u32 BE), for storage.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let frames = self.encode();
-        let mut out = Vec::with_capacity(frames.iter().map(|f| f.len() + 4).sum());
-        for frame in &frames {
-            out.extend_from_slice(&(frame.len() as u32).to_be_bytes());
-            out.extend_from_slice(frame);
+        let properties = encode_properties(&self.properties);
+        let seq = self.seq.to_be_bytes();
+        let parts: [&[u8]; 5] = [
+            &self.key,
+            &seq,
+            &self.uuid,
+            properties.as_bytes(),
+            &self.body,
+        ];
+        let mut out = Vec::with_capacity(parts.iter().map(|p| p.len() + 4).sum());
+        for part in parts {
+            out.extend_from_slice(&(part.len() as u32).to_be_bytes());
+            out.extend_from_slice(part);
         }
         out
     }
 
     /// Reads what [`KvMsg::to_bytes`] wrote.
     pub fn from_bytes(mut bytes: &[u8]) -> Result<KvMsg, ChpError> {
-        let mut frames = Vec::with_capacity(5);
-        while !bytes.is_empty() {
-            let cut = || ChpError::Properties("stored message cut short".into());
+        let cut = || ChpError::Properties("stored message cut short".into());
+        let mut parts: [&[u8]; 5] = [&[]; 5];
+        for part in &mut parts {
             let len = u32::from_be_bytes(
                 bytes
                     .get(..4)
@@ -158,10 +173,16 @@ impl KvMsg {
                     .try_into()
                     .map_err(|_| cut())?,
             ) as usize;
-            frames.push(bytes.get(4..4 + len).ok_or_else(cut)?.to_vec());
+            *part = bytes.get(4..4 + len).ok_or_else(cut)?;
             bytes = &bytes[4 + len..];
         }
-        KvMsg::decode(&frames, usize::MAX)
+        if !bytes.is_empty() {
+            return Err(ChpError::FrameCount {
+                got: 6,
+                expected: 5,
+            });
+        }
+        KvMsg::decode_parts(parts, usize::MAX)
     }
 }
 
@@ -193,20 +214,69 @@ pub fn decode_properties(frame: &[u8]) -> Result<Vec<(String, String)>, ChpError
         .collect()
 }
 
-/// Parses a snapshot request `["ICANHAZ?"][subtree]`; returns the subtree (empty: all).
-pub fn parse_icanhaz(frames: &[Vec<u8>]) -> Result<Vec<u8>, ChpError> {
+/// Option frame of a snapshot request asking for packed batches (a Depot extension).
+pub const PACKED: &[u8] = b"packed";
+/// First frame of a packed batch of KVSYNCs.
+pub const KVSYNCS: &[u8] = b"KVSYNCS";
+
+/// A snapshot request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotRequest {
+    /// Key prefix; empty for everything.
+    pub subtree: Vec<u8>,
+    /// Answer with packed batches ([`pack_entries`]) instead of one message per key.
+    pub packed: bool,
+}
+
+/// Parses a snapshot request `["ICANHAZ?"][subtree]`, optionally followed by `["packed"]`.
+pub fn parse_icanhaz(frames: &[Vec<u8>]) -> Result<SnapshotRequest, ChpError> {
+    let request = |subtree: &[u8], packed| SnapshotRequest {
+        subtree: subtree.to_vec(),
+        packed,
+    };
     match frames {
-        [command, subtree] if command.as_slice() == ICANHAZ => Ok(subtree.clone()),
-        // The Guide's first Clone clients send the command alone.
-        [command] if command.as_slice() == ICANHAZ => Ok(Vec::new()),
         [command, ..] if command.as_slice() != ICANHAZ => Err(ChpError::Command(
             String::from_utf8_lossy(command).into_owned(),
         )),
+        [_, subtree] => Ok(request(subtree, false)),
+        // The Guide's first Clone clients send the command alone.
+        [_] => Ok(request(b"", false)),
+        [_, subtree, option] if option.as_slice() == PACKED => Ok(request(subtree, true)),
+        [_, _, option] => Err(ChpError::Command(format!(
+            "unknown snapshot option {:?}",
+            String::from_utf8_lossy(option)
+        ))),
         _ => Err(ChpError::FrameCount {
             got: frames.len(),
             expected: 2,
         }),
     }
+}
+
+/// Appends `msg` to a packed batch: its stored form prefixed with its length (u32 BE).
+pub fn pack_entry(batch: &mut Vec<u8>, msg: &KvMsg) {
+    let bytes = msg.to_bytes();
+    batch.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+    batch.extend_from_slice(&bytes);
+}
+
+/// Reads the messages of a packed batch.
+pub fn unpack_entries(mut batch: &[u8]) -> Result<Vec<KvMsg>, ChpError> {
+    let mut out = Vec::new();
+    while !batch.is_empty() {
+        let cut = || ChpError::Properties("packed batch cut short".into());
+        let len = u32::from_be_bytes(
+            batch
+                .get(..4)
+                .ok_or_else(cut)?
+                .try_into()
+                .map_err(|_| cut())?,
+        ) as usize;
+        let bytes = batch.get(4..4 + len).ok_or_else(cut)?;
+        out.push(KvMsg::from_bytes(bytes)?);
+        batch = &batch[4 + len..];
+    }
+    Ok(out)
 }
 
 /// The message ending a snapshot: key `KTHXBAI`, the snapshot's sequence, the subtree as body.
@@ -307,11 +377,18 @@ mod tests {
 
     #[test]
     fn snapshot_requests_and_markers() {
+        let plain = parse_icanhaz(&frames(&[b"ICANHAZ?", b"/app/"])).unwrap();
         assert_eq!(
-            parse_icanhaz(&frames(&[b"ICANHAZ?", b"/app/"])).unwrap(),
-            b"/app/"
+            (plain.subtree.as_slice(), plain.packed),
+            (&b"/app/"[..], false)
         );
-        assert_eq!(parse_icanhaz(&frames(&[b"ICANHAZ?"])).unwrap(), b"");
+        assert_eq!(parse_icanhaz(&frames(&[b"ICANHAZ?"])).unwrap().subtree, b"");
+        let packed = parse_icanhaz(&frames(&[b"ICANHAZ?", b"/a", b"packed"])).unwrap();
+        assert!(packed.packed);
+        assert!(matches!(
+            parse_icanhaz(&frames(&[b"ICANHAZ?", b"/a", b"zipped"])),
+            Err(ChpError::Command(_))
+        ));
         assert!(matches!(
             parse_icanhaz(&frames(&[b"GIMME", b""])),
             Err(ChpError::Command(_))
@@ -328,11 +405,26 @@ mod tests {
         assert!(beat[2].is_empty() && beat[3].is_empty() && beat[4].is_empty());
     }
 
+    #[test]
+    fn packed_batches_round_trip_and_refuse_cut_input() {
+        let mut a = KvMsg::new("/a", "1");
+        a.seq = 5;
+        a.set_property("ttl", "9");
+        let b = KvMsg::new("/b", vec![7u8; 300]);
+        let mut batch = Vec::new();
+        pack_entry(&mut batch, &a);
+        pack_entry(&mut batch, &b);
+        assert_eq!(unpack_entries(&batch).unwrap(), vec![a, b]);
+        assert!(unpack_entries(&batch[..batch.len() - 1]).is_err());
+        assert!(unpack_entries(&[0, 0]).is_err());
+    }
+
     proptest::proptest! {
         #[test]
         fn decode_never_panics(parts in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40), 0..7)) {
             let _ = KvMsg::decode(&parts, 64);
             let _ = parse_icanhaz(&parts);
+            let _ = unpack_entries(&parts.concat());
         }
     }
 }

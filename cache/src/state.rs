@@ -1,7 +1,7 @@
 //! The cache's state machine: the ordered map, the sequence, and TTL expiry. Pure code: the
 //! server feeds it collector messages and a clock, and publishes what it returns.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::protocol::KvMsg;
 
@@ -30,6 +30,9 @@ pub struct Installed {
 #[derive(Debug, Default)]
 pub struct CacheState {
     entries: BTreeMap<Vec<u8>, Entry>,
+    /// (expiry, key) of every entry with a ttl, soonest first, so a sweep touches only what
+    /// is due.
+    expiries: BTreeSet<(u64, Vec<u8>)>,
     /// Sequence of the last published change.
     seq: u64,
 }
@@ -58,6 +61,7 @@ impl CacheState {
     pub fn new(seq: u64) -> Self {
         CacheState {
             entries: BTreeMap::new(),
+            expiries: BTreeSet::new(),
             seq,
         }
     }
@@ -65,6 +69,11 @@ impl CacheState {
     /// Sequence of the last change.
     pub fn seq(&self) -> u64 {
         self.seq
+    }
+
+    /// Sets the sequence to `seq`, even lower (a passive server's renumbering, replayed).
+    pub fn set_seq(&mut self, seq: u64) {
+        self.seq = seq;
     }
 
     /// Raises the sequence to at least `seq` (a stored sequence found at start).
@@ -111,10 +120,31 @@ impl CacheState {
 
     fn store(&mut self, msg: KvMsg, expires_ms: Option<u64>) {
         if msg.is_delete() {
-            self.entries.remove(&msg.key);
+            self.remove(&msg.key);
         } else {
-            self.entries
-                .insert(msg.key.clone(), Entry { msg, expires_ms });
+            if let Some(at) = expires_ms {
+                self.expiries.insert((at, msg.key.clone()));
+            }
+            let key = msg.key.clone();
+            if let Some(old) = self.entries.insert(key, Entry { msg, expires_ms }) {
+                self.forget_expiry(&old);
+            }
+        }
+    }
+
+    fn remove(&mut self, key: &[u8]) {
+        if let Some(old) = self.entries.remove(key) {
+            self.forget_expiry(&old);
+        }
+    }
+
+    /// Drops the expiry of a replaced or removed entry (unless the new one has the same).
+    fn forget_expiry(&mut self, old: &Entry) {
+        if let Some(at) = old.expires_ms {
+            let current = self.entries.get(&old.msg.key).and_then(|e| e.expires_ms);
+            if current != Some(at) {
+                self.expiries.remove(&(at, old.msg.key.clone()));
+            }
         }
     }
 
@@ -135,7 +165,7 @@ impl CacheState {
             .cloned()
             .collect();
         for key in &removed {
-            self.entries.remove(key);
+            self.remove(key);
         }
         let mut changed = Vec::new();
         for (key, msg) in std::mem::take(&mut incoming) {
@@ -143,13 +173,7 @@ impl CacheState {
                 continue;
             }
             let expires_ms = expiry_ms(&msg, now_ms);
-            self.entries.insert(
-                key,
-                Entry {
-                    msg: msg.clone(),
-                    expires_ms,
-                },
-            );
+            self.store(msg.clone(), expires_ms);
             changed.push(msg);
         }
         self.seq = seq;
@@ -159,16 +183,15 @@ impl CacheState {
     /// Removes every key whose expiry has passed and returns the deletes to publish, each with
     /// a new sequence.
     pub fn expire(&mut self, now_ms: u64) -> Vec<KvMsg> {
-        let expired: Vec<Vec<u8>> = self
-            .entries
-            .iter()
-            .filter(|(_, e)| e.expires_ms.is_some_and(|at| at <= now_ms))
-            .map(|(k, _)| k.clone())
-            .collect();
-        expired
-            .into_iter()
-            .map(|key| self.apply_set(KvMsg::new(key, Vec::new()), now_ms))
-            .collect()
+        let mut deletes = Vec::new();
+        while let Some((at, key)) = self.expiries.first().cloned() {
+            if at > now_ms {
+                break;
+            }
+            self.expiries.pop_first();
+            deletes.push(self.apply_set(KvMsg::new(key, Vec::new()), now_ms));
+        }
+        deletes
     }
 
     /// The entries under `subtree` (a key prefix; empty for all), in key order.
@@ -293,5 +316,29 @@ mod tests {
         assert_eq!(state.seq(), 2);
         assert_eq!(state.len(), 3);
         assert_eq!(state.get(b"/changed").unwrap().msg.body, b"new");
+    }
+
+    #[test]
+    fn a_replaced_or_deleted_key_no_longer_expires() {
+        let mut state = CacheState::new(0);
+        let mut short = KvMsg::new("/k", "1");
+        short.set_property(TTL, "1");
+        state.apply_set(short.clone(), 0);
+        // Replaced without a ttl: it stays.
+        state.apply_set(KvMsg::new("/k", "2"), 0);
+        assert!(state.expire(10_000).is_empty());
+        assert_eq!(state.get(b"/k").unwrap().msg.body, b"2");
+        // Set again with a ttl, then deleted: nothing left to expire.
+        state.apply_set(short, 0);
+        state.apply_set(KvMsg::new("/k", ""), 0);
+        assert!(state.expire(10_000).is_empty());
+        // Two keys due at once expire together, in one sweep.
+        for key in ["/a", "/b"] {
+            let mut msg = KvMsg::new(key, "v");
+            msg.set_property(TTL, "1");
+            state.apply_set(msg, 0);
+        }
+        assert_eq!(state.expire(1_000).len(), 2);
+        assert!(state.is_empty());
     }
 }
