@@ -23,6 +23,9 @@ pub struct CacheConfig {
     /// Publisher silence after which HUGZ is sent.
     #[serde(deserialize_with = "duration")]
     pub hugz_interval: Duration,
+    /// How often the change log is folded into the compacted tree.
+    #[serde(deserialize_with = "duration")]
+    pub compaction_interval: Duration,
     /// Binary Star failover with a peer server; absent for a single server.
     pub ha: Option<HaConfig>,
 }
@@ -75,7 +78,8 @@ impl Default for CacheConfig {
             snapshot: "tcp://127.0.0.1:5556".into(),
             publisher: "tcp://127.0.0.1:5557".into(),
             collector: "tcp://127.0.0.1:5558".into(),
-            max_value_size: 7 * 1024,
+            max_value_size: 1024 * 1024,
+            compaction_interval: Duration::from_secs(1),
             hugz_interval: Duration::from_secs(1),
             ha: None,
         }

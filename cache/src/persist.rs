@@ -17,6 +17,7 @@ use std::time::Duration;
 use depot_store::{Kv, NewRecord, Store, StoreError, Ticket, MAX_KV_VALUE};
 
 use crate::protocol::KvMsg;
+use crate::server::CacheMetrics;
 use crate::state::CacheState;
 
 /// The change log's stream. `$` names are internal: logd refuses them from clients.
@@ -321,6 +322,7 @@ impl Compactor {
         persist: Persist,
         durable_log_seq: Arc<AtomicU64>,
         interval: Duration,
+        metrics: Arc<CacheMetrics>,
     ) -> std::io::Result<Compactor> {
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
@@ -331,8 +333,13 @@ impl Compactor {
                     let mut failures = 0u32;
                     while !stop.load(Ordering::Acquire) {
                         match persist.compact(durable_log_seq.load(Ordering::Acquire)) {
-                            Ok(folded) if folded >= COMPACTION_BATCH => continue,
-                            Ok(_) => failures = 0,
+                            Ok(folded) => {
+                                failures = 0;
+                                metrics.compacted.fetch_add(folded, Ordering::Relaxed);
+                                if folded >= COMPACTION_BATCH {
+                                    continue;
+                                }
+                            }
                             Err(e) => {
                                 failures += 1;
                                 if failures == 1 || failures.is_power_of_two() {

@@ -21,8 +21,6 @@ use crate::persist::{Change, Compactor, Persist};
 use crate::protocol::{self, KvMsg, KTHXBAI};
 use crate::state::CacheState;
 
-/// How often the compactor folds the change log into the tree.
-const COMPACTION_INTERVAL: Duration = Duration::from_secs(1);
 /// Linger of the cache's sockets.
 const LINGER_MS: i32 = 200;
 /// Snapshot entries sent per loop turn, so snapshots share the thread with updates.
@@ -87,6 +85,8 @@ pub struct CacheMetrics {
     pub mirrored: AtomicU64,
     /// Snapshots installed from the active peer.
     pub resyncs: AtomicU64,
+    /// Change-log records folded into the compacted tree.
+    pub compacted: AtomicU64,
 }
 
 impl CacheMetrics {
@@ -170,6 +170,12 @@ impl CacheMetrics {
             Kind::Counter,
             "Updates mirrored from the active peer",
             get(&self.mirrored),
+        );
+        m.single(
+            "depot_cache_compacted_total",
+            Kind::Counter,
+            "Change-log records folded into the compacted tree",
+            get(&self.compacted),
         );
         m.single(
             "depot_cache_resyncs_total",
@@ -308,7 +314,8 @@ impl Cache {
         let compactor = Compactor::start(
             persist.clone(),
             durable_log_seq.clone(),
-            COMPACTION_INTERVAL,
+            config.compaction_interval,
+            metrics.clone(),
         )
         .map_err(|e| CacheError::Setup(format!("cannot start the compactor: {e}")))?;
         let thread = {
