@@ -100,6 +100,40 @@ impl KvMsg {
         ]
     }
 
+    /// Sends the five frames on `socket` without copying the message first.
+    pub fn send(&self, socket: &zmq::Socket, flags: i32) -> zmq::Result<()> {
+        let properties = encode_properties(&self.properties);
+        let seq = self.seq.to_be_bytes();
+        let parts: [&[u8]; 5] = [
+            &self.key,
+            &seq,
+            &self.uuid,
+            properties.as_bytes(),
+            &self.body,
+        ];
+        socket.send_multipart(parts, flags)
+    }
+
+    /// Decodes five received frames, taking their buffers; `max_body` bounds the value.
+    pub fn decode_owned(frames: Vec<Vec<u8>>, max_body: usize) -> Result<KvMsg, ChpError> {
+        let got = frames.len();
+        let Ok([key, seq, uuid, properties, body]) = <[Vec<u8>; 5]>::try_from(frames) else {
+            return Err(ChpError::FrameCount { got, expected: 5 });
+        };
+        let seq = check_parts(&key, &seq, &uuid, body.len(), max_body)?;
+        Ok(KvMsg {
+            key,
+            seq,
+            uuid,
+            properties: if properties.is_empty() {
+                Vec::new()
+            } else {
+                decode_properties(&properties)?
+            },
+            body,
+        })
+    }
+
     /// Decodes five frames; `max_body` bounds the value.
     pub fn decode(frames: &[Vec<u8>], max_body: usize) -> Result<KvMsg, ChpError> {
         let [key, seq, uuid, properties, body] = frames else {
@@ -114,22 +148,10 @@ impl KvMsg {
     /// Decodes the five parts of a message, wherever they were read from.
     fn decode_parts(parts: [&[u8]; 5], max_body: usize) -> Result<KvMsg, ChpError> {
         let [key, seq, uuid, properties, body] = parts;
-        if key.is_empty() || key.len() > MAX_KEY {
-            return Err(ChpError::Key(key.len()));
-        }
-        let seq: [u8; 8] = seq.try_into().map_err(|_| ChpError::Sequence(seq.len()))?;
-        if !(uuid.is_empty() || uuid.len() == 16) {
-            return Err(ChpError::Uuid(uuid.len()));
-        }
-        if body.len() > max_body {
-            return Err(ChpError::Properties(format!(
-                "value of {} bytes exceeds the limit of {max_body}",
-                body.len()
-            )));
-        }
+        let seq = check_parts(key, seq, uuid, body.len(), max_body)?;
         Ok(KvMsg {
             key: key.to_vec(),
-            seq: u64::from_be_bytes(seq),
+            seq,
             uuid: uuid.to_vec(),
             properties: if properties.is_empty() {
                 Vec::new()
@@ -184,6 +206,29 @@ impl KvMsg {
         }
         KvMsg::decode_parts(parts, usize::MAX)
     }
+}
+
+/// Checks the key, sequence, uuid and value size of a message; returns the sequence.
+fn check_parts(
+    key: &[u8],
+    seq: &[u8],
+    uuid: &[u8],
+    body_len: usize,
+    max_body: usize,
+) -> Result<u64, ChpError> {
+    if key.is_empty() || key.len() > MAX_KEY {
+        return Err(ChpError::Key(key.len()));
+    }
+    let seq: [u8; 8] = seq.try_into().map_err(|_| ChpError::Sequence(seq.len()))?;
+    if !(uuid.is_empty() || uuid.len() == 16) {
+        return Err(ChpError::Uuid(uuid.len()));
+    }
+    if body_len > max_body {
+        return Err(ChpError::Properties(format!(
+            "value of {body_len} bytes exceeds the limit of {max_body}"
+        )));
+    }
+    Ok(u64::from_be_bytes(seq))
 }
 
 /// Encodes properties as `name=value\n` lines.
@@ -422,7 +467,9 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn decode_never_panics(parts in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40), 0..7)) {
-            let _ = KvMsg::decode(&parts, 64);
+            let borrowed = KvMsg::decode(&parts, 64);
+            let owned = KvMsg::decode_owned(parts.clone(), 64);
+            proptest::prop_assert_eq!(borrowed, owned);
             let _ = parse_icanhaz(&parts);
             let _ = unpack_entries(&parts.concat());
         }

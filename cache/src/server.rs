@@ -493,7 +493,7 @@ impl Server {
             let Ok(frames) = self.collector.recv_multipart(zmq::DONTWAIT) else {
                 break;
             };
-            match KvMsg::decode(&frames, self.max_value) {
+            match KvMsg::decode_owned(frames, self.max_value) {
                 Ok(msg) if msg.key == protocol::HUGZ || msg.key == KTHXBAI => {
                     self.reject("update", &"reserved key");
                 }
@@ -753,7 +753,7 @@ impl Server {
     }
 
     fn send(&mut self, msg: &KvMsg) {
-        if let Err(e) = self.publisher.send_multipart(msg.encode(), zmq::DONTWAIT) {
+        if let Err(e) = msg.send(&self.publisher, zmq::DONTWAIT) {
             tracing::warn!(error = %e, "cache: publish failed");
         }
         self.last_sent = Instant::now();
