@@ -154,6 +154,11 @@ fn chp_updates_snapshots_ttl_and_persistence_across_sigkill() {
     })
     .expect("expiry delete not published");
     assert!(deleted[4].is_empty());
+    let late_ms = depot_store::now_ns() / 1_000_000 - ttl;
+    assert!(
+        late_ms <= 1_000,
+        "the delete came {late_ms} ms after the deadline"
+    );
     assert!(seq_of(&deleted) > seq_of(&temp));
 
     // Snapshots filter by subtree and end with the current sequence.
@@ -490,5 +495,53 @@ fn big_values_and_compacted_state_survive_sigkill() {
     let blobs = data.join(depot_store::DB_DIR).join("blobs");
     let blob_files = std::fs::read_dir(&blobs).map_or(0, |d| d.count());
     assert_eq!(blob_files, 0, "sled wrote unsynced blob files");
+    assert_eq!(appliance.stop().code(), Some(0));
+}
+
+#[test]
+fn a_key_whose_deadline_passed_while_depot_was_down_is_deleted_and_published_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let data = dir.path().join("data");
+    let appliance = Appliance::start(&data, &config);
+    let (_, publisher, collector) = endpoints(&appliance);
+    let ctx = zmq::Context::new();
+    let peer = Peer::join(&ctx, &publisher, &collector);
+    let kept = peer.set("/session/kept", "x", "ttl=3600\n");
+    let short = peer.set("/session/short", "x", "ttl=1\n");
+    let deadline_ms: u64 = String::from_utf8_lossy(&short[3])
+        .trim()
+        .trim_start_matches("ttl=")
+        .parse()
+        .unwrap();
+    appliance.kill();
+    // Down until the deadline has passed.
+    let passed = poll(Duration::from_secs(5), || {
+        (depot_store::now_ns() / 1_000_000 > deadline_ms + 100).then_some(())
+    });
+    assert!(passed.is_some());
+
+    let appliance = Appliance::start(&data, &config);
+    let (snap, publisher, collector) = endpoints(&appliance);
+    let (entries, _) = snapshot(&ctx, &snap, "/session/");
+    let keys: Vec<&str> = entries.iter().map(|(k, _, _)| k.as_str()).collect();
+    assert_eq!(
+        keys,
+        vec!["/session/kept"],
+        "the overdue key is gone at start"
+    );
+    // Its delete took a new sequence (a snapshot asked at the very start may predate it).
+    let seq = poll(Duration::from_secs(5), || {
+        let (_, seq) = snapshot(&ctx, &snap, "/session/");
+        (seq > seq_of(&short)).then_some(seq)
+    })
+    .expect("the delete of the overdue key took no sequence");
+    assert!(seq_of(&kept) < seq_of(&short));
+    assert_eq!(appliance.metric("depot_cache_expired_total"), 1.0);
+    // Nothing else was published since the start: the delete was.
+    assert_eq!(appliance.metric("depot_cache_published_total"), 1.0);
+    // A peer that joins later sees the numbering go on from the delete.
+    let peer = Peer::join(&ctx, &publisher, &collector);
+    assert!(seq_of(&peer.set("/after", "1", "")) > seq);
     assert_eq!(appliance.stop().code(), Some(0));
 }

@@ -304,7 +304,8 @@ impl Cache {
             max_value: config.max_value_size,
             hugz_interval: config.hugz_interval,
             last_sent: Instant::now(),
-            last_expiry: Instant::now(),
+            // The first turn sweeps: keys whose deadline passed while Depot was down go at once.
+            last_expiry: Instant::now() - EXPIRY_CHECK,
             bad_input: RateLimited::default(),
             recent: VecDeque::new(),
             recent_set: Default::default(),
