@@ -137,13 +137,20 @@ fn pieces_of(value: &[u8]) -> Option<u32> {
 pub struct Persist {
     store: Arc<Store>,
     kv: Kv,
+    /// Whether any entry may be stored in pieces (seen by `load` or written since); while none
+    /// is, replacing an entry needs no read of the old one.
+    pieces: Arc<AtomicBool>,
 }
 
 impl Persist {
     /// Opens the tree.
     pub fn open(store: Arc<Store>) -> Result<Persist, PersistError> {
         let kv = store.kv("cache")?;
-        Ok(Persist { store, kv })
+        Ok(Persist {
+            store,
+            kv,
+            pieces: Arc::new(AtomicBool::new(false)),
+        })
     }
 
     /// Rebuilds the state: the compacted tree, then the change log after it.
@@ -156,7 +163,10 @@ impl Persist {
                 continue;
             }
             let bytes = match pieces_of(&value) {
-                Some(count) => self.assemble(&key[1..], count)?,
+                Some(count) => {
+                    self.pieces.store(true, Ordering::Relaxed);
+                    self.assemble(&key[1..], count)?
+                }
                 None => value,
             };
             let msg = KvMsg::from_bytes(&bytes).map_err(|e| PersistError::Damaged {
@@ -265,48 +275,66 @@ impl Persist {
         if let Some(e) = damaged {
             return Err(e);
         }
-        let mut last_ticket = None;
+        let mut writes = Vec::with_capacity(latest.len() + 1);
         for (key, msg) in &latest {
-            last_ticket = Some(self.write_entry(key, msg)?);
+            self.entry_writes(key, msg, &mut writes)?;
         }
+        // In slices, so one sled batch stays small.
+        let mut last_ticket = None;
+        for slice in writes.chunks(10_000) {
+            last_ticket = Some(self.kv.apply(slice)?);
+        }
+        if let Some(ticket) = last_ticket {
+            self.store.wait_durable(ticket)?;
+        }
+        // The mark only once the entries are durable: a crash in between replays the log again.
         let mut mark = upto.to_be_bytes().to_vec();
         mark.extend_from_slice(&seq.to_be_bytes());
         let ticket = self.kv.put(COMPACTED_KEY, &mark)?;
-        self.store
-            .wait_durable(last_ticket.unwrap_or(ticket).max(ticket))?;
+        self.store.wait_durable(ticket)?;
         self.store.log().trim_through(CHANGE_LOG, upto)?;
         Ok(folded)
     }
 
-    /// Writes (or removes, for a delete) one compacted entry, in pieces when it is big.
-    fn write_entry(&self, key: &[u8], msg: &KvMsg) -> Result<Ticket, PersistError> {
+    /// The writes that store (or remove, for a delete) one compacted entry, in pieces when it
+    /// is big, removing pieces of an older big value.
+    fn entry_writes(
+        &self,
+        key: &[u8],
+        msg: &KvMsg,
+        writes: &mut Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    ) -> Result<(), PersistError> {
         let stored = entry_key(key);
-        let old_pieces = match self.kv.get(&stored)? {
-            Some(old) => pieces_of(&old).unwrap_or(0),
-            None => 0,
+        let old_pieces = if self.pieces.load(Ordering::Relaxed) {
+            match self.kv.get(&stored)? {
+                Some(old) => pieces_of(&old).unwrap_or(0),
+                None => 0,
+            }
+        } else {
+            0
         };
         let mut new_pieces: u32 = 0;
-        let ticket = if msg.is_delete() {
-            self.kv.remove(&stored)?
+        if msg.is_delete() {
+            writes.push((stored, None));
         } else {
             let bytes = msg.to_bytes();
             if bytes.len() <= MAX_KV_VALUE {
-                self.kv.put(&stored, &bytes)?
+                writes.push((stored, Some(bytes)));
             } else {
+                self.pieces.store(true, Ordering::Relaxed);
                 for (i, part) in bytes.chunks(PIECE_BYTES).enumerate() {
-                    self.kv.put(&piece_key(key, i as u32), part)?;
+                    writes.push((piece_key(key, i as u32), Some(part.to_vec())));
                     new_pieces += 1;
                 }
                 let mut marker = vec![PIECES_MARKER];
                 marker.extend_from_slice(&new_pieces.to_be_bytes());
-                self.kv.put(&stored, &marker)?
+                writes.push((stored, Some(marker)));
             }
-        };
-        let mut last = ticket;
-        for piece in new_pieces..old_pieces {
-            last = self.kv.remove(&piece_key(key, piece))?;
         }
-        Ok(last)
+        for piece in new_pieces..old_pieces {
+            writes.push((piece_key(key, piece), None));
+        }
+        Ok(())
     }
 }
 
@@ -330,6 +358,10 @@ impl Compactor {
             std::thread::Builder::new()
                 .name("cache-compactor".into())
                 .spawn(move || {
+                    // Compaction may lag behind a burst; serving clients may not.
+                    if !depot_common::thread::lower_priority() {
+                        tracing::debug!("cache: compactor runs at normal priority");
+                    }
                     let mut failures = 0u32;
                     while !stop.load(Ordering::Acquire) {
                         match persist.compact(durable_log_seq.load(Ordering::Acquire)) {

@@ -5,6 +5,7 @@
 //! - `metrics`: writing Prometheus text exposition.
 //! - `ratelimit`: warnings at most once a second per kind.
 //! - `size`: parsing byte sizes such as `512MiB`.
+//! - `thread`: scheduling helpers (background threads at low priority).
 //! - `loadgen`: synthetic log lines for benchmarks and load tools.
 
 pub mod config;
@@ -12,3 +13,4 @@ pub mod loadgen;
 pub mod metrics;
 pub mod ratelimit;
 pub mod size;
+pub mod thread;
