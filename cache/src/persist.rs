@@ -279,10 +279,14 @@ impl Persist {
         for (key, msg) in &latest {
             self.entry_writes(key, msg, &mut writes)?;
         }
-        // In slices, so one sled batch stays small.
+        // One write at a time: measured, sled batches were no cheaper here, and a batch of
+        // pieces could make sled write an oversized node to its never-synced blob files.
         let mut last_ticket = None;
-        for slice in writes.chunks(10_000) {
-            last_ticket = Some(self.kv.apply(slice)?);
+        for (key, value) in &writes {
+            last_ticket = Some(match value {
+                Some(value) => self.kv.put(key, value)?,
+                None => self.kv.remove(key)?,
+            });
         }
         if let Some(ticket) = last_ticket {
             self.store.wait_durable(ticket)?;

@@ -39,30 +39,6 @@ impl Kv {
         Ok(self.commit.issue())
     }
 
-    /// Applies many puts (`Some`) and removes (`None`) in one sled batch, far cheaper than one
-    /// call each; durable once the ticket is.
-    pub fn apply(&self, writes: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<Ticket> {
-        self.commit.check_writable()?;
-        let mut batch = sled::Batch::default();
-        for (key, value) in writes {
-            match value {
-                Some(value) if value.len() > MAX_KV_VALUE => {
-                    return Err(StoreError::Invalid(format!(
-                        "value of {} bytes exceeds the limit of {MAX_KV_VALUE}",
-                        value.len()
-                    )))
-                }
-                Some(value) => batch.insert(key.as_slice(), value.as_slice()),
-                None => batch.remove(key.as_slice()),
-            }
-        }
-        if let Err(e) = self.tree.apply_batch(batch) {
-            self.commit.poison(format!("writing a key-value tree: {e}"));
-            return Err(e.into());
-        }
-        Ok(self.commit.issue())
-    }
-
     /// Removes `key`; durable once the ticket is.
     pub fn remove(&self, key: &[u8]) -> Result<Ticket> {
         self.commit.check_writable()?;
@@ -85,36 +61,5 @@ impl Kv {
                 .map(|(k, v)| (k.to_vec(), v.to_vec()))
                 .map_err(StoreError::from)
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use crate::{Store, StoreConfig};
-
-    #[test]
-    fn a_batch_puts_and_removes_and_refuses_big_values_whole() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
-        let kv = store.kv("t").unwrap();
-        kv.put(b"gone", b"1").unwrap();
-        let ticket = kv
-            .apply(&[
-                (b"a".to_vec(), Some(b"1".to_vec())),
-                (b"gone".to_vec(), None),
-                (b"b".to_vec(), Some(b"2".to_vec())),
-            ])
-            .unwrap();
-        store.wait_durable(ticket).unwrap();
-        let all: Vec<(Vec<u8>, Vec<u8>)> = kv.entries().map(Result::unwrap).collect();
-        assert_eq!(
-            all,
-            vec![(b"a".to_vec(), b"1".to_vec()), (b"b".to_vec(), b"2".to_vec())]
-        );
-        let big = vec![0u8; super::MAX_KV_VALUE + 1];
-        assert!(kv
-            .apply(&[(b"c".to_vec(), Some(b"3".to_vec())), (b"d".to_vec(), Some(big))])
-            .is_err());
-        assert_eq!(kv.get(b"c").unwrap(), None, "nothing of a refused batch is written");
     }
 }
