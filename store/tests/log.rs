@@ -1517,3 +1517,63 @@ fn invalid_input_is_rejected() {
     );
     assert_eq!(store.log().append(&long, &as_new(&one)).unwrap().first, 2);
 }
+
+/// `trim_through` (a queue's acknowledged floor) removes only whole sealed blocks at or below
+/// the sequence, keeps everything after it readable, and numbering continues after a reopen.
+#[test]
+fn trim_through_removes_whole_blocks_up_to_a_sequence_and_numbering_continues() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut last = 0;
+    for batch in 0..40u64 {
+        let bodies: Vec<Vec<u8>> = (0..250).map(|i| seq_body(batch * 250 + i + 1)).collect();
+        let records: Vec<NewRecord<'_>> = bodies
+            .iter()
+            .map(|b| NewRecord {
+                level: 0,
+                source: "",
+                body: b,
+            })
+            .collect();
+        let appended = store.log().append("trim", &records).unwrap();
+        store.wait_durable(appended.ticket).unwrap();
+        last = appended.last;
+    }
+    assert_eq!(last, 10_000);
+    let before = store.log().stream_stats("trim").unwrap();
+    assert!(before.blocks > 4, "the test needs several blocks");
+    let outcome = store.log().trim_through("trim", 5_000).unwrap();
+    assert!(outcome.blocks > 0 && outcome.records > 0);
+    let first = store.log().first_seq("trim");
+    assert!(first <= 5_001, "a block holding sequence 5001 was removed");
+    assert_eq!(first, outcome.records + 1, "only head blocks go");
+    let after = store.log().stream_stats("trim").unwrap();
+    assert_eq!(after.stored_bytes, before.stored_bytes - outcome.bytes);
+    let rest = store.log().read("trim", 0, Seq::MAX, usize::MAX).unwrap();
+    assert_eq!(rest.len() as u64, 10_000 - first + 1);
+    for r in &rest {
+        assert_eq!(r.body, seq_body(r.seq), "seq {}", r.seq);
+    }
+    assert_eq!(store.log().trim_through("trim", 0).unwrap().blocks, 0);
+    assert_eq!(store.log().trim_through("nope", 10).unwrap().blocks, 0);
+    store.close().unwrap();
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(store.log().first_seq("trim"), first);
+    let appended = store
+        .log()
+        .append(
+            "trim",
+            &[NewRecord {
+                level: 0,
+                source: "",
+                body: b"next",
+            }],
+        )
+        .unwrap();
+    assert_eq!(appended.first, 10_001);
+    // Everything trimmed: numbering still continues.
+    store.wait_durable(appended.ticket).unwrap();
+    store.log().trim_through("trim", u64::MAX).unwrap();
+    assert!(store.log().read("trim", 0, 10_000, 10).unwrap().is_empty());
+}

@@ -546,6 +546,12 @@ impl Log {
             .map_or(0, |h| lock(&h).last_seq())
     }
 
+    /// Figures about one stream, `None` if it does not exist.
+    pub fn stream_stats(&self, stream: &str) -> Option<StreamStats> {
+        self.stream_handle(stream)
+            .map(|h| StreamStats::from(&*lock(&h)))
+    }
+
     /// Names of all streams, sorted.
     pub fn streams(&self) -> Vec<String> {
         let mut names: Vec<String> = self

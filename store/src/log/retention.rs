@@ -1,11 +1,13 @@
-//! Retention: removing a stream's oldest blocks by age and by size while appends go on.
+//! Retention: removing a stream's oldest blocks by age, by size or below a sequence while
+//! appends go on.
 
 use std::time::Duration;
 
 use super::{lock, recovery, Log};
-use crate::block;
+use crate::block::{self, BlockMeta};
 use crate::error::Result;
 use crate::log::stream::StreamInfo;
+use crate::record::Seq;
 
 /// How much of a stream to keep. Only whole sealed blocks are removed, oldest first.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -38,13 +40,32 @@ impl Log {
         policy: Retention,
         now_ns: u64,
     ) -> Result<RetentionOutcome> {
+        let cutoff = policy
+            .max_age
+            .map(|age| now_ns.saturating_sub(age.as_nanos() as u64));
+        self.remove_head_blocks(stream, |head, stored_bytes| {
+            let too_old = cutoff.is_some_and(|cutoff| head.last_ts < cutoff);
+            let too_big = policy.max_bytes.is_some_and(|max| stored_bytes > max);
+            too_old || too_big
+        })
+    }
+
+    /// Removes the sealed blocks of `stream` whose every record has a sequence of at most
+    /// `seq` (a consumer's acknowledged floor, say); numbering continues after them.
+    pub fn trim_through(&self, stream: &str, seq: Seq) -> Result<RetentionOutcome> {
+        self.remove_head_blocks(stream, |head, _| head.last_seq <= seq)
+    }
+
+    /// Removes the oldest sealed blocks while `remove(block, stored bytes of the stream)` holds.
+    fn remove_head_blocks(
+        &self,
+        stream: &str,
+        mut remove: impl FnMut(&BlockMeta, u64) -> bool,
+    ) -> Result<RetentionOutcome> {
         let mut outcome = RetentionOutcome::default();
         let Some(handle) = self.stream_handle(stream) else {
             return Ok(outcome);
         };
-        let cutoff = policy
-            .max_age
-            .map(|age| now_ns.saturating_sub(age.as_nanos() as u64));
         loop {
             self.commit.check_writable()?;
             let mut s = lock(&handle);
@@ -53,9 +74,7 @@ impl Log {
                 let Some(head) = s.blocks.front().copied() else {
                     break;
                 };
-                let too_old = cutoff.is_some_and(|cutoff| head.last_ts < cutoff);
-                let too_big = policy.max_bytes.is_some_and(|max| s.stored_bytes > max);
-                if !(too_old || too_big) {
+                if !remove(&head, s.stored_bytes) {
                     break;
                 }
                 recovery::remove_block(&self.trees, s.id, &head)?;
