@@ -1,0 +1,980 @@
+//! The queue thread: owns the ROUTER (confirmed publishes, consumers), the PULL
+//! (fire-and-forget) and the simple-mode PUSH endpoints; stores publishes, confirms them once
+//! durable, and delivers to consumers within their prefetch windows.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use depot_common::ratelimit::RateLimited;
+use depot_store::{Kv, Store, StoreError, Ticket};
+
+use crate::acks::AckSet;
+use crate::config::{FullPolicy, QueueConfig};
+use crate::metrics::{add, inc, QueueMetrics};
+use crate::protocol::{self, ProtocolError, Request};
+use crate::queue::{self, Consumer, Held, Queue};
+
+/// Messages taken from one socket per loop turn, so no socket starves the others.
+const MESSAGES_PER_TURN: usize = 512;
+/// Messages and bytes in one `MSG` batch.
+const BATCH_MESSAGES: usize = 1_024;
+const BATCH_BYTES: usize = 64 * 1024;
+/// Messages handed to one consumer per loop turn.
+const DELIVERY_BUDGET: usize = 8_192;
+/// Bytes of publishes held back by the `block` policy before further ones are refused.
+const WAITING_LIMIT: usize = 64 * 1024 * 1024;
+/// How often acks are stored, timeouts checked and figures refreshed.
+const TICK: Duration = Duration::from_millis(20);
+/// How often fully acknowledged journal blocks are removed.
+const TRIM_EVERY: Duration = Duration::from_secs(1);
+/// How often per-queue figures are published for `/metrics`.
+const STATS_EVERY: Duration = Duration::from_secs(1);
+/// Name of the key-value tree holding the subscriptions' acks.
+pub(crate) const KV_TREE: &str = "queue";
+
+/// A durable publish's confirm, waiting for the watermark.
+struct PendingConfirm {
+    ticket: Ticket,
+    identity: Vec<u8>,
+    tag: Vec<u8>,
+    first: u64,
+    last: u64,
+}
+
+/// A confirmed publish held back because its queue is full (`block` policy).
+struct Waiting {
+    identity: Vec<u8>,
+    tag: Vec<u8>,
+    frames: Vec<zmq::Message>,
+    bytes: usize,
+}
+
+/// A DEALER peer and its subscriptions.
+struct Peer {
+    last_seen: Instant,
+    /// (queue, group, consumer id)
+    subs: Vec<(String, String, u64)>,
+}
+
+/// The queue thread's state.
+pub(crate) struct Server {
+    pub router: zmq::Socket,
+    pub pull: Option<zmq::Socket>,
+    /// Simple-mode PUSH endpoints by queue.
+    pub pushes: HashMap<String, zmq::Socket>,
+    pub store: Arc<Store>,
+    pub kv: Kv,
+    pub config: QueueConfig,
+    pub queues: BTreeMap<String, Queue>,
+    pub metrics: Arc<QueueMetrics>,
+    peers: HashMap<Vec<u8>, Peer>,
+    confirms: VecDeque<PendingConfirm>,
+    waiting: VecDeque<Waiting>,
+    waiting_bytes: usize,
+    /// A push for a full `block` queue: the PULL is not read until it is stored.
+    parked_push: Option<Vec<zmq::Message>>,
+    next_consumer: u64,
+    bad_input: RateLimited,
+    store_failure: RateLimited,
+    last_tick: Instant,
+    last_trim: Instant,
+    last_stats: Instant,
+}
+
+/// Receives one multipart message without copying its frames out of libzmq's messages.
+fn recv_frames(socket: &zmq::Socket) -> zmq::Result<Vec<zmq::Message>> {
+    let mut frames = Vec::new();
+    loop {
+        let mut frame = zmq::Message::new();
+        let flags = if frames.is_empty() { zmq::DONTWAIT } else { 0 };
+        socket.recv(&mut frame, flags)?;
+        let more = frame.get_more();
+        frames.push(frame);
+        if !more {
+            return Ok(frames);
+        }
+    }
+}
+
+/// Loads every queue: those with stored acks, those with a journal, those configured.
+pub(crate) fn load_queues(
+    store: &Store,
+    kv: &Kv,
+    config: &QueueConfig,
+) -> Result<BTreeMap<String, Queue>, String> {
+    let mut groups: BTreeMap<String, Vec<(String, AckSet, u64)>> = BTreeMap::new();
+    for entry in kv.entries() {
+        let (key, value) = entry.map_err(|e| e.to_string())?;
+        let (queue, group) =
+            queue::split_group_key(&key).ok_or("a stored subscription key is damaged")?;
+        let (acks, delivered) = AckSet::decode(&value)
+            .map_err(|e| format!("queue {queue}, subscription {group:?}: {e}"))?;
+        groups
+            .entry(queue)
+            .or_default()
+            .push((group, acks, delivered));
+    }
+    for stream in store.log().streams() {
+        if let Some(name) = stream.strip_prefix("queue/") {
+            groups.entry(name.to_owned()).or_default();
+        }
+    }
+    for name in config.queues.keys() {
+        groups.entry(name.clone()).or_default();
+    }
+    Ok(groups
+        .into_iter()
+        .map(|(name, groups)| {
+            let queue = Queue::open(&name, config.settings(&name), store, groups);
+            (name, queue)
+        })
+        .collect())
+}
+
+impl Server {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        router: zmq::Socket,
+        pull: Option<zmq::Socket>,
+        pushes: HashMap<String, zmq::Socket>,
+        store: Arc<Store>,
+        kv: Kv,
+        config: QueueConfig,
+        queues: BTreeMap<String, Queue>,
+        metrics: Arc<QueueMetrics>,
+    ) -> Server {
+        let mut server = Server {
+            router,
+            pull,
+            pushes,
+            store,
+            kv,
+            config,
+            queues,
+            metrics,
+            peers: HashMap::new(),
+            confirms: VecDeque::new(),
+            waiting: VecDeque::new(),
+            waiting_bytes: 0,
+            parked_push: None,
+            next_consumer: 1,
+            bad_input: RateLimited::default(),
+            store_failure: RateLimited::default(),
+            last_tick: Instant::now(),
+            last_trim: Instant::now(),
+            last_stats: Instant::now() - STATS_EVERY,
+        };
+        let names: Vec<String> = server.pushes.keys().cloned().collect();
+        for name in names {
+            let id = server.consumer_id();
+            if let Some(q) = server.queues.get_mut(&name) {
+                if let Some(group) = q.groups.get_mut("") {
+                    group.consumers.push(Consumer {
+                        id,
+                        identity: Vec::new(),
+                        prefetch: u32::MAX,
+                        unacked: Default::default(),
+                        auto_ack: true,
+                        parked: None,
+                    });
+                }
+            }
+        }
+        server.publish_stats();
+        server
+    }
+
+    fn consumer_id(&mut self) -> u64 {
+        self.next_consumer += 1;
+        self.next_consumer
+    }
+
+    /// Serves until `stop` is set; then stores what was received, and confirms what becomes
+    /// durable within a bounded wait.
+    pub(crate) fn run(mut self, stop: Arc<AtomicBool>) {
+        loop {
+            let stopping = stop.load(Ordering::Acquire);
+            let busy = self.queues.values().any(Queue::deliverable);
+            let waiting = !self.confirms.is_empty()
+                || !self.waiting.is_empty()
+                || self.parked_push.is_some()
+                || self.queues.values().any(|q| {
+                    q.groups
+                        .values()
+                        .any(|g| g.consumers.iter().any(|c| c.parked.is_some()))
+                });
+            let timeout = if stopping || busy {
+                0
+            } else if waiting
+                || self.store.commit_stats().issued_ticket > self.store.watermark().durable
+            {
+                1
+            } else {
+                TICK.as_millis() as i64
+            };
+            let received = self.poll_and_receive(timeout);
+            let durable = self.store.watermark().durable;
+            for q in self.queues.values_mut() {
+                q.advance_durable(durable);
+            }
+            self.send_due_confirms();
+            self.retry_waiting();
+            self.deliver();
+            if self.last_tick.elapsed() >= TICK {
+                self.tick();
+            }
+            if stopping && received == 0 {
+                break;
+            }
+        }
+        if let Some(last) = self.confirms.back().map(|p| p.ticket) {
+            let _ = self
+                .store
+                .wait_durable_timeout(last, Duration::from_secs(5));
+        }
+        self.send_due_confirms();
+        for w in std::mem::take(&mut self.waiting) {
+            let reason = "not stored: the appliance is stopping (the queue was full)";
+            self.reply(&w.identity, protocol::err("PUB", &w.tag, reason));
+        }
+        self.store_acks(true);
+    }
+
+    fn poll_and_receive(&mut self, timeout: i64) -> usize {
+        let read_pull = self.pull.is_some() && self.parked_push.is_none();
+        let mut items = vec![self.router.as_poll_item(zmq::POLLIN)];
+        if let (true, Some(pull)) = (read_pull, &self.pull) {
+            items.push(pull.as_poll_item(zmq::POLLIN));
+        }
+        if let Err(e) = zmq::poll(&mut items, timeout) {
+            tracing::warn!(error = %e, "queue: poll failed");
+            return 0;
+        }
+        let router_ready = items[0].is_readable();
+        let pull_ready = items.get(1).is_some_and(|i| i.is_readable());
+        drop(items);
+        let mut received = 0;
+        if router_ready {
+            for _ in 0..MESSAGES_PER_TURN {
+                match recv_frames(&self.router) {
+                    Ok(frames) => {
+                        received += 1;
+                        self.handle_request(frames);
+                    }
+                    Err(zmq::Error::EAGAIN) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "queue: receive failed");
+                        break;
+                    }
+                }
+            }
+        }
+        if pull_ready {
+            for _ in 0..MESSAGES_PER_TURN {
+                if self.parked_push.is_some() {
+                    break;
+                }
+                let Some(pull) = &self.pull else { break };
+                match recv_frames(pull) {
+                    Ok(frames) => {
+                        received += 1;
+                        self.handle_push(frames);
+                    }
+                    Err(zmq::Error::EAGAIN) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "queue: receive failed");
+                        break;
+                    }
+                }
+            }
+        }
+        received
+    }
+
+    fn refuse(&mut self, e: &ProtocolError) {
+        match e {
+            ProtocolError::TooLarge { .. } => inc(&self.metrics.oversize),
+            _ => inc(&self.metrics.malformed),
+        }
+        if let Some(suppressed) = self.bad_input.allow() {
+            tracing::warn!(error = %e, suppressed, "queue: request refused");
+        }
+    }
+
+    fn reply<const N: usize>(&self, identity: &[u8], frames: [Vec<u8>; N]) {
+        match self
+            .router
+            .send_multipart(prefixed(identity, frames), zmq::DONTWAIT)
+        {
+            Ok(()) => {}
+            // A client not reading its replies loses this one; its requests stay served.
+            Err(e) => tracing::debug!(error = %e, "queue: reply undeliverable"),
+        }
+    }
+
+    /// The queue `name`, created if auto-create is on (or `force`).
+    fn queue_for(&mut self, name: &str, force: bool) -> Option<&mut Queue> {
+        if !self.queues.contains_key(name) {
+            if !(self.config.auto_create || force) {
+                return None;
+            }
+            let queue = Queue::open(name, self.config.settings(name), &self.store, Vec::new());
+            tracing::info!(queue = name, "queue created");
+            self.queues.insert(name.to_owned(), queue);
+            if let Some(q) = self.queues.get_mut(name) {
+                if let Err(e) = q.store_acks(&self.kv, true) {
+                    tracing::error!(queue = name, error = %e, "queue: cannot store a new queue");
+                }
+            }
+        }
+        self.queues.get_mut(name)
+    }
+
+    fn handle_request(&mut self, frames: Vec<zmq::Message>) {
+        let Some((identity, _)) = frames.split_first() else {
+            return;
+        };
+        let identity = identity.to_vec();
+        if let Some(peer) = self.peers.get_mut(&identity) {
+            peer.last_seen = Instant::now();
+        }
+        let views: Vec<&[u8]> = frames[1..].iter().map(|f| &f[..]).collect();
+        let request = match protocol::parse_request(&views, self.config.max_message_size) {
+            Ok(request) => request,
+            Err((command, context, e)) => {
+                self.refuse(&e);
+                self.reply(
+                    &identity,
+                    protocol::err(command.unwrap_or("?"), &context, &e.to_string()),
+                );
+                return;
+            }
+        };
+        match request {
+            Request::Publish { .. } => {
+                drop(views);
+                let bytes = frames.iter().map(|f| f.len()).sum();
+                self.publish(identity, frames, bytes, false);
+            }
+            Request::Subscribe {
+                queue,
+                group,
+                prefetch,
+            } => self.subscribe(&identity, queue, group, prefetch),
+            Request::Credit {
+                queue,
+                group,
+                prefetch,
+            } => {
+                if let Some(c) = self.consumer_mut(&identity, queue, group) {
+                    c.prefetch = prefetch;
+                } else {
+                    self.not_subscribed(&identity, "CREDIT", queue);
+                }
+            }
+            Request::Ack { queue, group, seqs } => {
+                let id = self.consumer_of(&identity, queue, group);
+                let bad = match (id, self.queues.get_mut(queue)) {
+                    (Some(id), Some(q)) => q.ack(group, id, &seqs),
+                    _ => seqs.len(),
+                };
+                if bad > 0 {
+                    self.bad_ack(&identity, "ACK", queue, bad);
+                }
+            }
+            Request::AckThrough { queue, group, seq } => {
+                let id = self.consumer_of(&identity, queue, group);
+                match (id, self.queues.get_mut(queue)) {
+                    (Some(id), Some(q)) => {
+                        q.ack_through(group, id, seq);
+                    }
+                    _ => self.bad_ack(&identity, "ACKTO", queue, 1),
+                }
+            }
+            Request::Unsubscribe { queue, group } => {
+                if let Some(id) = self.consumer_of(&identity, queue, group) {
+                    self.remove_consumer(queue, group, id);
+                    if let Some(peer) = self.peers.get_mut(&identity) {
+                        peer.subs.retain(|(_, _, sub)| *sub != id);
+                    }
+                }
+            }
+            Request::Heartbeat => self.reply(&identity, [protocol::cmd::HB.to_vec()]),
+            Request::Stats { queue } => {
+                let stats: Vec<_> = self
+                    .queues
+                    .values_mut()
+                    .filter(|q| queue.is_none_or(|name| name == q.name))
+                    .map(|q| q.stats(STATS_EVERY))
+                    .collect();
+                let json = serde_json::to_vec(&stats).unwrap_or_default();
+                self.reply(&identity, [protocol::cmd::STATS.to_vec(), json]);
+            }
+        }
+    }
+
+    fn not_subscribed(&mut self, identity: &[u8], command: &str, queue: &str) {
+        inc(&self.metrics.malformed);
+        self.reply(
+            identity,
+            protocol::err(
+                command,
+                queue.as_bytes(),
+                "not subscribed to this queue and group",
+            ),
+        );
+    }
+
+    fn bad_ack(&mut self, identity: &[u8], command: &str, queue: &str, bad: usize) {
+        add(&self.metrics.bad_acks, bad as u64);
+        if let Some(suppressed) = self.bad_input.allow() {
+            tracing::warn!(
+                queue,
+                bad,
+                suppressed,
+                "queue: acks of messages not in flight to their sender"
+            );
+        }
+        let reason = format!(
+            "{bad} acknowledged sequence(s) were not in flight to this consumer (unknown, \
+             acknowledged already, redelivered elsewhere, or another consumer's)"
+        );
+        self.reply(identity, protocol::err(command, queue.as_bytes(), &reason));
+    }
+
+    fn consumer_of(&self, identity: &[u8], queue: &str, group: &str) -> Option<u64> {
+        let peer = self.peers.get(identity)?;
+        peer.subs
+            .iter()
+            .find(|(q, g, _)| q == queue && g == group)
+            .map(|(_, _, id)| *id)
+    }
+
+    fn consumer_mut(&mut self, identity: &[u8], queue: &str, group: &str) -> Option<&mut Consumer> {
+        let id = self.consumer_of(identity, queue, group)?;
+        self.queues
+            .get_mut(queue)?
+            .groups
+            .get_mut(group)?
+            .consumers
+            .iter_mut()
+            .find(|c| c.id == id)
+    }
+
+    fn subscribe(&mut self, identity: &[u8], queue: &str, group: &str, prefetch: u32) {
+        if let Some(c) = self.consumer_mut(identity, queue, group) {
+            c.prefetch = prefetch;
+            self.reply(identity, protocol::ready(queue, group));
+            return;
+        }
+        let id = self.consumer_id();
+        let kv = self.kv.clone();
+        let Some(q) = self.queue_for(queue, false) else {
+            inc(&self.metrics.unknown_queue);
+            self.reply(
+                identity,
+                protocol::err(
+                    "SUB",
+                    queue.as_bytes(),
+                    "unknown queue (auto_create is off)",
+                ),
+            );
+            return;
+        };
+        if q.add_group(group) {
+            tracing::info!(queue, group, "subscription created");
+        }
+        if let Some(g) = q.groups.get_mut(group) {
+            g.consumers.push(Consumer {
+                id,
+                identity: identity.to_vec(),
+                prefetch,
+                unacked: Default::default(),
+                auto_ack: false,
+                parked: None,
+            });
+        }
+        // Store a new subscription at once, so its position survives a restart.
+        if let Err(e) = q.store_acks(&kv, false) {
+            tracing::error!(queue, error = %e, "queue: cannot store a subscription");
+        }
+        self.peers
+            .entry(identity.to_vec())
+            .or_insert_with(|| Peer {
+                last_seen: Instant::now(),
+                subs: Vec::new(),
+            })
+            .subs
+            .push((queue.to_owned(), group.to_owned(), id));
+        self.reply(identity, protocol::ready(queue, group));
+    }
+
+    fn remove_consumer(&mut self, queue: &str, group: &str, id: u64) {
+        let dead = match self.queues.get_mut(queue) {
+            Some(q) => q.remove_consumer(group, id),
+            None => Vec::new(),
+        };
+        self.dead_letter(queue, dead);
+    }
+
+    /// Moves messages to `<queue>.dead` (they were acknowledged in their queue already).
+    fn dead_letter(&mut self, queue: &str, dead: Vec<Held>) {
+        if dead.is_empty() {
+            return;
+        }
+        let name = format!("{queue}.dead");
+        let store = self.store.clone();
+        let Some(q) = self.queue_for(&name, true) else {
+            return;
+        };
+        let bodies: Vec<&[u8]> = dead.iter().map(|h| &h.payload[..]).collect();
+        if let Err(e) = q.append(&store, &bodies) {
+            inc(&self.metrics.store_errors);
+            tracing::error!(queue = name, error = %e, "queue: dead letters not stored");
+        }
+    }
+
+    /// Stores a confirmed publish (`from_waiting`: retried after the queue was full).
+    fn publish(
+        &mut self,
+        identity: Vec<u8>,
+        frames: Vec<zmq::Message>,
+        bytes: usize,
+        from_waiting: bool,
+    ) {
+        let views: Vec<&[u8]> = frames[1..].iter().map(|f| &f[..]).collect();
+        let Ok(Request::Publish {
+            tag,
+            queue,
+            first_message,
+        }) = protocol::parse_request(&views, usize::MAX)
+        else {
+            return;
+        };
+        let store = self.store.clone();
+        let Some(q) = self.queue_for(queue, false) else {
+            inc(&self.metrics.unknown_queue);
+            let reason = format!("unknown queue {queue} (auto_create is off)");
+            self.reply(&identity, protocol::err("PUB", tag, &reason));
+            return;
+        };
+        if q.is_full() {
+            q.refresh(&store);
+        }
+        if q.is_full() {
+            let limit = q.settings.swap_limit;
+            let block = q.settings.policy == FullPolicy::Block;
+            if block && (from_waiting || self.waiting_bytes + bytes <= WAITING_LIMIT) {
+                let tag = tag.to_vec();
+                drop(views);
+                self.waiting_bytes += bytes;
+                let waiting = Waiting {
+                    identity,
+                    tag,
+                    frames,
+                    bytes,
+                };
+                if from_waiting {
+                    self.waiting.push_front(waiting);
+                } else {
+                    self.waiting.push_back(waiting);
+                }
+                return;
+            }
+            inc(&self.metrics.rejected_full);
+            let reason = if block {
+                "queue is full (swap limit reached) and too many publishes are waiting; retry later"
+                    .to_string()
+            } else {
+                format!(
+                    "queue {queue} is full: its journal reached the swap limit of {limit} bytes"
+                )
+            };
+            self.reply(&identity, protocol::err("PUB", tag, &reason));
+            return;
+        }
+        let bodies = &views[first_message..];
+        match q.append(&store, bodies) {
+            Ok(appended) => {
+                add(&self.metrics.published_confirmed, bodies.len() as u64);
+                self.confirms.push_back(PendingConfirm {
+                    ticket: appended.ticket,
+                    identity,
+                    tag: tag.to_vec(),
+                    first: appended.first,
+                    last: appended.last,
+                });
+            }
+            Err(e) => {
+                let tag = tag.to_vec();
+                self.store_failed(&e);
+                let reason = format!("not stored: {e}");
+                self.reply(&identity, protocol::err("PUB", &tag, &reason));
+            }
+        }
+    }
+
+    fn store_failed(&mut self, e: &StoreError) {
+        inc(&self.metrics.store_errors);
+        if let Some(suppressed) = self.store_failure.allow() {
+            tracing::error!(error = %e, suppressed, "queue: store refused messages");
+        }
+    }
+
+    /// Retries publishes held back by the `block` policy, in order, while their queue has room.
+    fn retry_waiting(&mut self) {
+        let mut turns = self.waiting.len();
+        while turns > 0 {
+            turns -= 1;
+            let Some(w) = self.waiting.pop_front() else {
+                break;
+            };
+            self.waiting_bytes -= w.bytes;
+            let before = self.waiting.len();
+            self.publish(w.identity, w.frames, w.bytes, true);
+            if self.waiting.len() > before {
+                // Still full: keep the order, try again later.
+                break;
+            }
+        }
+        if let Some(frames) = self.parked_push.take() {
+            self.handle_push(frames);
+        }
+    }
+
+    fn handle_push(&mut self, frames: Vec<zmq::Message>) {
+        let views: Vec<&[u8]> = frames.iter().map(|f| &f[..]).collect();
+        let queue = match protocol::parse_push(&views, self.config.max_message_size) {
+            Ok(queue) => queue.to_owned(),
+            Err(e) => {
+                self.refuse(&e);
+                return;
+            }
+        };
+        let store = self.store.clone();
+        let Some(q) = self.queue_for(&queue, false) else {
+            inc(&self.metrics.unknown_queue);
+            if let Some(suppressed) = self.bad_input.allow() {
+                tracing::warn!(
+                    queue,
+                    suppressed,
+                    "queue: push to an unknown queue refused (auto_create is off)"
+                );
+            }
+            return;
+        };
+        if q.is_full() {
+            q.refresh(&store);
+        }
+        if q.is_full() {
+            if q.settings.policy == FullPolicy::Block {
+                drop(views);
+                self.parked_push = Some(frames);
+                return;
+            }
+            let n = views.len() as u64 - 1;
+            add(&self.metrics.rejected_full, n);
+            if let Some(suppressed) = self.bad_input.allow() {
+                tracing::warn!(
+                    queue,
+                    messages = n,
+                    suppressed,
+                    "queue: full (reject policy): pushed messages refused"
+                );
+            }
+            return;
+        }
+        match q.append(&store, &views[1..]) {
+            Ok(_) => add(&self.metrics.published_push, views.len() as u64 - 1),
+            Err(e) => self.store_failed(&e),
+        }
+    }
+
+    /// Confirms every publish the durable watermark covers, in order.
+    fn send_due_confirms(&mut self) {
+        if self.confirms.is_empty() {
+            return;
+        }
+        let mark = self.store.watermark();
+        while let Some(front) = self.confirms.front() {
+            if front.ticket.get() > mark.durable {
+                if mark.poisoned.is_some() || mark.closed {
+                    if let Some(p) = self.confirms.pop_front() {
+                        let reason =
+                            "not durable: the store failed; retry after the appliance recovers";
+                        self.reply(&p.identity, protocol::err("PUB", &p.tag, reason));
+                    }
+                    continue;
+                }
+                break;
+            }
+            let message = prefixed(
+                &front.identity,
+                protocol::ok(&front.tag, front.first, front.last),
+            );
+            match self.router.send_multipart(message, zmq::DONTWAIT) {
+                Ok(()) => inc(&self.metrics.confirms),
+                // The producer is not reading its confirms: try again on the next turn.
+                Err(zmq::Error::EAGAIN) => break,
+                // The producer went away; its messages are stored all the same.
+                Err(e) => tracing::debug!(error = %e, "queue: confirm undeliverable"),
+            }
+            self.confirms.pop_front();
+        }
+    }
+
+    /// Hands messages to every consumer with room, round-robin within each subscription.
+    fn deliver(&mut self) {
+        let now = Instant::now();
+        let names: Vec<String> = self
+            .queues
+            .iter()
+            .filter(|(_, q)| q.deliverable())
+            .map(|(name, _)| name.clone())
+            .collect();
+        let mut gone = Vec::new();
+        for name in names {
+            let Some(q) = self.queues.get_mut(&name) else {
+                continue;
+            };
+            let groups: Vec<String> = q.groups.keys().cloned().collect();
+            for group in groups {
+                let (count, start) = match q.groups.get_mut(&group) {
+                    Some(g) => {
+                        g.turn = g.turn.wrapping_add(1);
+                        (g.consumers.len(), g.turn)
+                    }
+                    None => continue,
+                };
+                for step in 0..count {
+                    let index = (start + step) % count;
+                    let Some(c) = q
+                        .groups
+                        .get_mut(&group)
+                        .and_then(|g| g.consumers.get_mut(index))
+                    else {
+                        break;
+                    };
+                    let (id, identity, auto_ack) = (c.id, c.identity.clone(), c.auto_ack);
+                    let outcome = if auto_ack {
+                        let Some(push) = self.pushes.get(&name) else {
+                            continue;
+                        };
+                        deliver_push(q, &self.store, &group, index, push, now)
+                    } else {
+                        deliver_router(
+                            q,
+                            &self.store,
+                            &self.router,
+                            &name,
+                            &group,
+                            index,
+                            &identity,
+                            now,
+                        )
+                    };
+                    match outcome {
+                        Ok(true) => {}
+                        Ok(false) => gone.push((identity, name.clone(), group.clone(), id)),
+                        Err(e) => {
+                            inc(&self.metrics.store_errors);
+                            if let Some(suppressed) = self.store_failure.allow() {
+                                tracing::error!(queue = name, error = %e, suppressed, "queue: reading the journal failed");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for (identity, queue, group, id) in gone {
+            inc(&self.metrics.consumers_lost);
+            self.remove_consumer(&queue, &group, id);
+            if let Some(peer) = self.peers.get_mut(&identity) {
+                peer.subs.retain(|(_, _, sub)| *sub != id);
+            }
+        }
+    }
+
+    /// Periodic work: timeouts, silent peers, stored acks, trimming, figures.
+    fn tick(&mut self) {
+        let now = Instant::now();
+        self.last_tick = now;
+        let names: Vec<String> = self.queues.keys().cloned().collect();
+        for name in &names {
+            let dead = match self.queues.get_mut(name) {
+                Some(q) => q.expire_in_flight(now),
+                None => continue,
+            };
+            self.dead_letter(name, dead);
+        }
+        let timeout = self.config.heartbeat_timeout;
+        let silent: Vec<Vec<u8>> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| now.duration_since(p.last_seen) > timeout)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for identity in silent {
+            if let Some(peer) = self.peers.remove(&identity) {
+                for (queue, group, id) in peer.subs {
+                    inc(&self.metrics.consumers_lost);
+                    tracing::info!(
+                        queue,
+                        group,
+                        "queue: consumer silent for too long; its messages go to others"
+                    );
+                    self.remove_consumer(&queue, &group, id);
+                }
+            }
+        }
+        self.store_acks(false);
+        if self.last_trim.elapsed() >= TRIM_EVERY {
+            self.last_trim = now;
+            for q in self.queues.values_mut() {
+                if let Err(e) = q.trim(&self.store) {
+                    tracing::warn!(queue = q.name, error = %e, "queue: trimming the journal failed");
+                }
+            }
+        }
+        if self.last_stats.elapsed() >= STATS_EVERY {
+            self.publish_stats();
+        }
+    }
+
+    fn publish_stats(&mut self) {
+        self.last_stats = Instant::now();
+        let stats: Vec<_> = self
+            .queues
+            .values_mut()
+            .map(|q| q.stats(STATS_EVERY))
+            .collect();
+        *self
+            .metrics
+            .queues
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = stats;
+    }
+
+    fn store_acks(&mut self, all: bool) {
+        for q in self.queues.values_mut() {
+            if let Err(e) = q.store_acks(&self.kv, all) {
+                inc(&self.metrics.store_errors);
+                if let Some(suppressed) = self.store_failure.allow() {
+                    tracing::error!(queue = q.name, error = %e, suppressed, "queue: storing acks failed");
+                }
+            }
+        }
+    }
+}
+
+/// Sends a consumer its parked batch, then new batches while it has room. Ok(false) when the
+/// consumer's peer is gone.
+#[allow(clippy::too_many_arguments)]
+fn deliver_router(
+    q: &mut Queue,
+    store: &Store,
+    router: &zmq::Socket,
+    queue: &str,
+    group: &str,
+    index: usize,
+    identity: &[u8],
+    now: Instant,
+) -> Result<bool, StoreError> {
+    let send = |batch: &[u8]| {
+        let frames: [&[u8]; 5] = [
+            identity,
+            protocol::cmd::MSG,
+            queue.as_bytes(),
+            group.as_bytes(),
+            batch,
+        ];
+        router.send_multipart(frames, zmq::DONTWAIT)
+    };
+    let parked = q
+        .groups
+        .get_mut(group)
+        .and_then(|g| g.consumers.get_mut(index))
+        .and_then(|c| c.parked.take());
+    if let Some(batch) = parked {
+        match send(&batch) {
+            Ok(()) => {}
+            Err(zmq::Error::EAGAIN) => {
+                park(q, group, index, batch);
+                return Ok(true);
+            }
+            Err(_) => return Ok(false),
+        }
+    }
+    let mut sent = 0;
+    while sent < DELIVERY_BUDGET {
+        let mut batch = Vec::with_capacity(BATCH_BYTES + 1024);
+        let taken = q.take(
+            store,
+            group,
+            index,
+            BATCH_MESSAGES,
+            BATCH_BYTES,
+            now,
+            &mut |seq, r, payload| {
+                protocol::pack_delivery(&mut batch, seq, r, payload);
+                true
+            },
+        )?;
+        if taken == 0 {
+            break;
+        }
+        sent += taken;
+        match send(&batch) {
+            Ok(()) => {}
+            // The consumer's pipe is full: the batch waits for the next turn (a ROUTER would
+            // drop it silently without ROUTER_MANDATORY).
+            Err(zmq::Error::EAGAIN) => {
+                park(q, group, index, batch);
+                break;
+            }
+            Err(_) => return Ok(false),
+        }
+    }
+    Ok(true)
+}
+
+fn park(q: &mut Queue, group: &str, index: usize, batch: Vec<u8>) {
+    if let Some(c) = q
+        .groups
+        .get_mut(group)
+        .and_then(|g| g.consumers.get_mut(index))
+    {
+        c.parked = Some(batch);
+    }
+}
+
+/// Simple mode: one single-frame message per send, acknowledged once libzmq takes it.
+fn deliver_push(
+    q: &mut Queue,
+    store: &Store,
+    group: &str,
+    index: usize,
+    push: &zmq::Socket,
+    now: Instant,
+) -> Result<bool, StoreError> {
+    q.take(
+        store,
+        group,
+        index,
+        DELIVERY_BUDGET,
+        usize::MAX,
+        now,
+        &mut |_, _, payload| push.send(payload, zmq::DONTWAIT).is_ok(),
+    )?;
+    Ok(true)
+}
+
+/// `frames` behind a ROUTER identity.
+fn prefixed<const N: usize>(identity: &[u8], frames: [Vec<u8>; N]) -> Vec<Vec<u8>> {
+    let mut out = Vec::with_capacity(N + 1);
+    out.push(identity.to_vec());
+    out.extend(frames);
+    out
+}
