@@ -322,6 +322,23 @@ impl Consumer {
         Ok(())
     }
 
+    /// Waits until the service has handled everything sent so far (a heartbeat round trip on
+    /// the same connection), keeping messages that arrive meanwhile.
+    pub fn sync(&mut self, timeout: Duration) -> Result<(), ClientError> {
+        self.send(&[cmd::HB])?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Some(frames) = recv_timeout(&self.socket, left)? else {
+                return Err(ClientError::Timeout(timeout));
+            };
+            if matches!(protocol::parse_reply(&frames), Ok(Reply::Heartbeat)) {
+                return Ok(());
+            }
+            self.absorb(&frames)?;
+        }
+    }
+
     /// Leaves: messages in flight and unacknowledged go to other consumers at once.
     pub fn close(mut self) -> Result<(), ClientError> {
         let (queue, group) = (self.queue.clone(), self.group.clone());
