@@ -561,6 +561,9 @@ fn a_killed_consumers_unacked_messages_go_to_another_and_timeouts_redeliver() {
     let held: Vec<_> = (0..5)
         .map(|_| holder.recv(WAIT).unwrap().unwrap())
         .collect();
+    // It takes nothing more, so what times out goes to the other consumer.
+    holder.set_prefetch(0).unwrap();
+    holder.sync(WAIT).unwrap();
     let mut taker = Consumer::subscribe(&ctx, &router, "slow", "", 5, WAIT).unwrap();
     let again = take(&mut taker, 5);
     assert_eq!(
