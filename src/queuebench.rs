@@ -120,7 +120,7 @@ fn consume(
             bail!("out of order: got message {index}, expected {expected}");
         }
         expected += 1;
-        if expected % ack_every == 0 || expected == args.messages {
+        if expected.is_multiple_of(ack_every) || expected == args.messages {
             consumer.ack_through(d.seq)?;
         }
     }
