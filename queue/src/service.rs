@@ -16,6 +16,10 @@ use crate::server::{self, Server, KV_TREE};
 const LINGER_MS: i32 = 200;
 /// Messages a simple-mode PUSH endpoint queues per peer: what a vanished peer may lose.
 const PUSH_HWM: i32 = 100;
+/// Messages the PULL buffers before producers are held back. A push may carry thousands of
+/// messages, and libzmq's default of 1,000 let the appliance hold ~170 MB of queued frames
+/// under a producer faster than the store (measured with `depot bench queue --mode rss`).
+const PULL_RCVHWM: i32 = 64;
 
 /// Why the queue service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +76,9 @@ fn bind(
     socket.set_linger(LINGER_MS).map_err(error)?;
     if kind == zmq::ROUTER {
         socket.set_router_mandatory(true).map_err(error)?;
+    }
+    if kind == zmq::PULL {
+        socket.set_rcvhwm(PULL_RCVHWM).map_err(error)?;
     }
     if kind == zmq::PUSH {
         socket.set_sndhwm(PUSH_HWM).map_err(error)?;
