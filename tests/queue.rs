@@ -738,13 +738,26 @@ fn simple_mode_hands_messages_to_a_plain_pull_socket() {
     let (appliance, _) = start(dir.path(), extra);
     let endpoints = appliance.queue();
     let ctx = zmq::Context::new();
-    let pull = ctx.socket(zmq::PULL).unwrap();
-    pull.set_rcvtimeo(WAIT.as_millis() as i32).unwrap();
-    pull.connect(&endpoints.push["plain"]).unwrap();
     let mut pusher = Pusher::connect(&ctx, &endpoints.pull).unwrap();
     let bodies: Vec<Vec<u8>> = (0..1_000).map(message).collect();
     let refs: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
     pusher.send("plain", &refs).unwrap();
+    poll(WAIT, || {
+        (stats(&ctx, &endpoints.router, "plain").last_seq == 1_000).then_some(())
+    })
+    .expect("stored");
+    // No PULL connected: the messages wait, and the service does not spin retrying.
+    let cpu_before = appliance.cpu_ticks();
+    std::thread::sleep(Duration::from_millis(1_000));
+    let busy = appliance.cpu_ticks() - cpu_before;
+    assert!(
+        busy < 30,
+        "the appliance used {busy} of 100 CPU ticks while idle"
+    );
+    assert_eq!(stats(&ctx, &endpoints.router, "plain").depth, 1_000);
+    let pull = ctx.socket(zmq::PULL).unwrap();
+    pull.set_rcvtimeo(WAIT.as_millis() as i32).unwrap();
+    pull.connect(&endpoints.push["plain"]).unwrap();
     for i in 0..1_000 {
         let frame = pull.recv_bytes(0).unwrap();
         assert_eq!(id_of(&frame), i);

@@ -6,6 +6,7 @@
 //! - `acks`: a subscription's acknowledged set and its stored form (pure).
 //! - `queue`: one queue: journal, memory window, subscriptions, consumers, messages in flight.
 //! - `server`: the thread owning the ROUTER, PULL and simple-mode PUSH sockets.
+//! - `delivery`: sending messages to consumers (parking on a full pipe).
 //! - `service`: loading, binding, starting and stopping.
 //! - `client`: the Rust client library (producers, consumers, stats).
 //! - `config`, `metrics`: `[queue]` settings and counters.
@@ -18,6 +19,7 @@
 pub mod acks;
 pub mod client;
 pub mod config;
+mod delivery;
 pub mod metrics;
 pub mod protocol;
 pub mod queue;

@@ -68,6 +68,8 @@ pub(crate) struct Consumer {
     pub auto_ack: bool,
     /// A `MSG` batch the socket refused, sent before anything else.
     pub parked: Option<Vec<u8>>,
+    /// Its socket refused the last send: retried on the next turn, not in a busy loop.
+    pub blocked: bool,
 }
 
 impl Consumer {
@@ -322,10 +324,7 @@ impl Queue {
     /// True if some consumer has room and something may be delivered to it.
     pub fn deliverable(&self) -> bool {
         self.groups.values().any(|g| {
-            let has_room = g
-                .consumers
-                .iter()
-                .any(|c| c.parked.is_some() || c.room() > 0);
+            let has_room = g.consumers.iter().any(|c| !c.blocked && c.room() > 0);
             has_room && (!g.released.is_empty() || g.acks.next_unacked(g.next) <= self.durable_seq)
         })
     }
@@ -742,6 +741,7 @@ mod tests {
             unacked: BTreeSet::new(),
             auto_ack: false,
             parked: None,
+            blocked: false,
         }
     }
 

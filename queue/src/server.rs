@@ -12,17 +12,13 @@ use depot_store::{Kv, Store, StoreError, Ticket};
 
 use crate::acks::AckSet;
 use crate::config::{FullPolicy, QueueConfig};
+use crate::delivery::{deliver_push, deliver_router};
 use crate::metrics::{add, inc, QueueMetrics};
 use crate::protocol::{self, ProtocolError, Request};
 use crate::queue::{self, Consumer, Held, Queue};
 
 /// Messages taken from one socket per loop turn, so no socket starves the others.
 const MESSAGES_PER_TURN: usize = 512;
-/// Messages and bytes in one `MSG` batch.
-const BATCH_MESSAGES: usize = 1_024;
-const BATCH_BYTES: usize = 64 * 1024;
-/// Messages handed to one consumer per loop turn.
-const DELIVERY_BUDGET: usize = 8_192;
 /// Bytes of publishes held back by the `block` policy before further ones are refused.
 const WAITING_LIMIT: usize = 64 * 1024 * 1024;
 /// How often acks are stored, timeouts checked and figures refreshed.
@@ -178,6 +174,7 @@ impl Server {
                         unacked: Default::default(),
                         auto_ack: true,
                         parked: None,
+                        blocked: false,
                     });
                 }
             }
@@ -203,7 +200,7 @@ impl Server {
                 || self.queues.values().any(|q| {
                     q.groups
                         .values()
-                        .any(|g| g.consumers.iter().any(|c| c.parked.is_some()))
+                        .any(|g| g.consumers.iter().any(|c| c.blocked))
                 });
             let timeout = if stopping || busy {
                 0
@@ -494,6 +491,7 @@ impl Server {
                 unacked: Default::default(),
                 auto_ack: false,
                 parked: None,
+                blocked: false,
             });
         }
         // Store a new subscription at once, so its position survives a restart.
@@ -728,11 +726,18 @@ impl Server {
     /// Hands messages to every consumer with room, round-robin within each subscription.
     fn deliver(&mut self) {
         let now = Instant::now();
+        // Blocked consumers are retried here once per turn (the loop then polls with a 1 ms
+        // timeout instead of spinning).
         let names: Vec<String> = self
             .queues
-            .iter()
-            .filter(|(_, q)| q.deliverable())
-            .map(|(name, _)| name.clone())
+            .iter_mut()
+            .filter_map(|(name, q)| {
+                let mut blocked = false;
+                for c in q.groups.values_mut().flat_map(|g| g.consumers.iter_mut()) {
+                    blocked |= std::mem::take(&mut c.blocked);
+                }
+                (blocked || q.deliverable()).then(|| name.clone())
+            })
             .collect();
         let mut gone = Vec::new();
         for name in names {
@@ -867,108 +872,6 @@ impl Server {
             }
         }
     }
-}
-
-/// Sends a consumer its parked batch, then new batches while it has room. Ok(false) when the
-/// consumer's peer is gone.
-#[allow(clippy::too_many_arguments)]
-fn deliver_router(
-    q: &mut Queue,
-    store: &Store,
-    router: &zmq::Socket,
-    queue: &str,
-    group: &str,
-    index: usize,
-    identity: &[u8],
-    now: Instant,
-) -> Result<bool, StoreError> {
-    let send = |batch: &[u8]| {
-        let frames: [&[u8]; 5] = [
-            identity,
-            protocol::cmd::MSG,
-            queue.as_bytes(),
-            group.as_bytes(),
-            batch,
-        ];
-        router.send_multipart(frames, zmq::DONTWAIT)
-    };
-    let parked = q
-        .groups
-        .get_mut(group)
-        .and_then(|g| g.consumers.get_mut(index))
-        .and_then(|c| c.parked.take());
-    if let Some(batch) = parked {
-        match send(&batch) {
-            Ok(()) => {}
-            Err(zmq::Error::EAGAIN) => {
-                park(q, group, index, batch);
-                return Ok(true);
-            }
-            Err(_) => return Ok(false),
-        }
-    }
-    let mut sent = 0;
-    while sent < DELIVERY_BUDGET {
-        let mut batch = Vec::with_capacity(BATCH_BYTES + 1024);
-        let taken = q.take(
-            store,
-            group,
-            index,
-            BATCH_MESSAGES,
-            BATCH_BYTES,
-            now,
-            &mut |seq, r, payload| {
-                protocol::pack_delivery(&mut batch, seq, r, payload);
-                true
-            },
-        )?;
-        if taken == 0 {
-            break;
-        }
-        sent += taken;
-        match send(&batch) {
-            Ok(()) => {}
-            // The consumer's pipe is full: the batch waits for the next turn (a ROUTER would
-            // drop it silently without ROUTER_MANDATORY).
-            Err(zmq::Error::EAGAIN) => {
-                park(q, group, index, batch);
-                break;
-            }
-            Err(_) => return Ok(false),
-        }
-    }
-    Ok(true)
-}
-
-fn park(q: &mut Queue, group: &str, index: usize, batch: Vec<u8>) {
-    if let Some(c) = q
-        .groups
-        .get_mut(group)
-        .and_then(|g| g.consumers.get_mut(index))
-    {
-        c.parked = Some(batch);
-    }
-}
-
-/// Simple mode: one single-frame message per send, acknowledged once libzmq takes it.
-fn deliver_push(
-    q: &mut Queue,
-    store: &Store,
-    group: &str,
-    index: usize,
-    push: &zmq::Socket,
-    now: Instant,
-) -> Result<bool, StoreError> {
-    q.take(
-        store,
-        group,
-        index,
-        DELIVERY_BUDGET,
-        usize::MAX,
-        now,
-        &mut |_, _, payload| push.send(payload, zmq::DONTWAIT).is_ok(),
-    )?;
-    Ok(true)
 }
 
 /// `frames` behind a ROUTER identity.

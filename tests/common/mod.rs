@@ -208,6 +208,15 @@ impl Appliance {
             .expect("VmRSS in /proc/<pid>/status")
     }
 
+    /// CPU time the appliance has used (user + system), in clock ticks (1/100 s here).
+    pub fn cpu_ticks(&self) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        // Fields after the command name, which ends with ')': utime and stime are 14 and 15.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    }
+
     /// One sample from `/metrics`; panics if it is missing.
     pub fn metric(&self, sample: &str) -> f64 {
         let (code, text) = self.get("/metrics");
