@@ -839,3 +839,80 @@ fn cli_pushes_pops_with_acks_and_reports_stats() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "after tap\n");
     assert_eq!(appliance.stop().code(), Some(0));
 }
+
+/// Incompressible 1,000-byte messages whose first 8 bytes are their id.
+fn noisy(id: u64) -> Vec<u8> {
+    let mut x = id.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut m = id.to_be_bytes().to_vec();
+    while m.len() < 1_000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        m.push(x as u8);
+    }
+    m
+}
+
+#[test]
+fn pushes_to_a_full_queue_are_held_back_with_block_and_counted_with_reject() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = r#"
+[queue.queues."pushed-reject"]
+swap_limit = "64KiB"
+policy = "reject"
+[queue.queues."pushed-block"]
+swap_limit = "64KiB"
+policy = "block"
+"#;
+    let (appliance, _) = start(dir.path(), extra);
+    let endpoints = appliance.queue();
+    let ctx = zmq::Context::new();
+    let mut pusher = Pusher::connect(&ctx, &endpoints.pull).unwrap();
+    const N: u64 = 300;
+    for batch in 0..N / 10 {
+        let bodies: Vec<Vec<u8>> = (batch * 10..(batch + 1) * 10).map(noisy).collect();
+        let refs: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
+        pusher.send("pushed-reject", &refs).unwrap();
+    }
+    // Every pushed message is either stored or counted as refused: none vanishes.
+    let (stored, refused) = poll(WAIT, || {
+        let stored = stats(&ctx, &endpoints.router, "pushed-reject").last_seq;
+        let refused = appliance.metric("depot_queue_rejected_total{reason=\"full\"}") as u64;
+        (stored + refused == N).then_some((stored, refused))
+    })
+    .expect("pushed messages neither stored nor counted");
+    assert!(
+        stored > 0 && refused > 0,
+        "stored {stored}, refused {refused}"
+    );
+
+    // Block: the PULL is not read while the queue is full; a consumer's acks make room.
+    let producer = {
+        let (ctx, pull) = (ctx.clone(), endpoints.pull.clone());
+        std::thread::spawn(move || {
+            let mut pusher = Pusher::connect(&ctx, &pull).unwrap();
+            for batch in 0..N / 10 {
+                let bodies: Vec<Vec<u8>> = (batch * 10..(batch + 1) * 10).map(noisy).collect();
+                let refs: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
+                pusher.send("pushed-block", &refs).unwrap();
+            }
+        })
+    };
+    let held = poll(WAIT, || {
+        let s = stats(&ctx, &endpoints.router, "pushed-block");
+        s.full.then_some(s.last_seq)
+    })
+    .expect("the queue never filled");
+    assert!(held < N, "everything was stored beyond the swap limit");
+    let mut consumer =
+        Consumer::subscribe(&ctx, &endpoints.router, "pushed-block", "", 1_000, WAIT).unwrap();
+    let got = take(&mut consumer, N as usize);
+    let ids: Vec<u64> = got.iter().map(|d| id_of(&d.payload)).collect();
+    assert_eq!(
+        ids,
+        (0..N).collect::<Vec<_>>(),
+        "all, in order, none dropped"
+    );
+    producer.join().unwrap();
+    assert_eq!(appliance.stop().code(), Some(0));
+}
