@@ -623,10 +623,12 @@ redelivery_timeout = "200ms"
     assert!(consumer.recv(Duration::from_millis(500)).unwrap().is_none());
     let s = stats(&ctx, &router, "fragile");
     assert_eq!((s.dead_lettered, s.depth), (1, 0));
-    assert_eq!(
-        appliance.metric("depot_queue_dead_lettered_total{queue=\"fragile\"}"),
-        1.0
-    );
+    // Per-queue figures in /metrics are refreshed about once a second.
+    poll(WAIT, || {
+        (appliance.metric("depot_queue_dead_lettered_total{queue=\"fragile\"}") == 1.0)
+            .then_some(())
+    })
+    .expect("the dead letter is not in /metrics");
     assert_eq!(appliance.stop().code(), Some(0));
 }
 
@@ -914,5 +916,57 @@ policy = "block"
         "all, in order, none dropped"
     );
     producer.join().unwrap();
+    assert_eq!(appliance.stop().code(), Some(0));
+}
+
+#[test]
+fn a_consumer_subscribes_again_by_itself_after_the_appliance_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    // A fixed port, so the consumer's socket reconnects to the restarted appliance; below the
+    // kernel's ephemeral range, so no other socket takes it while the appliance is down.
+    let port = (0..1_000)
+        .map(|i| 20_000 + (std::process::id() as u16 % 5_000) + i * 7)
+        .find(|&port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
+        .expect("a free port");
+    let config = write_config(dir.path(), "");
+    let text = std::fs::read_to_string(&config).unwrap().replacen(
+        "router = \"tcp://127.0.0.1:*\"",
+        &format!("router = \"tcp://127.0.0.1:{port}\""),
+        1,
+    );
+    std::fs::write(&config, text).unwrap();
+    let data = dir.path().join("data");
+    let appliance = Appliance::start(&data, &config);
+    let router = appliance.queue().router;
+    let ctx = zmq::Context::new();
+    let publish = |from: u64, to: u64| {
+        let mut producer = Producer::connect(&ctx, &router).unwrap();
+        let bodies: Vec<Vec<u8>> = (from..to).map(message).collect();
+        let refs: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
+        producer.publish_durable("restarts", &refs, WAIT).unwrap();
+    };
+    publish(0, 100);
+    let mut consumer = Consumer::subscribe(&ctx, &router, "restarts", "", 1_000, WAIT).unwrap();
+    let first = take(&mut consumer, 50);
+    assert_eq!(first.len(), 50);
+    consumer.sync(WAIT).unwrap();
+    appliance.kill();
+    let appliance = Appliance::start(&data, &config);
+    assert_eq!(appliance.queue().router, router);
+    publish(100, 200);
+    let mut seen: HashSet<u64> = first.iter().map(|d| id_of(&d.payload)).collect();
+    while seen.len() < 200 {
+        let d = consumer.recv(WAIT).unwrap().unwrap_or_else(|| {
+            panic!(
+                "stalled with {} of 200 seen: {:?}",
+                seen.len(),
+                stats(&ctx, &router, "restarts")
+            )
+        });
+        seen.insert(id_of(&d.payload));
+        if consumer.buffered() == 0 {
+            consumer.ack_through(d.seq).unwrap();
+        }
+    }
     assert_eq!(appliance.stop().code(), Some(0));
 }

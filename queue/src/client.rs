@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use crate::protocol::{self, cmd, Reply};
 use crate::queue::QueueStats;
 
-/// How often a consumer says it is alive while it waits.
+/// How often a consumer says it is alive while it waits. Its heartbeat is its `SUB` again:
+/// harmless to a service that knows it, and after an appliance restart (libzmq reconnects the
+/// socket; the new process knows nothing of it) it subscribes anew.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What can go wrong talking to the queue service.
@@ -174,6 +176,7 @@ pub struct Consumer {
     socket: zmq::Socket,
     queue: String,
     group: String,
+    prefetch: u32,
     buffered: VecDeque<Delivery>,
     last_sent: Instant,
     /// Refusals the service sent (bad acks and the like), oldest first.
@@ -183,7 +186,9 @@ pub struct Consumer {
 impl Consumer {
     /// Subscribes to `queue` — its work queue when `group` is empty, else the named
     /// subscription `group` — with at most `prefetch` unacknowledged messages in flight, and
-    /// waits for the service to confirm.
+    /// waits for the service to confirm. If the service goes silent (an appliance restart),
+    /// [`Consumer::recv`] subscribes again; messages it had delivered and were not acknowledged
+    /// come again, marked as redelivered.
     pub fn subscribe(
         ctx: &zmq::Context,
         endpoint: &str,
@@ -194,21 +199,16 @@ impl Consumer {
     ) -> Result<Consumer, ClientError> {
         let socket = dealer(ctx, endpoint)?;
         socket.set_linger(0)?;
-        let frames: [&[u8]; 4] = [
-            cmd::SUB,
-            queue.as_bytes(),
-            group.as_bytes(),
-            &prefetch.to_be_bytes(),
-        ];
-        socket.send_multipart(frames, 0)?;
         let mut consumer = Consumer {
             socket,
             queue: queue.to_owned(),
             group: group.to_owned(),
+            prefetch,
             buffered: VecDeque::new(),
             last_sent: Instant::now(),
             errors: Vec::new(),
         };
+        consumer.send_subscribe()?;
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -224,6 +224,12 @@ impl Consumer {
                 Err(e) => return Err(ClientError::Protocol(e.to_string())),
             }
         }
+    }
+
+    fn send_subscribe(&mut self) -> Result<(), ClientError> {
+        let (queue, group) = (self.queue.clone(), self.group.clone());
+        let prefetch = self.prefetch.to_be_bytes();
+        self.send(&[cmd::SUB, queue.as_bytes(), group.as_bytes(), &prefetch])
     }
 
     fn absorb(&mut self, frames: &[Vec<u8>]) -> Result<(), ClientError> {
@@ -256,7 +262,7 @@ impl Consumer {
 
     fn heartbeat_if_due(&mut self) -> Result<(), ClientError> {
         if self.last_sent.elapsed() >= HEARTBEAT_INTERVAL {
-            self.send(&[cmd::HB])?;
+            self.send_subscribe()?;
         }
         Ok(())
     }
@@ -305,6 +311,7 @@ impl Consumer {
 
     /// Changes the prefetch window (0 pauses delivery).
     pub fn set_prefetch(&mut self, prefetch: u32) -> Result<(), ClientError> {
+        self.prefetch = prefetch;
         let (queue, group) = (self.queue.clone(), self.group.clone());
         self.send(&[
             cmd::CREDIT,
