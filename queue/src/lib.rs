@@ -5,7 +5,8 @@
 //! - `protocol`: request and reply frames (pure).
 //! - `acks`: a subscription's acknowledged set and its stored form (pure).
 //! - `queue`: one queue: journal, memory window, subscriptions, consumers, messages in flight.
-//! - `server`: the thread owning the ROUTER, PULL and simple-mode PUSH sockets.
+//! - `server`: the thread owning the ROUTER, PULL and simple-mode PUSH sockets: its loop,
+//!   confirms and periodic work; `server::requests` handles what arrives.
 //! - `delivery`: sending messages to consumers (parking on a full pipe).
 //! - `service`: loading, binding, starting and stopping.
 //! - `client`: the Rust client library (producers, consumers, stats).
