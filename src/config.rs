@@ -271,6 +271,19 @@ policy = "reject"
         );
     }
 
+    /// The configuration shown in the README is a valid one.
+    #[test]
+    fn readme_example_parses() {
+        let readme = include_str!("../README.md");
+        let start = readme
+            .find("```toml\n")
+            .expect("a toml block in the README")
+            + 8;
+        let end = start + readme[start..].find("```").unwrap();
+        let config = parse(&readme[start..end]).unwrap();
+        assert_eq!(config.queue.settings("orders").hwm, 1000);
+    }
+
     #[test]
     fn missing_optional_file_gives_defaults_but_required_one_fails() {
         let missing = Path::new("/nonexistent/depot.toml");
