@@ -225,9 +225,22 @@ impl Queue {
         let first_seq = store.log().first_seq(&stream);
         let mut by_name = BTreeMap::new();
         for (group, mut acks, delivered) in groups {
+            // Acks are stored with the journal's appends under one commit, so they never run
+            // ahead of it; should they, the journal wins (new messages must not count as
+            // acknowledged).
+            if acks.floor() > last_seq {
+                tracing::warn!(
+                    queue = name,
+                    group,
+                    floor = acks.floor(),
+                    last_seq,
+                    "stored acks run past the journal: reset to its end"
+                );
+                acks = AckSet::new(last_seq);
+            }
             // Trimmed messages were acknowledged by every subscription.
             acks.raise_floor(first_seq.saturating_sub(1).min(last_seq));
-            by_name.insert(group, Group::new(acks, delivered));
+            by_name.insert(group, Group::new(acks, delivered.min(last_seq)));
         }
         by_name
             .entry(String::new())
@@ -916,6 +929,29 @@ mod tests {
         store.wait_durable(q.unsynced.back().unwrap().0).unwrap();
         q.advance_durable(store.watermark().durable);
         assert_eq!(collect(&mut q, &store, "", 0, 100).len(), 1);
+    }
+
+    #[test]
+    fn stored_acks_past_the_journal_do_not_swallow_new_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Default::default()).unwrap();
+        let mut q = Queue::open(
+            "q",
+            settings(10),
+            &store,
+            vec![(String::new(), AckSet::new(50), 50)],
+        );
+        publish(&mut q, &store, 0..3);
+        q.groups
+            .get_mut("")
+            .unwrap()
+            .consumers
+            .push(consumer(1, 10));
+        let got = collect(&mut q, &store, "", 0, 10);
+        assert_eq!(
+            got.iter().map(|m| (m.0, m.1)).collect::<Vec<_>>(),
+            [(1, 0), (2, 0), (3, 0)]
+        );
     }
 
     #[test]
