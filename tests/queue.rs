@@ -981,3 +981,38 @@ fn a_consumer_subscribes_again_by_itself_after_the_appliance_restarts() {
     }
     assert_eq!(appliance.stop().code(), Some(0));
 }
+
+#[test]
+fn an_independent_python_client_publishes_consumes_and_acks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (appliance, _) = start(dir.path(), "");
+    let endpoints = appliance.queue();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/queue_client.py");
+    let output = std::process::Command::new("python3")
+        .args([script, &endpoints.router, &endpoints.pull, "py"])
+        .output()
+        .expect("python3 runs (make test installs pyzmq)");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let bodies: HashSet<&str> = result["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["body"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        bodies,
+        HashSet::from(["pushed from python", "first", "second"])
+    );
+    let (first, last) = (result["confirm"][0].as_u64(), result["confirm"][1].as_u64());
+    assert_eq!(last.unwrap() - first.unwrap(), 1);
+    assert_eq!(
+        result["stats"][0]["depth"], 0,
+        "the cumulative ack took all three"
+    );
+    assert_eq!(appliance.stop().code(), Some(0));
+}
