@@ -24,6 +24,8 @@ pub struct Config {
     pub logd: depot_logd::LogdConfig,
     /// The state cache.
     pub cache: depot_cache::CacheConfig,
+    /// The persistent queue.
+    pub queue: depot_queue::QueueConfig,
 }
 
 /// `[store]`
@@ -124,8 +126,13 @@ impl RetentionSection {
 impl Config {
     /// Parses configuration text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &Path) -> anyhow::Result<Config> {
-        toml::from_str(text)
-            .map_err(|e| anyhow::anyhow!("invalid configuration {}: {e}", origin.display()))
+        let config: Config = toml::from_str(text)
+            .map_err(|e| anyhow::anyhow!("invalid configuration {}: {e}", origin.display()))?;
+        config
+            .queue
+            .validate()
+            .map_err(|e| anyhow::anyhow!("invalid configuration {}: {e}", origin.display()))?;
+        Ok(config)
     }
 
     /// Reads `path`; a missing file gives the defaults only when `required` is false.
@@ -196,6 +203,14 @@ max_bytes = "10GiB"
 
 [retention.streams."audit"]
 max_age = "365d"
+
+[queue]
+router = "tcp://127.0.0.1:15570"
+hwm = 10
+auto_create = false
+
+[queue.queues."orders"]
+policy = "reject"
 "#,
         )
         .unwrap();
@@ -208,6 +223,10 @@ max_age = "365d"
             config.retention.policy("other").max_age,
             Some(Duration::from_secs(7 * 86_400))
         );
+        assert!(!config.queue.auto_create);
+        let orders = config.queue.settings("orders");
+        assert_eq!(orders.hwm, 10);
+        assert_eq!(orders.policy, depot_queue::FullPolicy::Reject);
     }
 
     #[test]
@@ -243,6 +262,26 @@ max_age = "365d"
             err.contains("line 2") && err.contains("invalid size"),
             "{err}"
         );
+        let err = parse("[queue.queues.\"orders\"]\nhwm = 1\nttl = \"whenever\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 3") && err.contains("invalid duration"),
+            "{err}"
+        );
+    }
+
+    /// The configuration shown in the README is a valid one.
+    #[test]
+    fn readme_example_parses() {
+        let readme = include_str!("../README.md");
+        let start = readme
+            .find("```toml\n")
+            .expect("a toml block in the README")
+            + 8;
+        let end = start + readme[start..].find("```").unwrap();
+        let config = parse(&readme[start..end]).unwrap();
+        assert_eq!(config.queue.settings("orders").hwm, 1000);
     }
 
     #[test]

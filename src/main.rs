@@ -6,15 +6,18 @@
 //! - `state`: what `/health`, `/metrics` and `/status` report.
 //! - `admin`: the HTTP admin endpoint.
 //! - `status`: `depot status`, the client side of `/status`.
-//! - `bench`: load tools (`depot bench ...`).
+//! - `bench`: load tools (`depot bench ...`); `queuebench`: `depot bench queue`.
 //! - `logcmd`: `depot log ...`, the command-line log client.
 //! - `cachecmd`: `depot cache ...`, the command-line cache client.
+//! - `queuecmd`: `depot queue ...`, the command-line queue client.
 
 mod admin;
 mod bench;
 mod cachecmd;
 mod config;
 mod logcmd;
+mod queuebench;
+mod queuecmd;
 mod serve;
 mod state;
 mod status;
@@ -63,6 +66,13 @@ enum Command {
         config: ConfigArgs,
         #[command(subcommand)]
         command: cachecmd::CacheCommand,
+    },
+    /// Publish to, consume from and inspect queues.
+    Queue {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(subcommand)]
+        command: queuecmd::QueueCommand,
     },
     /// Load tools that measure Depot on this machine.
     #[command(subcommand)]
@@ -138,6 +148,29 @@ fn cache_endpoints(args: &ConfigArgs) -> anyhow::Result<depot_cache::client::Ser
     })
 }
 
+/// The running appliance's queue endpoints: run.json in the data folder, else the configuration.
+fn queue_endpoints(args: &ConfigArgs) -> anyhow::Result<depot_queue::QueueEndpoints> {
+    let (config, data_dir) = args.load()?;
+    let run = std::fs::read(data_dir.join(serve::RUN_FILE))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serve::RunInfo>(&bytes).ok())
+        .and_then(|run| run.queue);
+    Ok(run.unwrap_or_else(|| depot_queue::QueueEndpoints {
+        router: config.queue.router.clone(),
+        pull: config.queue.pull.clone(),
+        push: Default::default(),
+    }))
+}
+
+/// The running appliance's process id, from run.json.
+fn appliance_pid(args: &ConfigArgs) -> Option<u32> {
+    let (_, data_dir) = args.load().ok()?;
+    let bytes = std::fs::read(data_dir.join(serve::RUN_FILE)).ok()?;
+    serde_json::from_slice::<serve::RunInfo>(&bytes)
+        .ok()
+        .map(|run| run.pid)
+}
+
 fn endpoints(args: &ConfigArgs) -> anyhow::Result<logcmd::Endpoints> {
     let (run, admin) = run_info(args)?;
     Ok(logcmd::Endpoints {
@@ -175,6 +208,13 @@ enum BenchCommand {
         config: ConfigArgs,
         #[command(flatten)]
         args: bench::CacheBenchArgs,
+    },
+    /// Load against a running appliance's queue.
+    Queue {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(flatten)]
+        args: queuebench::QueueBenchArgs,
     },
 }
 
@@ -262,6 +302,11 @@ fn main() -> ExitCode {
             .and_then(|(config, data_dir)| serve::run(config, data_dir)),
         Command::Status(args) => status(args),
         Command::Log(args) => log(args),
+        Command::Queue { config, command } => {
+            queue_endpoints(config).and_then(|endpoints| queuecmd::run(&endpoints, command))
+        }
+        Command::Bench(BenchCommand::Queue { config, args }) => queue_endpoints(config)
+            .and_then(|endpoints| queuebench::run(&endpoints, appliance_pid(config), args)),
         Command::Cache { config, command } => {
             cache_endpoints(config).and_then(|server| cachecmd::run(&server, command))
         }

@@ -31,6 +31,9 @@ pub struct RunInfo {
     /// Where the cache listens, if it runs.
     #[serde(default)]
     pub cache: Option<depot_cache::CacheEndpoints>,
+    /// Where the queue listens, if it runs.
+    #[serde(default)]
+    pub queue: Option<depot_queue::QueueEndpoints>,
 }
 
 /// Runs the appliance with `config` and data in `data_dir` until SIGINT or SIGTERM.
@@ -70,6 +73,24 @@ pub fn run(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
         state.cache.set(cache.metrics.clone()).ok();
     }
     let cache_endpoints = cache.as_ref().map(|c| c.endpoints.clone());
+    let queue = if config.queue.router.is_empty() {
+        None
+    } else {
+        match depot_queue::QueueService::start(&ctx, store.clone(), &config.queue) {
+            Ok(queue) => Some(queue),
+            Err(e) => {
+                if let Some(cache) = cache {
+                    cache.shutdown();
+                }
+                logd.shutdown();
+                return Err(e.into());
+            }
+        }
+    };
+    if let Some(queue) = &queue {
+        state.queue.set(queue.metrics.clone()).ok();
+    }
+    let queue_endpoints = queue.as_ref().map(|q| q.endpoints.clone());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (retention_stop, retention_thread) =
         start_retention(store.clone(), state.clone(), config.retention.clone())?;
@@ -97,6 +118,7 @@ pub fn run(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
             admin_addr,
             &logd.endpoints,
             cache_endpoints.clone(),
+            queue_endpoints.clone(),
         )?;
         tracing::info!(admin = %format!("http://{admin_addr}"), "depot serving");
 
@@ -107,6 +129,9 @@ pub fn run(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
         anyhow::Ok(())
     });
 
+    if let Some(queue) = queue {
+        queue.shutdown();
+    }
     if let Some(cache) = cache {
         cache.shutdown();
     }
@@ -130,6 +155,7 @@ fn write_run_file(
     admin: std::net::SocketAddr,
     logd: &depot_logd::LogdEndpoints,
     cache: Option<depot_cache::CacheEndpoints>,
+    queue: Option<depot_queue::QueueEndpoints>,
 ) -> anyhow::Result<()> {
     let info = RunInfo {
         pid: std::process::id(),
@@ -137,6 +163,7 @@ fn write_run_file(
         version: env!("CARGO_PKG_VERSION").into(),
         logd: logd.clone(),
         cache,
+        queue,
     };
     let path = data_dir.join(RUN_FILE);
     let tmp = data_dir.join(format!("{RUN_FILE}.tmp"));

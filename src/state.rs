@@ -26,6 +26,8 @@ pub struct AppState {
     pub logd: std::sync::OnceLock<Arc<depot_logd::LogdMetrics>>,
     /// The cache's counters, once it runs.
     pub cache: std::sync::OnceLock<Arc<depot_cache::CacheMetrics>>,
+    /// The queue's counters and per-queue figures, once it runs.
+    pub queue: std::sync::OnceLock<Arc<depot_queue::QueueMetrics>>,
 }
 
 /// `/health` body.
@@ -75,6 +77,7 @@ impl AppState {
             http_requests: AtomicU64::new(0),
             logd: std::sync::OnceLock::new(),
             cache: std::sync::OnceLock::new(),
+            queue: std::sync::OnceLock::new(),
         }
     }
 
@@ -189,6 +192,9 @@ impl AppState {
         }
         if let Some(cache) = self.cache.get() {
             cache.render(&mut m);
+        }
+        if let Some(queue) = self.queue.get() {
+            queue.render(&mut m);
         }
         m.finish()
     }

@@ -34,14 +34,16 @@ pub fn poll<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Optio
     }
 }
 
-/// Writes a config with the admin and log endpoints on ephemeral ports plus `extra` TOML
-/// (which may add to `[logd]` through `[[logd.files]]`, but not open `[logd]` again).
+/// Writes a config with the admin, log, cache and queue endpoints on ephemeral ports plus
+/// `extra` TOML. `[queue]` comes last, so keys at the very start of `extra` (before any
+/// header) add to it; `extra` may add to `[logd]` through `[[logd.files]]` and declare queues
+/// with `[queue.queues."NAME"]`, but not open `[logd]` or `[queue]` again.
 pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
     let path = dir.join("depot.toml");
     std::fs::write(
         &path,
         format!(
-            "[admin]\nlisten = \"127.0.0.1:0\"\n{CACHE_EPHEMERAL}\n{LOGD_EPHEMERAL}\n{extra}\n"
+            "[admin]\nlisten = \"127.0.0.1:0\"\n{CACHE_EPHEMERAL}\n{LOGD_EPHEMERAL}\n{QUEUE_EPHEMERAL}{extra}\n"
         ),
     )
     .unwrap();
@@ -187,6 +189,12 @@ publisher = "tcp://127.0.0.1:*"
 collector = "tcp://127.0.0.1:*"
 "#;
 
+/// A `[queue]` section with its endpoints on ephemeral ports (keys may follow it).
+pub const QUEUE_EPHEMERAL: &str = r#"[queue]
+router = "tcp://127.0.0.1:*"
+pull = "tcp://127.0.0.1:*"
+"#;
+
 /// The value of one sample in Prometheus text, e.g. `name{label="x"}` or `name`.
 pub fn metric_value(text: &str, sample: &str) -> Option<f64> {
     text.lines().find_map(|line| {
@@ -202,6 +210,34 @@ impl Appliance {
         let info: serde_json::Value = serde_json::from_str(&text).unwrap();
         serde_json::from_value(info["logd"].clone())
             .unwrap_or_else(|e| panic!("run.json has no usable logd endpoints ({e}): {text}"))
+    }
+
+    /// Where the queue service listens, as `run.json` reports it.
+    pub fn queue(&self) -> depot_queue::QueueEndpoints {
+        let text = std::fs::read_to_string(self.data.join("run.json")).unwrap();
+        let info: serde_json::Value = serde_json::from_str(&text).unwrap();
+        serde_json::from_value(info["queue"].clone())
+            .unwrap_or_else(|e| panic!("run.json has no usable queue endpoints ({e}): {text}"))
+    }
+
+    /// The appliance's resident memory now, from /proc (kB).
+    pub fn rss_kb(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .expect("VmRSS in /proc/<pid>/status")
+    }
+
+    /// CPU time the appliance has used (user + system), in clock ticks (1/100 s here).
+    pub fn cpu_ticks(&self) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        // Fields after the command name, which ends with ')': utime and stime are 14 and 15.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
     }
 
     /// One sample from `/metrics`; panics if it is missing.
