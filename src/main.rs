@@ -30,11 +30,6 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use config::Config;
 
-/// Every service allocates per message; mimalloc keeps that cheap where glibc's malloc
-/// fragmented and consolidated under load.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Depot: a ZeroMQ appliance for logs, state, queues, clocks and multicast, on durable storage.
 #[derive(Parser)]
 #[command(name = "depot", version)]

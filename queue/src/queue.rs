@@ -25,9 +25,13 @@ const READ_BATCH: usize = 2_048;
 /// Bytes read back from the journal at once per subscription.
 const READ_BYTES: usize = 1024 * 1024;
 
+/// Prefix of every queue's journal stream: internal (`$`), so logd neither writes nor
+/// replays it and log retention leaves it alone.
+pub const JOURNAL_PREFIX: &str = "$queue/";
+
 /// Journal stream of queue `name`.
 pub fn journal(name: &str) -> String {
-    format!("queue/{name}")
+    format!("{JOURNAL_PREFIX}{name}")
 }
 
 /// A message held in memory.

@@ -115,7 +115,7 @@ pub(crate) fn load_queues(
             .push((group, acks, delivered));
     }
     for stream in store.log().streams() {
-        if let Some(name) = stream.strip_prefix("queue/") {
+        if let Some(name) = stream.strip_prefix(crate::queue::JOURNAL_PREFIX) {
             groups.entry(name.to_owned()).or_default();
         }
     }
