@@ -39,15 +39,7 @@ pub fn poll<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Optio
 /// header) add to it; `extra` may add to `[logd]` through `[[logd.files]]` and declare queues
 /// with `[queue.queues."NAME"]`, but not open `[logd]` or `[queue]` again.
 pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
-    let path = dir.join("depot.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[admin]\nlisten = \"127.0.0.1:0\"\n{CACHE_EPHEMERAL}\n{LOGD_EPHEMERAL}\n{QUEUE_EPHEMERAL}{extra}\n"
-        ),
-    )
-    .unwrap();
-    path
+    write_config_with_cache(dir, CACHE_EPHEMERAL, extra)
 }
 
 /// Like [`write_config`], with `cache` as the whole `[cache]` section (e.g. a Binary Star pair
@@ -57,7 +49,9 @@ pub fn write_config_with_cache(dir: &Path, cache: &str, extra: &str) -> PathBuf 
     let path = dir.join("depot.toml");
     std::fs::write(
         &path,
-        format!("[admin]\nlisten = \"127.0.0.1:0\"\n{cache}\n{LOGD_EPHEMERAL}\n{extra}\n"),
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n{cache}\n{LOGD_EPHEMERAL}\n{QUEUE_EPHEMERAL}{extra}\n"
+        ),
     )
     .unwrap();
     path
