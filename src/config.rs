@@ -24,6 +24,8 @@ pub struct Config {
     pub logd: depot_logd::LogdConfig,
     /// The state cache.
     pub cache: depot_cache::CacheConfig,
+    /// Tick streams and timers.
+    pub clock: depot_clock::ClockConfig,
 }
 
 /// `[store]`
@@ -124,8 +126,13 @@ impl RetentionSection {
 impl Config {
     /// Parses configuration text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &Path) -> anyhow::Result<Config> {
-        toml::from_str(text)
-            .map_err(|e| anyhow::anyhow!("invalid configuration {}: {e}", origin.display()))
+        let config: Config = toml::from_str(text)
+            .map_err(|e| anyhow::anyhow!("invalid configuration {}: {e}", origin.display()))?;
+        config
+            .clock
+            .validate()
+            .map_err(|e| anyhow::anyhow!("invalid configuration {}: {e}", origin.display()))?;
+        Ok(config)
     }
 
     /// Reads `path`; a missing file gives the defaults only when `required` is false.
@@ -243,6 +250,21 @@ max_age = "365d"
             err.contains("line 2") && err.contains("invalid size"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn clock_section_with_streams_and_its_minimum_period() {
+        let config = parse(
+            "[clock]\ntimers = \"\"\n[[clock.ticks]]\nperiod = \"1ms\"\nprecision = \"high\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.clock.ticks.len(), 1);
+        assert!(config.clock.timers.is_empty());
+        assert_eq!(parse("").unwrap().clock.ticks.len(), 2);
+        let err = parse("[[clock.ticks]]\nperiod = \"10us\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("below min_period"), "{err}");
     }
 
     #[test]

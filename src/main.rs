@@ -6,13 +6,16 @@
 //! - `state`: what `/health`, `/metrics` and `/status` report.
 //! - `admin`: the HTTP admin endpoint.
 //! - `status`: `depot status`, the client side of `/status`.
-//! - `bench`: load tools (`depot bench ...`).
+//! - `bench`: load tools (`depot bench ...`); `clockbench`: `depot bench clock`.
 //! - `logcmd`: `depot log ...`, the command-line log client.
 //! - `cachecmd`: `depot cache ...`, the command-line cache client.
+//! - `clockcmd`: `depot clock watch` and `depot timer ...`, the command-line clock client.
 
 mod admin;
 mod bench;
 mod cachecmd;
+mod clockbench;
+mod clockcmd;
 mod config;
 mod logcmd;
 mod serve;
@@ -58,6 +61,20 @@ enum Command {
         config: ConfigArgs,
         #[command(subcommand)]
         command: cachecmd::CacheCommand,
+    },
+    /// Watch tick streams.
+    Clock {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(subcommand)]
+        command: clockcmd::ClockCommand,
+    },
+    /// Add, list and cancel persistent timers.
+    Timer {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(subcommand)]
+        command: clockcmd::TimerCommand,
     },
     /// Load tools that measure Depot on this machine.
     #[command(subcommand)]
@@ -133,6 +150,36 @@ fn cache_endpoints(args: &ConfigArgs) -> anyhow::Result<depot_cache::client::Ser
     })
 }
 
+/// The running appliance's clock endpoints and pid: run.json in the data folder, else the
+/// configuration.
+fn clock_endpoints(
+    args: &ConfigArgs,
+) -> anyhow::Result<(depot_clock::ClockEndpoints, Option<u32>)> {
+    let (config, data_dir) = args.load()?;
+    let run = std::fs::read(data_dir.join(serve::RUN_FILE))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serve::RunInfo>(&bytes).ok());
+    if let Some(run) = run {
+        let pid = run.pid;
+        return run
+            .clock
+            .map(|clock| (clock, Some(pid)))
+            .context("the running appliance has no clock ([clock] publisher is empty)");
+    }
+    anyhow::ensure!(
+        !config.clock.publisher.is_empty(),
+        "the configuration switches the clock off ([clock] publisher is empty)"
+    );
+    Ok((
+        depot_clock::ClockEndpoints {
+            publisher: config.clock.publisher,
+            publisher_extra: config.clock.publisher_extra,
+            timers: config.clock.timers,
+        },
+        None,
+    ))
+}
+
 fn endpoints(args: &ConfigArgs) -> anyhow::Result<logcmd::Endpoints> {
     let (run, admin) = run_info(args)?;
     Ok(logcmd::Endpoints {
@@ -170,6 +217,13 @@ enum BenchCommand {
         config: ConfigArgs,
         #[command(flatten)]
         args: bench::CacheBenchArgs,
+    },
+    /// Tick lateness and timer firing rate of a running appliance's clock.
+    Clock {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(flatten)]
+        args: clockbench::ClockBenchArgs,
     },
 }
 
@@ -259,6 +313,17 @@ fn main() -> ExitCode {
         Command::Log(args) => log(args),
         Command::Cache { config, command } => {
             cache_endpoints(config).and_then(|server| cachecmd::run(&server, command))
+        }
+        Command::Clock { config, command } => {
+            clock_endpoints(config).and_then(|(clock, _)| match command {
+                clockcmd::ClockCommand::Watch(args) => clockcmd::watch(&clock, args),
+            })
+        }
+        Command::Timer { config, command } => {
+            clock_endpoints(config).and_then(|(clock, _)| clockcmd::timer(&clock, command))
+        }
+        Command::Bench(BenchCommand::Clock { config, args }) => {
+            clock_endpoints(config).and_then(|(clock, pid)| clockbench::run(&clock, pid, args))
         }
         Command::Bench(BenchCommand::Store(args)) => bench::store(args),
         Command::Bench(BenchCommand::Cache { config, args }) => {

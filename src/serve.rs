@@ -31,6 +31,9 @@ pub struct RunInfo {
     /// Where the cache listens, if it runs.
     #[serde(default)]
     pub cache: Option<depot_cache::CacheEndpoints>,
+    /// Where the clock listens, if it runs.
+    #[serde(default)]
+    pub clock: Option<depot_clock::ClockEndpoints>,
 }
 
 /// Runs the appliance with `config` and data in `data_dir` until SIGINT or SIGTERM.
@@ -70,6 +73,24 @@ pub fn run(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
         state.cache.set(cache.metrics.clone()).ok();
     }
     let cache_endpoints = cache.as_ref().map(|c| c.endpoints.clone());
+    let clock = if config.clock.publisher.is_empty() {
+        None
+    } else {
+        match depot_clock::Clock::start(&ctx, store.clone(), &config.clock) {
+            Ok(clock) => Some(clock),
+            Err(e) => {
+                if let Some(cache) = cache {
+                    cache.shutdown();
+                }
+                logd.shutdown();
+                return Err(e.into());
+            }
+        }
+    };
+    if let Some(clock) = &clock {
+        state.clock.set(clock.metrics.clone()).ok();
+    }
+    let clock_endpoints = clock.as_ref().map(|c| c.endpoints.clone());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (retention_stop, retention_thread) =
         start_retention(store.clone(), state.clone(), config.retention.clone())?;
@@ -97,6 +118,7 @@ pub fn run(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
             admin_addr,
             &logd.endpoints,
             cache_endpoints.clone(),
+            clock_endpoints.clone(),
         )?;
         tracing::info!(admin = %format!("http://{admin_addr}"), "depot serving");
 
@@ -107,6 +129,9 @@ pub fn run(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
         anyhow::Ok(())
     });
 
+    if let Some(clock) = clock {
+        clock.shutdown();
+    }
     if let Some(cache) = cache {
         cache.shutdown();
     }
@@ -130,6 +155,7 @@ fn write_run_file(
     admin: std::net::SocketAddr,
     logd: &depot_logd::LogdEndpoints,
     cache: Option<depot_cache::CacheEndpoints>,
+    clock: Option<depot_clock::ClockEndpoints>,
 ) -> anyhow::Result<()> {
     let info = RunInfo {
         pid: std::process::id(),
@@ -137,6 +163,7 @@ fn write_run_file(
         version: env!("CARGO_PKG_VERSION").into(),
         logd: logd.clone(),
         cache,
+        clock,
     };
     let path = data_dir.join(RUN_FILE);
     let tmp = data_dir.join(format!("{RUN_FILE}.tmp"));

@@ -26,6 +26,8 @@ pub struct AppState {
     pub logd: std::sync::OnceLock<Arc<depot_logd::LogdMetrics>>,
     /// The cache's counters, once it runs.
     pub cache: std::sync::OnceLock<Arc<depot_cache::CacheMetrics>>,
+    /// The clock's counters, once it runs.
+    pub clock: std::sync::OnceLock<Arc<depot_clock::ClockMetrics>>,
 }
 
 /// `/health` body.
@@ -75,6 +77,7 @@ impl AppState {
             http_requests: AtomicU64::new(0),
             logd: std::sync::OnceLock::new(),
             cache: std::sync::OnceLock::new(),
+            clock: std::sync::OnceLock::new(),
         }
     }
 
@@ -189,6 +192,9 @@ impl AppState {
         }
         if let Some(cache) = self.cache.get() {
             cache.render(&mut m);
+        }
+        if let Some(clock) = self.clock.get() {
+            clock.render(&mut m);
         }
         m.finish()
     }
