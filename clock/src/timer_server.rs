@@ -1,31 +1,35 @@
 //! The timers thread: owns the timers ROUTER and the inproc PUSH of topic firings to the
-//! ticker. Timers live in the store's `clock` key-value tree (one entry per timer, key = id)
-//! and in memory only as `(deadline, id)` in a binary heap, 16 bytes each.
+//! ticker. Timers live in the store's `clock` key-value tree in batches (the ADDs of one loop
+//! turn share an entry of at most 8 KiB; see [`timers::Batch`]) and in memory only as
+//! `(deadline, id)` in a binary heap, 16 bytes each.
 //!
 //! - ADD and CANCEL are answered once their write is durable (replies keep request order).
-//! - A firing is sent first, then the timer is removed or advanced in the store: a crash in
-//!   between fires it again after the restart (at-least-once), it is never lost.
+//! - Firings are sent first, then their batches are rewritten (fired one-shots removed,
+//!   periodic timers advanced): a crash in between fires them again after the restart
+//!   (at-least-once); a timer is never lost.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use depot_common::ratelimit::RateLimited;
-use depot_store::{Kv, Store, Ticket};
+use depot_store::{Kv, Store, Ticket, MAX_KV_VALUE};
 
 use crate::metrics::ClockMetrics;
 use crate::protocol::{self, Firing, Reply, Request, StreamInfo};
 use crate::sys;
-use crate::timers::{self, StoredTarget, TimerRecord};
+use crate::timers::{self, Batch, StoredTarget};
 
-/// Key prefix of stored timers (then the id, big-endian).
-const TIMER_PREFIX: u8 = 1;
-/// Key of the id ceiling: ids below it may have been handed out.
-const ID_CEILING_KEY: &[u8] = &[0, b'i', b'd'];
-/// Ids reserved per ceiling write.
-const ID_BLOCK: u64 = 10_000;
+/// Key prefix of stored batches (then the batch number, big-endian).
+const BATCH_PREFIX: u8 = 1;
+/// Key of the batch ceiling: batch numbers below it may have been handed out.
+const BATCH_CEILING_KEY: &[u8] = &[0, b'b', b'a', b't', b'c', b'h'];
+/// Batch numbers reserved per ceiling write.
+const BATCH_BLOCK: u64 = 1_000;
+/// Most bytes of timers in one stored batch (the store's value limit, with room to spare).
+const BATCH_BYTES: usize = MAX_KV_VALUE - 64;
 /// Requests taken per loop turn.
 const REQUEST_BUDGET: usize = 4_096;
 /// Firings per loop turn, so that requests are served during a burst.
@@ -33,9 +37,9 @@ const FIRING_BUDGET: usize = 20_000;
 /// Longest poll, so that a stop request is seen promptly.
 const MAX_WAIT_MS: i64 = 50;
 
-fn timer_key(id: u64) -> [u8; 9] {
-    let mut key = [TIMER_PREFIX; 9];
-    key[1..].copy_from_slice(&id.to_be_bytes());
+fn batch_key(batch: u64) -> [u8; 9] {
+    let mut key = [BATCH_PREFIX; 9];
+    key[1..].copy_from_slice(&batch.to_be_bytes());
     key
 }
 
@@ -46,6 +50,15 @@ struct PendingReply {
     reply: Reply,
     /// Armed once durable: (when to fire, id).
     arm: Option<(u64, u64)>,
+}
+
+/// The batch being filled by this turn's ADDs, written at the end of the turn.
+struct OpenBatch {
+    number: u64,
+    timers: Batch,
+    bytes: usize,
+    /// (envelope, id, due) of each ADD, answered once the batch is durable.
+    added: Vec<(Vec<Vec<u8>>, u64, u64)>,
 }
 
 /// Settings the timers thread needs.
@@ -66,8 +79,9 @@ pub(crate) struct TimerServer {
     kv: Kv,
     heap: BinaryHeap<Reverse<(u64, u64)>>,
     pending: VecDeque<PendingReply>,
-    next_id: u64,
-    id_ceiling: u64,
+    open: Option<OpenBatch>,
+    next_batch: u64,
+    batch_ceiling: u64,
     /// Timers stored (armed or waiting for durability).
     stored: u64,
     /// Wall time at start: deadlines before it were missed while the appliance was down.
@@ -90,30 +104,33 @@ impl TimerServer {
         let started_ns = sys::wall_ns();
         let grace_until = started_ns.saturating_add(settings.restart_grace_ns);
         let mut heap = BinaryHeap::new();
-        let mut id_ceiling = 0;
-        let mut max_id = 0;
+        let mut batch_ceiling = 0;
+        let mut max_batch = 0;
         for entry in kv.entries() {
             let (key, value) = entry.map_err(|e| e.to_string())?;
-            if key == ID_CEILING_KEY {
-                id_ceiling = <[u8; 8]>::try_from(value.as_slice())
+            if key == BATCH_CEILING_KEY {
+                batch_ceiling = <[u8; 8]>::try_from(value.as_slice())
                     .map(u64::from_be_bytes)
-                    .map_err(|_| "the stored timer id ceiling is damaged".to_string())?;
+                    .map_err(|_| "the stored timer batch ceiling is damaged".to_string())?;
                 continue;
             }
-            let Some((&TIMER_PREFIX, id)) = key.split_first() else {
+            let Some((&BATCH_PREFIX, number)) = key.split_first() else {
                 continue;
             };
-            let id = <[u8; 8]>::try_from(id)
+            let number = <[u8; 8]>::try_from(number)
                 .map(u64::from_be_bytes)
                 .map_err(|_| format!("stored timer key {key:?} is damaged"))?;
-            let record = TimerRecord::from_bytes(&value).map_err(|e| format!("timer {id}: {e}"))?;
-            let at = if record.due_ns < started_ns {
-                grace_until
-            } else {
-                record.due_ns
-            };
-            heap.push(Reverse((at, id)));
-            max_id = max_id.max(id);
+            let batch =
+                timers::decode_batch(&value).map_err(|e| format!("timer batch {number}: {e}"))?;
+            for (index, record) in batch {
+                let at = if record.due_ns < started_ns {
+                    grace_until
+                } else {
+                    record.due_ns
+                };
+                heap.push(Reverse((at, timers::timer_id(number, index))));
+            }
+            max_batch = max_batch.max(number);
         }
         let stored = heap.len() as u64;
         metrics.timers_pending.store(stored, Ordering::Relaxed);
@@ -124,8 +141,9 @@ impl TimerServer {
             kv,
             heap,
             pending: VecDeque::new(),
-            next_id: id_ceiling.max(max_id + 1).max(1),
-            id_ceiling,
+            open: None,
+            next_batch: batch_ceiling.max(max_batch + 1).max(1),
+            batch_ceiling,
             stored,
             started_ns,
             settings,
@@ -160,6 +178,7 @@ impl TimerServer {
             self.fire_due();
             self.answer_durable();
         }
+        self.seal_open();
         if let Some(ticket) = self.pending.iter().rev().find_map(|p| p.ticket) {
             let _ = self
                 .store
@@ -173,21 +192,17 @@ impl TimerServer {
         if let Some(suppressed) = self.bad_input.allow() {
             tracing::warn!(%reason, suppressed, "clock: timer request refused");
         }
-        self.queue_reply(None, envelope, Reply::Error(reason), None);
+        self.queue_reply(None, envelope, Reply::Error(reason));
     }
 
-    fn queue_reply(
-        &mut self,
-        ticket: Option<Ticket>,
-        envelope: &[Vec<u8>],
-        reply: Reply,
-        arm: Option<(u64, u64)>,
-    ) {
+    /// Queues a reply after every earlier one (the open batch's ADDs included).
+    fn queue_reply(&mut self, ticket: Option<Ticket>, envelope: &[Vec<u8>], reply: Reply) {
+        self.seal_open();
         self.pending.push_back(PendingReply {
             ticket,
             envelope: envelope.to_vec(),
             reply,
-            arm,
+            arm: None,
         });
     }
 
@@ -205,25 +220,26 @@ impl TimerServer {
                 Ok(Request::List { after }) => self.list(envelope, after),
                 Ok(Request::Streams) => {
                     let reply = Reply::Streams(self.settings.streams.clone());
-                    self.queue_reply(None, envelope, reply, None);
+                    self.queue_reply(None, envelope, reply);
                 }
                 Err(e) => self.reject(envelope, e.to_string()),
             }
         }
+        self.seal_open();
     }
 
-    fn allocate_id(&mut self) -> Result<u64, String> {
-        if self.next_id >= self.id_ceiling {
-            let ceiling = self.next_id + ID_BLOCK;
-            // Written before the timer that uses the id, so durable no later than it.
+    fn allocate_batch(&mut self) -> Result<u64, String> {
+        if self.next_batch >= self.batch_ceiling {
+            let ceiling = self.next_batch + BATCH_BLOCK;
+            // Written before the batch that uses the number, so durable no later than it.
             self.kv
-                .put(ID_CEILING_KEY, &ceiling.to_be_bytes())
+                .put(BATCH_CEILING_KEY, &ceiling.to_be_bytes())
                 .map_err(|e| format!("timer not stored: {e}"))?;
-            self.id_ceiling = ceiling;
+            self.batch_ceiling = ceiling;
         }
-        let id = self.next_id;
-        self.next_id += 1;
-        Ok(id)
+        let number = self.next_batch;
+        self.next_batch += 1;
+        Ok(number)
     }
 
     fn add(&mut self, envelope: &[Vec<u8>], add: protocol::AddTimer) {
@@ -236,40 +252,120 @@ impl TimerServer {
             Ok(record) => record,
             Err(reason) => return self.reject(envelope, reason),
         };
-        let stored = self.allocate_id().and_then(|id| {
-            self.kv
-                .put(&timer_key(id), &record.to_bytes())
-                .map(|ticket| (id, ticket))
-                .map_err(|e| format!("timer not stored: {e}"))
+        let size = record.stored_size();
+        if size > BATCH_BYTES {
+            return self.reject(
+                envelope,
+                format!("timer of {size} bytes is too large to store"),
+            );
+        }
+        let full = self.open.as_ref().is_some_and(|open| {
+            open.bytes + size > BATCH_BYTES || open.timers.len() > usize::from(u16::MAX)
         });
-        match stored {
-            Ok((id, ticket)) => {
-                self.stored += 1;
-                self.metrics.timers_added.fetch_add(1, Ordering::Relaxed);
+        if full {
+            self.seal_open();
+        }
+        if self.open.is_none() {
+            match self.allocate_batch() {
+                Ok(number) => {
+                    self.open = Some(OpenBatch {
+                        number,
+                        timers: Vec::new(),
+                        bytes: 0,
+                        added: Vec::new(),
+                    })
+                }
+                Err(reason) => {
+                    tracing::error!(%reason, "clock: timer not stored");
+                    return self.reject(envelope, reason);
+                }
+            }
+        }
+        if let Some(open) = &mut self.open {
+            let index = open.timers.len() as u16;
+            let id = timers::timer_id(open.number, index);
+            open.added.push((envelope.to_vec(), id, record.due_ns));
+            open.bytes += size;
+            open.timers.push((index, record));
+            self.stored += 1;
+        }
+    }
+
+    /// Writes the open batch and queues its ADDs' replies for when it is durable.
+    fn seal_open(&mut self) {
+        let Some(open) = self.open.take() else {
+            return;
+        };
+        match self
+            .kv
+            .put(&batch_key(open.number), &timers::encode_batch(&open.timers))
+        {
+            Ok(ticket) => {
+                let added = open.added.len() as u64;
+                self.metrics
+                    .timers_added
+                    .fetch_add(added, Ordering::Relaxed);
                 self.metrics
                     .timers_pending
                     .store(self.stored, Ordering::Relaxed);
-                let reply = Reply::Added {
-                    id,
-                    due_ns: record.due_ns,
-                };
-                self.queue_reply(Some(ticket), envelope, reply, Some((record.due_ns, id)));
+                for (envelope, id, due_ns) in open.added {
+                    self.pending.push_back(PendingReply {
+                        ticket: Some(ticket),
+                        envelope,
+                        reply: Reply::Added { id, due_ns },
+                        arm: Some((due_ns, id)),
+                    });
+                }
             }
-            Err(reason) => {
-                tracing::error!(%reason, "clock: timer not stored");
-                self.reject(envelope, reason);
+            Err(e) => {
+                tracing::error!(error = %e, "clock: timers not stored");
+                self.stored = self.stored.saturating_sub(open.added.len() as u64);
+                for (envelope, _, _) in open.added {
+                    self.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+                    self.pending.push_back(PendingReply {
+                        ticket: None,
+                        envelope,
+                        reply: Reply::Error(format!("timer not stored: {e}")),
+                        arm: None,
+                    });
+                }
             }
         }
     }
 
+    /// The stored batch `number` (None if it does not exist).
+    fn read_batch(&self, number: u64) -> Result<Option<Batch>, String> {
+        match self.kv.get(&batch_key(number)) {
+            Ok(Some(bytes)) => timers::decode_batch(&bytes).map(Some),
+            Ok(None) => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Stores `batch` as `number`, removing the entry when it is empty.
+    fn write_batch(&self, number: u64, batch: &Batch) -> depot_store::Result<Ticket> {
+        if batch.is_empty() {
+            self.kv.remove(&batch_key(number))
+        } else {
+            self.kv
+                .put(&batch_key(number), &timers::encode_batch(batch))
+        }
+    }
+
     fn cancel(&mut self, envelope: &[Vec<u8>], id: u64) {
-        let key = timer_key(id);
-        match self.kv.get(&key) {
-            Ok(Some(_)) => {}
+        // A timer of this turn's batch must be in the store to be found.
+        self.seal_open();
+        let (number, index) = timers::split_id(id);
+        let mut batch = match self.read_batch(number) {
+            Ok(Some(batch)) => batch,
             Ok(None) => return self.reject(envelope, format!("unknown timer id {id}")),
             Err(e) => return self.reject(envelope, format!("cannot read timer {id}: {e}")),
-        }
-        match self.kv.remove(&key) {
+        };
+        let Some(position) = batch.iter().position(|(i, _)| *i == index) else {
+            return self.reject(envelope, format!("unknown timer id {id}"));
+        };
+        batch.remove(position);
+        match self.write_batch(number, &batch) {
             Ok(ticket) => {
                 self.stored = self.stored.saturating_sub(1);
                 self.metrics
@@ -279,17 +375,18 @@ impl TimerServer {
                     .timers_pending
                     .store(self.stored, Ordering::Relaxed);
                 // Its heap entry stays and is passed over when it comes up (no record).
-                self.queue_reply(Some(ticket), envelope, Reply::Cancelled { id }, None);
+                self.queue_reply(Some(ticket), envelope, Reply::Cancelled { id });
             }
             Err(e) => self.reject(envelope, format!("timer {id} not cancelled: {e}")),
         }
     }
 
     fn list(&mut self, envelope: &[Vec<u8>], after: Option<u64>) {
-        let start = timer_key(after.map_or(0, |a| a.saturating_add(1)));
+        self.seal_open();
+        let first = after.map_or(0, |after| timers::split_id(after).0);
         let mut entries = Vec::new();
         let mut failed = None;
-        for entry in self.kv.entries_from(&start) {
+        'batches: for entry in self.kv.entries_from(&batch_key(first)) {
             let (key, value) = match entry {
                 Ok(entry) => entry,
                 Err(e) => {
@@ -297,18 +394,24 @@ impl TimerServer {
                     break;
                 }
             };
-            let Some((&TIMER_PREFIX, id)) = key.split_first() else {
+            let Some((&BATCH_PREFIX, number)) = key.split_first() else {
                 break;
             };
-            let (Ok(id), Ok(record)) = (
-                <[u8; 8]>::try_from(id).map(u64::from_be_bytes),
-                TimerRecord::from_bytes(&value),
+            let (Ok(number), Ok(batch)) = (
+                <[u8; 8]>::try_from(number).map(u64::from_be_bytes),
+                timers::decode_batch(&value),
             ) else {
                 continue;
             };
-            entries.push(record.info(id));
-            if entries.len() == protocol::LIST_PAGE {
-                break;
+            for (index, record) in batch {
+                let id = timers::timer_id(number, index);
+                if after.is_some_and(|after| id <= after) {
+                    continue;
+                }
+                entries.push(record.info(id));
+                if entries.len() == protocol::LIST_PAGE {
+                    break 'batches;
+                }
             }
         }
         if let Some(reason) = failed {
@@ -319,7 +422,7 @@ impl TimerServer {
         } else {
             None
         };
-        self.queue_reply(None, envelope, Reply::Timers { next, entries }, None);
+        self.queue_reply(None, envelope, Reply::Timers { next, entries });
     }
 
     /// Sends replies in order as their writes become durable; arms added timers.
@@ -342,9 +445,13 @@ impl TimerServer {
         }
     }
 
-    /// Fires every timer whose time has come, up to a budget per turn.
+    /// Fires every timer whose time has come, up to a budget per turn, then rewrites each
+    /// batch it touched once.
     fn fire_due(&mut self) {
         let now = sys::wall_ns();
+        // Batches read this turn (None: gone, its timers cancelled, or unreadable), and
+        // whether a firing changed them.
+        let mut touched: HashMap<u64, (Option<Batch>, bool)> = HashMap::new();
         for _ in 0..FIRING_BUDGET {
             let Some(&Reverse((at, id))) = self.heap.peek() else {
                 break;
@@ -353,23 +460,27 @@ impl TimerServer {
                 break;
             }
             self.heap.pop();
-            let key = timer_key(id);
-            let mut record = match self.kv.get(&key) {
-                Ok(Some(bytes)) => match TimerRecord::from_bytes(&bytes) {
-                    Ok(record) => record,
-                    Err(e) => {
-                        tracing::error!(id, error = %e, "clock: stored timer is damaged; kept, not fired");
-                        continue;
-                    }
-                },
-                // Cancelled.
-                Ok(None) => continue,
-                Err(e) => {
-                    tracing::error!(id, error = %e, "clock: cannot read a timer; retried in 1 s");
-                    self.heap.push(Reverse((now + 1_000_000_000, id)));
-                    continue;
-                }
+            let (number, index) = timers::split_id(id);
+            let (batch, changed) = touched.entry(number).or_insert_with(|| {
+                let batch = self
+                    .kv
+                    .get(&batch_key(number))
+                    .map_err(|e| e.to_string())
+                    .and_then(|bytes| bytes.map(|b| timers::decode_batch(&b)).transpose())
+                    .unwrap_or_else(|e| {
+                        tracing::error!(batch = number, error = %e, "clock: stored timers unreadable; kept, not fired");
+                        None
+                    });
+                (batch, false)
+            });
+            let Some(batch) = batch else {
+                continue;
             };
+            // Not found: cancelled.
+            let Some(position) = batch.iter().position(|(i, _)| *i == index) else {
+                continue;
+            };
+            let record = &mut batch[position].1;
             let fired_ns = sys::wall_ns();
             let outcome = record.fire(fired_ns, self.settings.late_after_ns, self.started_ns);
             let firing = Firing {
@@ -377,9 +488,17 @@ impl TimerServer {
                 scheduled_ns: outcome.scheduled_ns,
                 fired_ns,
                 late: outcome.late,
-                payload: std::mem::take(&mut record.payload),
+                payload: record.payload.clone(),
             };
-            self.deliver(&record.target, firing, &mut record.payload);
+            let target = record.target.clone();
+            if outcome.done {
+                batch.remove(position);
+                self.stored = self.stored.saturating_sub(1);
+            } else {
+                self.heap.push(Reverse((record.due_ns, id)));
+            }
+            *changed = true;
+            self.deliver(&target, firing);
             self.metrics.timers_fired.fetch_add(1, Ordering::Relaxed);
             if outcome.late {
                 self.metrics.timers_late.fetch_add(1, Ordering::Relaxed);
@@ -389,16 +508,14 @@ impl TimerServer {
                     .timers_skipped_periods
                     .fetch_add(outcome.skipped_periods, Ordering::Relaxed);
             }
-            let written = if outcome.done {
-                self.stored = self.stored.saturating_sub(1);
-                self.kv.remove(&key)
-            } else {
-                self.heap.push(Reverse((record.due_ns, id)));
-                self.kv.put(&key, &record.to_bytes())
+        }
+        for (number, (batch, changed)) in touched {
+            let (Some(batch), true) = (batch, changed) else {
+                continue;
             };
-            if let Err(e) = written {
-                // The store is poisoned or closed: the firing will repeat after a restart.
-                tracing::error!(id, error = %e, "clock: fired timer not updated in the store");
+            if let Err(e) = self.write_batch(number, &batch) {
+                // The store is poisoned or closed: the firings will repeat after a restart.
+                tracing::error!(batch = number, error = %e, "clock: fired timers not updated in the store");
             }
         }
         self.metrics
@@ -406,8 +523,8 @@ impl TimerServer {
             .store(self.stored, Ordering::Relaxed);
     }
 
-    /// Sends a firing to its target; gives the payload back into `payload`.
-    fn deliver(&mut self, target: &StoredTarget, firing: Firing, payload: &mut Vec<u8>) {
+    /// Sends a firing to its target.
+    fn deliver(&mut self, target: &StoredTarget, firing: Firing) {
         match target {
             StoredTarget::Reply(envelope) => {
                 let mut frames = envelope.clone();
@@ -430,6 +547,5 @@ impl TimerServer {
                 }
             }
         }
-        *payload = firing.payload;
     }
 }

@@ -84,26 +84,49 @@ pub fn record_for(
     })
 }
 
-impl TimerRecord {
-    /// The stored bytes: version byte, then bincode.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = vec![FORMAT_VERSION];
-        // Encoding into a Vec cannot fail for these types (the size limit is far above a record).
-        let _ = bincode::serde::encode_into_std_write(self, &mut out, bincode_config());
-        out
-    }
+/// Timers are stored in batches: one key-value entry holds the timers added in one turn of
+/// the server loop (up to the store's 8 KiB value limit), so that adding, firing and removing
+/// many timers costs one write per batch, not one per timer. A timer's id is its batch number
+/// shifted left by 16 bits plus its index in the batch.
+pub type Batch = Vec<(u16, TimerRecord)>;
 
-    /// Parses stored bytes.
-    pub fn from_bytes(bytes: &[u8]) -> Result<TimerRecord, String> {
-        match bytes.split_first() {
-            Some((&FORMAT_VERSION, rest)) => {
-                bincode::serde::decode_from_slice(rest, bincode_config())
-                    .map(|(record, _)| record)
-                    .map_err(|e| format!("damaged timer: {e}"))
-            }
-            Some((version, _)) => Err(format!("timer of unknown format version {version}")),
-            None => Err("empty timer value".into()),
-        }
+/// The id of timer `index` of batch `batch`.
+pub fn timer_id(batch: u64, index: u16) -> u64 {
+    (batch << 16) | u64::from(index)
+}
+
+/// The batch and index of timer `id`.
+pub fn split_id(id: u64) -> (u64, u16) {
+    (id >> 16, (id & 0xffff) as u16)
+}
+
+/// The stored bytes of a batch: version byte, then bincode.
+pub fn encode_batch(batch: &Batch) -> Vec<u8> {
+    let mut out = vec![FORMAT_VERSION];
+    // Encoding into a Vec cannot fail for these types (the size limit is far above a batch).
+    let _ = bincode::serde::encode_into_std_write(batch, &mut out, bincode_config());
+    out
+}
+
+/// Parses a stored batch.
+pub fn decode_batch(bytes: &[u8]) -> Result<Batch, String> {
+    match bytes.split_first() {
+        Some((&FORMAT_VERSION, rest)) => bincode::serde::decode_from_slice(rest, bincode_config())
+            .map(|(batch, _)| batch)
+            .map_err(|e| format!("damaged timer batch: {e}")),
+        Some((version, _)) => Err(format!("timer batch of unknown format version {version}")),
+        None => Err("empty timer batch".into()),
+    }
+}
+
+impl TimerRecord {
+    /// Bytes this record takes in a stored batch (an upper bound).
+    pub fn stored_size(&self) -> usize {
+        let target = match &self.target {
+            StoredTarget::Reply(envelope) => envelope.iter().map(|f| f.len() + 5).sum(),
+            StoredTarget::Topic(topic) => topic.len(),
+        };
+        4 * 10 + 3 + 10 + target + self.payload.len() + 5
     }
 
     /// What LIST says about it.
@@ -207,21 +230,37 @@ mod tests {
     }
 
     #[test]
-    fn stored_bytes_round_trip_and_damage_is_reported() {
+    fn stored_batches_round_trip_and_damage_is_reported() {
         let r = record_for(add(When::At(5), Some(S), Some(3)), &[], 0, 1).unwrap();
-        let bytes = r.to_bytes();
-        assert_eq!(bytes[0], FORMAT_VERSION);
-        assert_eq!(TimerRecord::from_bytes(&bytes).unwrap(), r);
-        assert!(TimerRecord::from_bytes(&bytes[..3]).is_err());
-        assert!(TimerRecord::from_bytes(&[9, 1, 2])
-            .unwrap_err()
-            .contains("version 9"));
-        assert!(TimerRecord::from_bytes(&[]).is_err());
-        assert!(
-            bytes.len() < 64,
-            "a small payload makes a small record: {}",
-            bytes.len()
+        let mut reply = add(
+            When::At(u64::MAX),
+            Some(Duration::MAX.as_nanos() as u64),
+            Some(u64::MAX),
         );
+        reply.target = Target::Reply;
+        reply.payload = vec![7; 1000];
+        reply.every = Some(Duration::from_nanos(u64::MAX));
+        let big = record_for(reply, &[vec![1; 255], vec![]], 0, 1).unwrap();
+        let batch: Batch = vec![(0, r.clone()), (7, big.clone())];
+        let bytes = encode_batch(&batch);
+        assert_eq!(bytes[0], FORMAT_VERSION);
+        assert_eq!(decode_batch(&bytes).unwrap(), batch);
+        assert!(
+            bytes.len() <= r.stored_size() + big.stored_size() + 1,
+            "stored_size is an upper bound: {} > {} + {}",
+            bytes.len(),
+            r.stored_size(),
+            big.stored_size()
+        );
+        assert!(decode_batch(&bytes[..3]).is_err());
+        assert!(decode_batch(&[9, 1, 2]).unwrap_err().contains("version 9"));
+        assert!(decode_batch(&[]).is_err());
+        assert!(
+            encode_batch(&vec![(0, r)]).len() < 64,
+            "small timers make small batches"
+        );
+        assert_eq!(split_id(timer_id(3, 9)), (3, 9));
+        assert_eq!(timer_id(1, 0), 65_536);
     }
 
     #[test]

@@ -34,14 +34,15 @@ pub fn poll<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Optio
     }
 }
 
-/// Writes a config with the admin and log endpoints on ephemeral ports plus `extra` TOML
-/// (which may add to `[logd]` through `[[logd.files]]`, but not open `[logd]` again).
+/// Writes a config with the admin, log, cache and clock endpoints on ephemeral ports plus
+/// `extra` TOML (which may add to `[logd]` through `[[logd.files]]` and to `[clock]` through
+/// `[[clock.ticks]]`, but not open those sections again).
 pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
     let path = dir.join("depot.toml");
     std::fs::write(
         &path,
         format!(
-            "[admin]\nlisten = \"127.0.0.1:0\"\n{CACHE_EPHEMERAL}\n{LOGD_EPHEMERAL}\n{extra}\n"
+            "[admin]\nlisten = \"127.0.0.1:0\"\n{CACHE_EPHEMERAL}\n{CLOCK_EPHEMERAL}\n{LOGD_EPHEMERAL}\n{extra}\n"
         ),
     )
     .unwrap();
@@ -164,6 +165,12 @@ publisher = "tcp://127.0.0.1:*"
 collector = "tcp://127.0.0.1:*"
 "#;
 
+/// A `[clock]` section with its PUB and timers ROUTER on ephemeral ports.
+pub const CLOCK_EPHEMERAL: &str = r#"[clock]
+publisher = "tcp://127.0.0.1:*"
+timers = "tcp://127.0.0.1:*"
+"#;
+
 /// The value of one sample in Prometheus text, e.g. `name{label="x"}` or `name`.
 pub fn metric_value(text: &str, sample: &str) -> Option<f64> {
     text.lines().find_map(|line| {
@@ -179,6 +186,14 @@ impl Appliance {
         let info: serde_json::Value = serde_json::from_str(&text).unwrap();
         serde_json::from_value(info["logd"].clone())
             .unwrap_or_else(|e| panic!("run.json has no usable logd endpoints ({e}): {text}"))
+    }
+
+    /// Where the clock listens, as `run.json` reports it.
+    pub fn clock(&self) -> depot_clock::ClockEndpoints {
+        let text = std::fs::read_to_string(self.data.join("run.json")).unwrap();
+        let info: serde_json::Value = serde_json::from_str(&text).unwrap();
+        serde_json::from_value(info["clock"].clone())
+            .unwrap_or_else(|e| panic!("run.json has no usable clock endpoints ({e}): {text}"))
     }
 
     /// One sample from `/metrics`; panics if it is missing.
