@@ -506,3 +506,34 @@ fn a_tick_period_below_the_minimum_refuses_to_start() {
         "{err}"
     );
 }
+
+#[test]
+fn ticks_and_topic_firings_also_reach_an_ipc_subscriber() {
+    let dir = tempfile::tempdir().unwrap();
+    let ipc = format!("ipc://{}/clock.ipc", dir.path().display());
+    let config = write_clock_config(dir.path(), &format!("publisher_extra = [\"{ipc}\"]\n"));
+    let appliance = Appliance::start(&dir.path().join("data"), &config);
+    let endpoints = appliance.clock();
+    assert_eq!(endpoints.publisher_extra, [ipc.clone()]);
+    let ctx = zmq::Context::new();
+    let sub = subscribe(&ctx, &ipc, "tick.10ms");
+    let first = next_tick(&sub, "tick.10ms");
+    let second = next_tick(&sub, "tick.10ms");
+    assert_eq!(second.seq, first.seq + 1);
+    let sub = subscribe(&ctx, &ipc, "ipc.jobs");
+    let mut client = timers(&ctx, &appliance);
+    let firing = poll(Duration::from_secs(10), || {
+        client
+            .add(add(
+                When::In(Duration::ZERO),
+                None,
+                None,
+                Target::Topic("ipc.jobs".into()),
+                "x",
+            ))
+            .unwrap();
+        next_published(&sub, Duration::from_millis(300))
+    });
+    assert_eq!(firing.expect("no firing over ipc").payload, b"x");
+    assert!(appliance.stop().success());
+}
