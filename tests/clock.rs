@@ -514,7 +514,7 @@ fn ticks_and_topic_firings_also_reach_an_ipc_subscriber() {
     let config = write_clock_config(dir.path(), &format!("publisher_extra = [\"{ipc}\"]\n"));
     let appliance = Appliance::start(&dir.path().join("data"), &config);
     let endpoints = appliance.clock();
-    assert_eq!(endpoints.publisher_extra, [ipc.clone()]);
+    assert_eq!(endpoints.publisher_extra, std::slice::from_ref(&ipc));
     let ctx = zmq::Context::new();
     let sub = subscribe(&ctx, &ipc, "tick.10ms");
     let first = next_tick(&sub, "tick.10ms");
