@@ -81,6 +81,12 @@ fn ticks(
     period: &str,
     duration: Duration,
 ) -> anyhow::Result<()> {
+    // A subscriber under SCHED_FIFO (its zmq I/O thread, created next, inherits it) measures
+    // the appliance rather than this process's own wake-ups on a busy machine.
+    let subscriber = match sys::set_realtime(10) {
+        Ok(()) => "SCHED_FIFO subscriber",
+        Err(_) => "normal-priority subscriber",
+    };
     let watcher = TickWatcher::open(endpoints, period)?;
     // The first ticks arrive while the connection settles; they are not measured.
     for _ in 0..100 {
@@ -95,7 +101,7 @@ fn ticks(
     let elapsed = started.elapsed().as_secs_f64();
     let cpu_after = pid.and_then(|pid| thread_cpu_secs(pid, "clock-ticker"));
     println!(
-        "ticks: {} precision, {elapsed:.0} s",
+        "ticks: {} precision, {elapsed:.0} s, {subscriber}",
         watcher.precision.as_deref().unwrap_or("unknown")
     );
     println!("{}", stats.summary(&watcher.topic, false));

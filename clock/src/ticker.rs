@@ -24,7 +24,7 @@ const REMAP_EVERY_NS: u64 = 1_000_000_000;
 /// A change of the mapping above this is a stepped wall clock: renew it.
 const REMAP_THRESHOLD_NS: u64 = 100_000;
 /// SCHED_FIFO priority asked for a high-precision ticker.
-const REALTIME_PRIORITY: i32 = 10;
+pub(crate) const REALTIME_PRIORITY: i32 = 10;
 
 /// One tick stream being served.
 struct Stream {
