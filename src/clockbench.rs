@@ -29,6 +29,9 @@ pub struct ClockBenchArgs {
     /// Timers fire this long after the bench starts; adding must be done by then.
     #[arg(long, default_value = "60s")]
     fire_in: String,
+    /// Busy-poll the subscriber socket instead of sleeping (ticks mode).
+    #[arg(long)]
+    spin: bool,
     /// ADD requests in flight.
     #[arg(long, default_value_t = 10_000)]
     window: u64,
@@ -42,7 +45,13 @@ pub fn run(
 ) -> anyhow::Result<()> {
     let parse = |text: &str| depot_common::config::parse_duration(text).map_err(anyhow::Error::msg);
     match args.mode.as_str() {
-        "ticks" => ticks(endpoints, pid, &args.period, parse(&args.duration)?),
+        "ticks" => ticks(
+            endpoints,
+            pid,
+            &args.period,
+            parse(&args.duration)?,
+            args.spin,
+        ),
         _ => timers(endpoints, pid, args, parse(&args.fire_in)?),
     }
 }
@@ -80,6 +89,7 @@ fn ticks(
     pid: Option<u32>,
     period: &str,
     duration: Duration,
+    spin: bool,
 ) -> anyhow::Result<()> {
     // A subscriber under SCHED_FIFO (its zmq I/O thread, created next, inherits it) measures
     // the appliance rather than this process's own wake-ups on a busy machine.
@@ -96,13 +106,19 @@ fn ticks(
     let started = Instant::now();
     let mut stats = TickStats::default();
     while started.elapsed() < duration {
-        stats.add(&watcher.next()?);
+        let tick = if spin {
+            watcher.next_spinning()?
+        } else {
+            watcher.next()?
+        };
+        stats.add(&tick);
     }
     let elapsed = started.elapsed().as_secs_f64();
     let cpu_after = pid.and_then(|pid| thread_cpu_secs(pid, "clock-ticker"));
     println!(
-        "ticks: {} precision, {elapsed:.0} s, {subscriber}",
-        watcher.precision.as_deref().unwrap_or("unknown")
+        "ticks: {} precision, {elapsed:.0} s, {subscriber}{}",
+        watcher.precision.as_deref().unwrap_or("unknown"),
+        if spin { ", busy-polling" } else { "" }
     );
     println!("{}", stats.summary(&watcher.topic, false));
     if let (Some(before), Some(after)) = (cpu_before, cpu_after) {
