@@ -505,20 +505,33 @@ fn a_tick_period_below_the_minimum_refuses_to_start() {
 }
 
 #[test]
-fn ticks_and_topic_firings_also_reach_an_ipc_subscriber() {
+fn high_precision_ticks_and_topic_firings_also_reach_an_ipc_subscriber() {
     let dir = tempfile::tempdir().unwrap();
     let ipc = format!("ipc://{}/clock.ipc", dir.path().display());
-    let config = write_clock_config(dir.path(), &format!("publisher_extra = [\"{ipc}\"]\n"));
+    let config = write_clock_config(
+        dir.path(),
+        &format!("publisher_extra = [\"{ipc}\"]\n[[clock.ticks]]\nperiod = \"5ms\"\nprecision = \"high\"\n"),
+    );
     let appliance = Appliance::start(&dir.path().join("data"), &config);
     let endpoints = appliance.clock();
     assert_eq!(endpoints.publisher_extra, std::slice::from_ref(&ipc));
     let ctx = zmq::Context::new();
-    let sub = subscribe(&ctx, &ipc, "tick.10ms");
-    let first = next_tick(&sub, "tick.10ms");
-    let second = next_tick(&sub, "tick.10ms");
-    assert_eq!(second.seq, first.seq + 1);
+    // A high-precision stream (spin, SCHED_FIFO where permitted, its own I/O thread).
+    let sub = subscribe(&ctx, &ipc, "tick.5ms");
+    let first = next_tick(&sub, "tick.5ms");
+    for n in 1..200 {
+        let tick = next_tick(&sub, "tick.5ms");
+        assert_eq!(tick.seq, first.seq + n);
+        assert_eq!(tick.scheduled_ns, tick.seq * 5 * MS);
+    }
     let sub = subscribe(&ctx, &ipc, "ipc.jobs");
     let mut client = timers(&ctx, &appliance);
+    let streams = client.streams().unwrap();
+    assert_eq!(streams.len(), 1);
+    assert_eq!(
+        (streams[0].topic.as_str(), streams[0].precision.as_str()),
+        ("tick.5ms", "high")
+    );
     let firing = poll(Duration::from_secs(10), || {
         client
             .add(add(
