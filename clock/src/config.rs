@@ -57,7 +57,8 @@ pub struct ClockConfig {
     /// Ticks missed by up to this long are sent late; older ones are skipped and counted.
     #[serde(deserialize_with = "duration")]
     pub catch_up: Duration,
-    /// Try SCHED_FIFO for the ticker thread when a stream has high precision.
+    /// Raise the ticker thread and the tick publisher's I/O thread when permitted: SCHED_FIFO
+    /// with a high-precision stream, nice -10 otherwise.
     pub realtime: bool,
     /// Largest timer payload (a stored timer stays within the store's 8 KiB value limit).
     #[serde(deserialize_with = "size_usize")]

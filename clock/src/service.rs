@@ -112,14 +112,16 @@ impl Clock {
         config.validate().map_err(ClockError::Config)?;
         let setup = |e: zmq::Error| ClockError::Setup(e.to_string());
         let high = config.ticks.iter().any(|t| t.precision == Precision::High);
+        let boost = (config.realtime && !config.ticks.is_empty()).then_some(if high {
+            crate::ticker::HIGH_BOOST
+        } else {
+            crate::ticker::NORMAL_BOOST
+        });
         // Measured on a busy 2-core machine: with the ticker under SCHED_FIFO, ticks still
         // waited for the shared context's I/O thread (p99 40 ms at a subscriber; 0.2 ms with
-        // that thread under SCHED_FIFO too). High precision therefore gets its own context.
-        let own = if high && config.realtime {
-            realtime_context()
-        } else {
-            None
-        };
+        // that thread under SCHED_FIFO too). So the tick publisher gets its own context whose
+        // I/O thread is raised like the ticker.
+        let own = boost.and_then(boosted_context);
         let pub_ctx = own.as_ref().unwrap_or(ctx);
         let publisher = socket(pub_ctx, zmq::PUB, "publisher", &config.publisher)?;
         publisher.set_sndhwm(PUB_HWM).map_err(setup)?;
@@ -197,7 +199,7 @@ impl Clock {
             &config.ticks,
             metrics.clone(),
             config.catch_up,
-            config.realtime,
+            boost,
         );
         let stop_ticker = Arc::new(AtomicBool::new(false));
         let ticker = {
@@ -245,17 +247,16 @@ impl Clock {
     }
 }
 
-/// A zmq context whose I/O thread runs under SCHED_FIFO: libzmq starts its threads when the
-/// first socket is made, and they inherit the creating thread's policy. None (logged) when
-/// the process may not use SCHED_FIFO.
-fn realtime_context() -> Option<zmq::Context> {
+/// A zmq context whose I/O thread is raised by `boost`: libzmq starts its threads when the
+/// first socket is made, and they inherit the creating thread's policy and nice value. None
+/// (logged) when the process may not raise threads.
+fn boosted_context(boost: crate::sys::Boost) -> Option<zmq::Context> {
     let made = std::thread::Builder::new()
-        .name("clock-rt-setup".into())
-        .spawn(|| -> Result<zmq::Context, String> {
-            crate::sys::set_realtime(crate::ticker::REALTIME_PRIORITY)
-                .map_err(|e| e.to_string())?;
+        .name("clock-setup".into())
+        .spawn(move || -> Result<zmq::Context, String> {
+            boost.apply().map_err(|e| e.to_string())?;
             let ctx = zmq::Context::new();
-            // Starts the I/O thread (inheriting SCHED_FIFO); the socket itself is not needed.
+            // Starts the I/O thread; the socket itself is not needed.
             ctx.socket(zmq::PUB).map_err(|e| e.to_string())?;
             Ok(ctx)
         })
@@ -264,11 +265,14 @@ fn realtime_context() -> Option<zmq::Context> {
         .ok()?;
     match made {
         Ok(ctx) => {
-            tracing::info!("clock: the tick publisher's I/O thread runs under SCHED_FIFO");
+            tracing::info!(
+                ?boost,
+                "clock: the tick publisher has its own raised I/O thread"
+            );
             Some(ctx)
         }
         Err(e) => {
-            tracing::info!(error = %e, "clock: SCHED_FIFO not permitted; the tick publisher shares the process's I/O thread");
+            tracing::info!(error = %e, ?boost, "clock: not permitted to raise threads; the tick publisher shares the process's I/O thread");
             None
         }
     }

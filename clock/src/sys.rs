@@ -82,6 +82,40 @@ pub fn set_realtime(priority: i32) -> std::io::Result<()> {
     }
 }
 
+/// Gives this thread nice value `nice` (negative: more CPU share and earlier wake-ups under
+/// CFS); fails without CAP_SYS_NICE or an RLIMIT_NICE that allows it.
+pub fn set_nice(nice: i32) -> std::io::Result<()> {
+    // SAFETY: gettid has no preconditions; setpriority on a thread id affects only that thread.
+    let rc = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice)
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// How a time-critical thread is raised above the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Boost {
+    /// SCHED_FIFO at this priority.
+    Fifo(i32),
+    /// CFS with this nice value.
+    Nice(i32),
+}
+
+impl Boost {
+    /// Applies it to the calling thread.
+    pub fn apply(self) -> std::io::Result<()> {
+        match self {
+            Boost::Fifo(priority) => set_realtime(priority),
+            Boost::Nice(nice) => set_nice(nice),
+        }
+    }
+}
+
 /// The mapping from CLOCK_MONOTONIC to wall time: `wall = mono + offset`. Deadlines are taken
 /// on the monotonic clock, which neither steps nor drifts from NTP's slewed rate; the mapping is
 /// checked every second and renewed when the wall clock was stepped.
@@ -150,5 +184,9 @@ mod tests {
         assert_eq!(map.mono(map.wall(123_456_789)), 123_456_789);
         assert!(map.distance(&ClockMap::sample()) < 50_000_000);
         set_timer_slack(1).unwrap();
+        // Lowering one's own priority is always allowed.
+        std::thread::spawn(|| Boost::Nice(5).apply().unwrap())
+            .join()
+            .unwrap();
     }
 }

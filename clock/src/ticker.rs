@@ -23,8 +23,10 @@ const FORWARD_MARGIN_NS: u64 = 300_000;
 const REMAP_EVERY_NS: u64 = 1_000_000_000;
 /// A change of the mapping above this is a stepped wall clock: renew it.
 const REMAP_THRESHOLD_NS: u64 = 100_000;
-/// SCHED_FIFO priority asked for a high-precision ticker.
-pub(crate) const REALTIME_PRIORITY: i32 = 10;
+/// How the ticker and the tick publisher's I/O thread are raised with a high-precision stream.
+pub(crate) const HIGH_BOOST: sys::Boost = sys::Boost::Fifo(10);
+/// How they are raised with normal-precision streams only.
+pub(crate) const NORMAL_BOOST: sys::Boost = sys::Boost::Nice(-10);
 
 /// One tick stream being served.
 struct Stream {
@@ -42,7 +44,7 @@ pub(crate) struct Ticker {
     streams: Vec<Stream>,
     metrics: Arc<ClockMetrics>,
     catch_up_ns: u64,
-    realtime: bool,
+    boost: Option<sys::Boost>,
     map: ClockMap,
     last_remap: u64,
 }
@@ -55,7 +57,7 @@ impl Ticker {
         ticks: &[TickConfig],
         metrics: Arc<ClockMetrics>,
         catch_up: std::time::Duration,
-        realtime: bool,
+        boost: Option<sys::Boost>,
     ) -> Ticker {
         let map = ClockMap::sample();
         let now = map.wall(sys::mono_ns());
@@ -72,7 +74,7 @@ impl Ticker {
                 .collect(),
             metrics,
             catch_up_ns: u64::try_from(catch_up.as_nanos()).unwrap_or(u64::MAX),
-            realtime,
+            boost,
             map,
             last_remap: sys::mono_ns(),
         }
@@ -82,16 +84,13 @@ impl Ticker {
         if let Err(e) = sys::set_timer_slack(1) {
             tracing::warn!(error = %e, "clock: cannot reduce timer slack; ticks may be later");
         }
-        let high = self.streams.iter().any(|s| s.precision == Precision::High);
-        if high && self.realtime {
-            match sys::set_realtime(REALTIME_PRIORITY) {
-                Ok(()) => tracing::info!(
-                    priority = REALTIME_PRIORITY,
-                    "clock: ticker runs under SCHED_FIFO"
-                ),
+        if let Some(boost) = self.boost {
+            match boost.apply() {
+                Ok(()) => tracing::info!(?boost, "clock: ticker thread raised"),
                 Err(e) => tracing::info!(
                     error = %e,
-                    "clock: SCHED_FIFO not permitted; high-precision ticks run at normal priority"
+                    ?boost,
+                    "clock: not permitted to raise the ticker thread; it runs at normal priority"
                 ),
             }
         }
