@@ -547,3 +547,52 @@ fn high_precision_ticks_and_topic_firings_also_reach_an_ipc_subscriber() {
     assert_eq!(firing.expect("no firing over ipc").payload, b"x");
     assert!(appliance.stop().success());
 }
+
+#[test]
+fn a_reply_timer_reaches_its_requester_reconnecting_with_the_same_identity_after_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_clock_config(dir.path(), "restart_grace = \"3s\"\n");
+    let data = dir.path().join("data");
+    let appliance = Appliance::start(&data, &config);
+    let ctx = zmq::Context::new();
+    let connect = |appliance: &Appliance| {
+        TimerClient::connect_as(
+            &ctx,
+            &appliance.clock().timers,
+            b"worker-1",
+            Duration::from_secs(10),
+        )
+        .unwrap()
+    };
+    let mut client = connect(&appliance);
+    let (id, due) = client
+        .add(add(
+            When::In(Duration::from_millis(500)),
+            None,
+            None,
+            Target::Reply,
+            "for me",
+        ))
+        .unwrap();
+    appliance.kill();
+    drop(client);
+    poll(Duration::from_secs(10), || {
+        (now_ns() > due + 200 * MS).then_some(())
+    });
+    let appliance = Appliance::start(&data, &config);
+    let mut client = connect(&appliance);
+    let firing = client
+        .next_firing(Duration::from_secs(15))
+        .unwrap()
+        .expect("no FIRED after the restart");
+    assert_eq!(
+        (firing.id, firing.scheduled_ns, firing.late),
+        (id, due, true)
+    );
+    assert_eq!(firing.payload, b"for me");
+    assert_eq!(
+        appliance.metric("depot_clock_timers_undelivered_total"),
+        0.0
+    );
+    assert!(appliance.stop().success());
+}
