@@ -596,3 +596,48 @@ fn a_reply_timer_reaches_its_requester_reconnecting_with_the_same_identity_after
     );
     assert!(appliance.stop().success());
 }
+
+#[test]
+fn a_reply_firing_for_a_requester_that_left_is_counted_and_the_service_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_clock_config(dir.path(), "");
+    let appliance = Appliance::start(&dir.path().join("data"), &config);
+    let ctx = zmq::Context::new();
+    let mut gone = timers(&ctx, &appliance);
+    gone.add(add(
+        When::In(Duration::from_millis(200)),
+        None,
+        None,
+        Target::Reply,
+        "lost",
+    ))
+    .unwrap();
+    drop(gone);
+    let counted = poll(Duration::from_secs(10), || {
+        (appliance.metric("depot_clock_timers_undelivered_total") == 1.0).then_some(())
+    });
+    assert!(
+        counted.is_some(),
+        "the undeliverable firing was not counted"
+    );
+    let mut client = timers(&ctx, &appliance);
+    assert!(
+        client.list().unwrap().is_empty(),
+        "fired and done all the same"
+    );
+    let (id, _) = client
+        .add(add(
+            When::In(Duration::ZERO),
+            None,
+            None,
+            Target::Reply,
+            "here",
+        ))
+        .unwrap();
+    let firing = client
+        .next_firing(Duration::from_secs(10))
+        .unwrap()
+        .unwrap();
+    assert_eq!(firing.id, id);
+    assert!(appliance.stop().success());
+}
