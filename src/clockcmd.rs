@@ -58,13 +58,13 @@ pub enum TimerCommand {
 #[command(group(clap::ArgGroup::new("when").required(true).args(["after", "at"])))]
 pub struct AddArgs {
     /// Fire after this long, e.g. 30s, 5m.
-    #[arg(long = "in")]
+    #[arg(long = "in", value_name = "DURATION")]
     pub after: Option<String>,
     /// Fire at this time: RFC 3339 (2026-11-24T23:00:00Z) or ns since the epoch.
-    #[arg(long)]
+    #[arg(long, value_name = "TIME")]
     pub at: Option<String>,
     /// Fire again every DURATION.
-    #[arg(long)]
+    #[arg(long, value_name = "DURATION")]
     pub every: Option<String>,
     /// Fire this many times in all (periodic timers).
     #[arg(long)]
