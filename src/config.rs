@@ -26,6 +26,8 @@ pub struct Config {
     pub cache: depot_cache::CacheConfig,
     /// The persistent queue.
     pub queue: depot_queue::QueueConfig,
+    /// Tick streams and timers.
+    pub clock: depot_clock::ClockConfig,
 }
 
 /// `[store]`
@@ -130,6 +132,10 @@ impl Config {
             .map_err(|e| anyhow::anyhow!("invalid configuration {}: {e}", origin.display()))?;
         config
             .queue
+            .validate()
+            .map_err(|e| anyhow::anyhow!("invalid configuration {}: {e}", origin.display()))?;
+        config
+            .clock
             .validate()
             .map_err(|e| anyhow::anyhow!("invalid configuration {}: {e}", origin.display()))?;
         Ok(config)
@@ -282,6 +288,21 @@ policy = "reject"
         let end = start + readme[start..].find("```").unwrap();
         let config = parse(&readme[start..end]).unwrap();
         assert_eq!(config.queue.settings("orders").hwm, 1000);
+    }
+
+    #[test]
+    fn clock_section_with_streams_and_its_minimum_period() {
+        let config = parse(
+            "[clock]\ntimers = \"\"\n[[clock.ticks]]\nperiod = \"1ms\"\nprecision = \"high\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.clock.ticks.len(), 1);
+        assert!(config.clock.timers.is_empty());
+        assert_eq!(parse("").unwrap().clock.ticks.len(), 2);
+        let err = parse("[[clock.ticks]]\nperiod = \"10us\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("below min_period"), "{err}");
     }
 
     #[test]

@@ -10,10 +10,14 @@
 //! - `logcmd`: `depot log ...`, the command-line log client.
 //! - `cachecmd`: `depot cache ...`, the command-line cache client.
 //! - `queuecmd`: `depot queue ...`, the command-line queue client.
+//! - `bench`: load tools (`depot bench ...`); `clockbench`: `depot bench clock`.
+//! - `clockcmd`: `depot clock watch` and `depot timer ...`, the command-line clock client.
 
 mod admin;
 mod bench;
 mod cachecmd;
+mod clockbench;
+mod clockcmd;
 mod config;
 mod logcmd;
 mod queuebench;
@@ -68,6 +72,20 @@ enum Command {
         config: ConfigArgs,
         #[command(subcommand)]
         command: queuecmd::QueueCommand,
+    },
+    /// Watch tick streams.
+    Clock {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(subcommand)]
+        command: clockcmd::ClockCommand,
+    },
+    /// Add, list and cancel persistent timers.
+    Timer {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(subcommand)]
+        command: clockcmd::TimerCommand,
     },
     /// Load tools that measure Depot on this machine.
     #[command(subcommand)]
@@ -166,6 +184,36 @@ fn appliance_pid(args: &ConfigArgs) -> Option<u32> {
         .map(|run| run.pid)
 }
 
+/// The running appliance's clock endpoints and pid: run.json in the data folder, else the
+/// configuration.
+fn clock_endpoints(
+    args: &ConfigArgs,
+) -> anyhow::Result<(depot_clock::ClockEndpoints, Option<u32>)> {
+    let (config, data_dir) = args.load()?;
+    let run = std::fs::read(data_dir.join(serve::RUN_FILE))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serve::RunInfo>(&bytes).ok());
+    if let Some(run) = run {
+        let pid = run.pid;
+        return run
+            .clock
+            .map(|clock| (clock, Some(pid)))
+            .context("the running appliance has no clock ([clock] publisher is empty)");
+    }
+    anyhow::ensure!(
+        !config.clock.publisher.is_empty(),
+        "the configuration switches the clock off ([clock] publisher is empty)"
+    );
+    Ok((
+        depot_clock::ClockEndpoints {
+            publisher: config.clock.publisher,
+            publisher_extra: config.clock.publisher_extra,
+            timers: config.clock.timers,
+        },
+        None,
+    ))
+}
+
 fn endpoints(args: &ConfigArgs) -> anyhow::Result<logcmd::Endpoints> {
     let (run, admin) = run_info(args)?;
     Ok(logcmd::Endpoints {
@@ -210,6 +258,13 @@ enum BenchCommand {
         config: ConfigArgs,
         #[command(flatten)]
         args: queuebench::QueueBenchArgs,
+    },
+    /// Tick lateness and timer firing rate of a running appliance's clock.
+    Clock {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(flatten)]
+        args: clockbench::ClockBenchArgs,
     },
 }
 
@@ -304,6 +359,17 @@ fn main() -> ExitCode {
             .and_then(|endpoints| queuebench::run(&endpoints, appliance_pid(config), args)),
         Command::Cache { config, command } => {
             cache_endpoints(config).and_then(|server| cachecmd::run(&server, command))
+        }
+        Command::Clock { config, command } => {
+            clock_endpoints(config).and_then(|(clock, _)| match command {
+                clockcmd::ClockCommand::Watch(args) => clockcmd::watch(&clock, args),
+            })
+        }
+        Command::Timer { config, command } => {
+            clock_endpoints(config).and_then(|(clock, _)| clockcmd::timer(&clock, command))
+        }
+        Command::Bench(BenchCommand::Clock { config, args }) => {
+            clock_endpoints(config).and_then(|(clock, pid)| clockbench::run(&clock, pid, args))
         }
         Command::Bench(BenchCommand::Store(args)) => bench::store(args),
         Command::Bench(BenchCommand::Cache { config, args }) => {

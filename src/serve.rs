@@ -34,6 +34,9 @@ pub struct RunInfo {
     /// Where the queue listens, if it runs.
     #[serde(default)]
     pub queue: Option<depot_queue::QueueEndpoints>,
+    /// Where the clock listens, if it runs.
+    #[serde(default)]
+    pub clock: Option<depot_clock::ClockEndpoints>,
 }
 
 /// Runs the appliance with `config` and data in `data_dir` until SIGINT or SIGTERM.
@@ -87,10 +90,31 @@ pub fn run(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
             }
         }
     };
+    let clock = if config.clock.publisher.is_empty() {
+        None
+    } else {
+        match depot_clock::Clock::start(&ctx, store.clone(), &config.clock) {
+            Ok(clock) => Some(clock),
+            Err(e) => {
+                if let Some(queue) = queue {
+                    queue.shutdown();
+                }
+                if let Some(cache) = cache {
+                    cache.shutdown();
+                }
+                logd.shutdown();
+                return Err(e.into());
+            }
+        }
+    };
     if let Some(queue) = &queue {
         state.queue.set(queue.metrics.clone()).ok();
     }
     let queue_endpoints = queue.as_ref().map(|q| q.endpoints.clone());
+    if let Some(clock) = &clock {
+        state.clock.set(clock.metrics.clone()).ok();
+    }
+    let clock_endpoints = clock.as_ref().map(|c| c.endpoints.clone());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (retention_stop, retention_thread) =
         start_retention(store.clone(), state.clone(), config.retention.clone())?;
@@ -119,6 +143,7 @@ pub fn run(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
             &logd.endpoints,
             cache_endpoints.clone(),
             queue_endpoints.clone(),
+            clock_endpoints.clone(),
         )?;
         tracing::info!(admin = %format!("http://{admin_addr}"), "depot serving");
 
@@ -129,6 +154,9 @@ pub fn run(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
         anyhow::Ok(())
     });
 
+    if let Some(clock) = clock {
+        clock.shutdown();
+    }
     if let Some(queue) = queue {
         queue.shutdown();
     }
@@ -156,6 +184,7 @@ fn write_run_file(
     logd: &depot_logd::LogdEndpoints,
     cache: Option<depot_cache::CacheEndpoints>,
     queue: Option<depot_queue::QueueEndpoints>,
+    clock: Option<depot_clock::ClockEndpoints>,
 ) -> anyhow::Result<()> {
     let info = RunInfo {
         pid: std::process::id(),
@@ -164,6 +193,7 @@ fn write_run_file(
         logd: logd.clone(),
         cache,
         queue,
+        clock,
     };
     let path = data_dir.join(RUN_FILE);
     let tmp = data_dir.join(format!("{RUN_FILE}.tmp"));

@@ -28,6 +28,8 @@ pub struct AppState {
     pub cache: std::sync::OnceLock<Arc<depot_cache::CacheMetrics>>,
     /// The queue's counters and per-queue figures, once it runs.
     pub queue: std::sync::OnceLock<Arc<depot_queue::QueueMetrics>>,
+    /// The clock's counters, once it runs.
+    pub clock: std::sync::OnceLock<Arc<depot_clock::ClockMetrics>>,
 }
 
 /// `/health` body.
@@ -78,6 +80,7 @@ impl AppState {
             logd: std::sync::OnceLock::new(),
             cache: std::sync::OnceLock::new(),
             queue: std::sync::OnceLock::new(),
+            clock: std::sync::OnceLock::new(),
         }
     }
 
@@ -195,6 +198,9 @@ impl AppState {
         }
         if let Some(queue) = self.queue.get() {
             queue.render(&mut m);
+        }
+        if let Some(clock) = self.clock.get() {
+            clock.render(&mut m);
         }
         m.finish()
     }

@@ -933,12 +933,8 @@ policy = "block"
 #[test]
 fn a_consumer_subscribes_again_by_itself_after_the_appliance_restarts() {
     let dir = tempfile::tempdir().unwrap();
-    // A fixed port, so the consumer's socket reconnects to the restarted appliance; below the
-    // kernel's ephemeral range, so no other socket takes it while the appliance is down.
-    let port = (0..1_000)
-        .map(|i| 20_000 + (std::process::id() as u16 % 5_000) + i * 7)
-        .find(|&port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
-        .expect("a free port");
+    // A fixed port, so the consumer's socket reconnects to the restarted appliance.
+    let port = common::free_port();
     let config = write_config(dir.path(), "");
     let text = std::fs::read_to_string(&config).unwrap().replacen(
         "router = \"tcp://127.0.0.1:*\"",

@@ -149,16 +149,14 @@ fn admin_port_in_use_names_the_endpoint() {
     let dir = tempfile::tempdir().unwrap();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
-    let config = dir.path().join("depot.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[admin]\nlisten = \"{addr}\"\n{}\n{}",
-            common::LOGD_EPHEMERAL,
-            common::CACHE_EPHEMERAL
-        ),
-    )
-    .unwrap();
+    // Every other endpoint ephemeral, so only the admin endpoint can be in use.
+    let config = write_config(dir.path(), "");
+    let text = std::fs::read_to_string(&config).unwrap().replacen(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"{addr}\""),
+        1,
+    );
+    std::fs::write(&config, text).unwrap();
     let stderr = refused_start(&dir.path().join("data"), &config);
     assert!(stderr.contains(&format!("http://{addr}")), "{stderr}");
     assert!(stderr.contains("in use"), "{stderr}");

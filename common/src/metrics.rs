@@ -9,6 +9,8 @@ pub enum Kind {
     Counter,
     /// Goes up and down.
     Gauge,
+    /// Cumulative `_bucket{le=...}` samples with `_sum` and `_count`.
+    Histogram,
 }
 
 /// Accumulates metrics as Prometheus text.
@@ -28,6 +30,7 @@ impl MetricsText {
         let kind = match kind {
             Kind::Counter => "counter",
             Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
         };
         let _ = writeln!(self.out, "# HELP {name} {}", escape_help(help));
         let _ = writeln!(self.out, "# TYPE {name} {kind}");

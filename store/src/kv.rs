@@ -62,4 +62,16 @@ impl Kv {
                 .map_err(StoreError::from)
         })
     }
+
+    /// Entries with a key at or after `start`, in key order.
+    pub fn entries_from(
+        &self,
+        start: &[u8],
+    ) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + '_ {
+        self.tree.range(start.to_vec()..).map(|entry| {
+            entry
+                .map(|(k, v)| (k.to_vec(), v.to_vec()))
+                .map_err(StoreError::from)
+        })
+    }
 }

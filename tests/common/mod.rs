@@ -34,10 +34,11 @@ pub fn poll<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Optio
     }
 }
 
-/// Writes a config with the admin, log, cache and queue endpoints on ephemeral ports plus
-/// `extra` TOML. `[queue]` comes last, so keys at the very start of `extra` (before any
-/// header) add to it; `extra` may add to `[logd]` through `[[logd.files]]` and declare queues
-/// with `[queue.queues."NAME"]`, but not open `[logd]` or `[queue]` again.
+/// Writes a config with the admin, log, cache, queue and clock endpoints on ephemeral ports
+/// plus `extra` TOML. `[queue]` comes last, so keys at the very start of `extra` (before any
+/// header) add to it; `extra` may add to `[logd]` through `[[logd.files]]`, to `[clock]`
+/// through `[[clock.ticks]]` and declare queues with `[queue.queues."NAME"]`, but not open
+/// `[logd]`, `[clock]` or `[queue]` again.
 pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
     write_config_with_cache(dir, CACHE_EPHEMERAL, extra)
 }
@@ -45,26 +46,40 @@ pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
 /// Like [`write_config`], with `cache` as the whole `[cache]` section (e.g. a Binary Star pair
 /// whose endpoints each server must know before the other starts).
 pub fn write_config_with_cache(dir: &Path, cache: &str, extra: &str) -> PathBuf {
+    write_config_sections(dir, cache, "", extra)
+}
+
+/// The most general form: `cache` as the whole `[cache]` section, `clock` keys added to the
+/// ephemeral `[clock]` section, then `extra` (see [`write_config`]).
+pub fn write_config_sections(dir: &Path, cache: &str, clock: &str, extra: &str) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     let path = dir.join("depot.toml");
     std::fs::write(
         &path,
         format!(
-            "[admin]\nlisten = \"127.0.0.1:0\"\n{cache}\n{LOGD_EPHEMERAL}\n{QUEUE_EPHEMERAL}{extra}\n"
+            "[admin]\nlisten = \"127.0.0.1:0\"\n{cache}\n{CLOCK_EPHEMERAL}{clock}\n{LOGD_EPHEMERAL}\n{QUEUE_EPHEMERAL}{extra}\n"
         ),
     )
     .unwrap();
     path
 }
 
-/// A loopback TCP port that was free a moment ago, for configs that must name a port before
-/// the process that binds it starts.
+/// A free loopback TCP port below the kernel's ephemeral range (32768 and up), for configs
+/// that must name a port before the process that binds it starts: the ephemeral binds of tests
+/// running in parallel never take it, also while its appliance restarts.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Test binaries are separate processes: spread them apart by pid.
+    let start = std::process::id().wrapping_mul(7_919) % 12_000;
+    loop {
+        let step = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(step < 12_000, "no free port below the ephemeral range");
+        let port = 20_000 + ((start + step) % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 impl Appliance {
@@ -189,6 +204,12 @@ router = "tcp://127.0.0.1:*"
 pull = "tcp://127.0.0.1:*"
 "#;
 
+/// A `[clock]` section with its PUB and timers ROUTER on ephemeral ports.
+pub const CLOCK_EPHEMERAL: &str = r#"[clock]
+publisher = "tcp://127.0.0.1:*"
+timers = "tcp://127.0.0.1:*"
+"#;
+
 /// The value of one sample in Prometheus text, e.g. `name{label="x"}` or `name`.
 pub fn metric_value(text: &str, sample: &str) -> Option<f64> {
     text.lines().find_map(|line| {
@@ -232,6 +253,14 @@ impl Appliance {
         let rest = &stat[stat.rfind(')').unwrap() + 2..];
         let fields: Vec<&str> = rest.split_whitespace().collect();
         fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    }
+
+    /// Where the clock listens, as `run.json` reports it.
+    pub fn clock(&self) -> depot_clock::ClockEndpoints {
+        let text = std::fs::read_to_string(self.data.join("run.json")).unwrap();
+        let info: serde_json::Value = serde_json::from_str(&text).unwrap();
+        serde_json::from_value(info["clock"].clone())
+            .unwrap_or_else(|e| panic!("run.json has no usable clock endpoints ({e}): {text}"))
     }
 
     /// One sample from `/metrics`; panics if it is missing.

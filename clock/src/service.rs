@@ -1,0 +1,283 @@
+//! Starting and stopping the clock: binds the PUB and the timers ROUTER, loads the stored
+//! timers, and starts the ticker thread (owner of the PUB) and the timers thread (owner of the
+//! ROUTER), joined by an inproc PUSH/PULL that carries topic firings to the PUB. With a
+//! high-precision stream the PUB side gets its own zmq context with a SCHED_FIFO I/O thread.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use depot_store::Store;
+
+use crate::config::{ClockConfig, Precision};
+use crate::metrics::ClockMetrics;
+use crate::protocol::StreamInfo;
+use crate::schedule;
+use crate::ticker::Ticker;
+use crate::timer_server::{TimerServer, TimerSettings};
+
+/// Linger of the clock's sockets.
+const LINGER_MS: i32 = 200;
+/// Messages a subscriber may fall behind before the PUB drops for it.
+const PUB_HWM: i32 = 100_000;
+/// Largest message the timers ROUTER reads (bigger ones make libzmq drop the peer).
+const MAX_REQUEST_BYTES: i64 = 1024 * 1024;
+
+/// Why the clock could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClockError {
+    /// An endpoint could not be bound.
+    #[error("clock {role} endpoint {endpoint}: {source}")]
+    Endpoint {
+        /// Which endpoint.
+        role: &'static str,
+        /// Its address.
+        endpoint: String,
+        /// What libzmq said.
+        source: zmq::Error,
+    },
+    /// The configuration is inconsistent.
+    #[error("clock: {0}")]
+    Config(String),
+    /// The stored timers could not be loaded.
+    #[error("clock: loading the stored timers: {0}")]
+    Load(String),
+    /// A socket or thread could not be set up.
+    #[error("clock: {0}")]
+    Setup(String),
+}
+
+/// Where the clock listens, ephemeral ports resolved.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct ClockEndpoints {
+    /// Tick and topic-firing PUB (tcp).
+    pub publisher: String,
+    /// Further endpoints of the same PUB (ipc).
+    #[serde(default)]
+    pub publisher_extra: Vec<String>,
+    /// Timers ROUTER; empty when timers are off.
+    pub timers: String,
+}
+
+/// The running clock.
+pub struct Clock {
+    stop_timers: Arc<AtomicBool>,
+    stop_ticker: Arc<AtomicBool>,
+    timers: Option<JoinHandle<()>>,
+    ticker: JoinHandle<()>,
+    /// Its counters.
+    pub metrics: Arc<ClockMetrics>,
+    /// Where it listens.
+    pub endpoints: ClockEndpoints,
+}
+
+fn socket(
+    ctx: &zmq::Context,
+    kind: zmq::SocketType,
+    role: &'static str,
+    endpoint: &str,
+) -> Result<zmq::Socket, ClockError> {
+    let error = |source| ClockError::Endpoint {
+        role,
+        endpoint: endpoint.to_string(),
+        source,
+    };
+    let socket = ctx.socket(kind).map_err(error)?;
+    socket.set_linger(LINGER_MS).map_err(error)?;
+    Ok(socket)
+}
+
+fn bind(socket: &zmq::Socket, role: &'static str, endpoint: &str) -> Result<String, ClockError> {
+    socket
+        .bind(endpoint)
+        .map_err(|source| ClockError::Endpoint {
+            role,
+            endpoint: endpoint.to_string(),
+            source,
+        })?;
+    Ok(socket
+        .get_last_endpoint()
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default())
+}
+
+impl Clock {
+    /// Binds the endpoints, loads the stored timers and starts the threads.
+    pub fn start(
+        ctx: &zmq::Context,
+        store: Arc<Store>,
+        config: &ClockConfig,
+    ) -> Result<Clock, ClockError> {
+        config.validate().map_err(ClockError::Config)?;
+        let setup = |e: zmq::Error| ClockError::Setup(e.to_string());
+        let high = config.ticks.iter().any(|t| t.precision == Precision::High);
+        let boost = (config.realtime && !config.ticks.is_empty()).then_some(if high {
+            crate::ticker::HIGH_BOOST
+        } else {
+            crate::ticker::NORMAL_BOOST
+        });
+        // Measured on a busy 2-core machine: with the ticker under SCHED_FIFO, ticks still
+        // waited for the shared context's I/O thread (p99 40 ms at a subscriber; 0.2 ms with
+        // that thread under SCHED_FIFO too). So the tick publisher gets its own context whose
+        // I/O thread is raised like the ticker.
+        let own = boost.and_then(boosted_context);
+        let pub_ctx = own.as_ref().unwrap_or(ctx);
+        let publisher = socket(pub_ctx, zmq::PUB, "publisher", &config.publisher)?;
+        publisher.set_sndhwm(PUB_HWM).map_err(setup)?;
+        let mut endpoints = ClockEndpoints {
+            publisher: bind(&publisher, "publisher", &config.publisher)?,
+            ..Default::default()
+        };
+        for extra in &config.publisher_extra {
+            endpoints
+                .publisher_extra
+                .push(bind(&publisher, "publisher_extra", extra)?);
+        }
+        static INSTANCE: AtomicU64 = AtomicU64::new(0);
+        let inproc = format!(
+            "inproc://depot-clock-firings-{}",
+            INSTANCE.fetch_add(1, Ordering::Relaxed)
+        );
+        let firings_in = socket(pub_ctx, zmq::PULL, "firings", &inproc)?;
+        firings_in.set_rcvhwm(PUB_HWM).map_err(setup)?;
+        bind(&firings_in, "firings", &inproc)?;
+        let firings_out = socket(pub_ctx, zmq::PUSH, "firings", &inproc)?;
+        firings_out.set_sndhwm(PUB_HWM).map_err(setup)?;
+        // A stuck publisher must not hang the timers thread for ever.
+        firings_out.set_sndtimeo(1_000).map_err(setup)?;
+        firings_out.connect(&inproc).map_err(setup)?;
+
+        let topics: Vec<String> = config
+            .ticks
+            .iter()
+            .map(|t| schedule::topic(t.period))
+            .collect();
+        let metrics = Arc::new(ClockMetrics::new(topics.clone()));
+        let stop_timers = Arc::new(AtomicBool::new(false));
+        let timers = if config.timers.is_empty() {
+            None
+        } else {
+            let router = socket(ctx, zmq::ROUTER, "timers", &config.timers)?;
+            router.set_router_mandatory(true).map_err(setup)?;
+            router.set_maxmsgsize(MAX_REQUEST_BYTES).map_err(setup)?;
+            router.set_sndhwm(PUB_HWM).map_err(setup)?;
+            endpoints.timers = bind(&router, "timers", &config.timers)?;
+            let settings = TimerSettings {
+                max_payload: config.max_payload,
+                max_timers: config.max_timers,
+                min_period_ns: nanos(config.min_period),
+                late_after_ns: nanos(config.late_after),
+                restart_grace_ns: nanos(config.restart_grace),
+                streams: config
+                    .ticks
+                    .iter()
+                    .zip(&topics)
+                    .map(|(tick, topic)| StreamInfo {
+                        topic: topic.clone(),
+                        period_ns: nanos(tick.period),
+                        precision: tick.precision.name().into(),
+                    })
+                    .collect(),
+            };
+            let server = TimerServer::load(router, firings_out, store, settings, metrics.clone())
+                .map_err(ClockError::Load)?;
+            tracing::info!(timers = server.stored(), endpoint = %endpoints.timers, "clock: timers loaded");
+            let stop = stop_timers.clone();
+            Some(
+                std::thread::Builder::new()
+                    .name("clock-timers".into())
+                    .spawn(move || server.run(stop))
+                    .map_err(|e| {
+                        ClockError::Setup(format!("cannot start the timers thread: {e}"))
+                    })?,
+            )
+        };
+        let ticker = Ticker::new(
+            publisher,
+            firings_in,
+            &config.ticks,
+            metrics.clone(),
+            config.catch_up,
+            boost,
+        );
+        let stop_ticker = Arc::new(AtomicBool::new(false));
+        let ticker = {
+            let stop = stop_ticker.clone();
+            std::thread::Builder::new()
+                .name("clock-ticker".into())
+                .spawn(move || ticker.run(stop))
+        };
+        let ticker = match ticker {
+            Ok(handle) => handle,
+            Err(e) => {
+                stop_timers.store(true, Ordering::Release);
+                if let Some(timers) = timers {
+                    let _ = timers.join();
+                }
+                return Err(ClockError::Setup(format!(
+                    "cannot start the ticker thread: {e}"
+                )));
+            }
+        };
+        tracing::info!(streams = ?topics, publisher = %endpoints.publisher, "clock serving");
+        Ok(Clock {
+            stop_timers,
+            stop_ticker,
+            timers,
+            ticker,
+            metrics,
+            endpoints,
+        })
+    }
+
+    /// Stops the timers (answering what is durable), then the ticker (forwarding what the
+    /// timers fired).
+    pub fn shutdown(self) {
+        self.stop_timers.store(true, Ordering::Release);
+        if let Some(timers) = self.timers {
+            if timers.join().is_err() {
+                tracing::error!("clock: the timers thread panicked");
+            }
+        }
+        self.stop_ticker.store(true, Ordering::Release);
+        if self.ticker.join().is_err() {
+            tracing::error!("clock: the ticker thread panicked");
+        }
+    }
+}
+
+/// A zmq context whose I/O thread is raised by `boost`: libzmq starts its threads when the
+/// first socket is made, and they inherit the creating thread's policy and nice value. None
+/// (logged) when the process may not raise threads.
+fn boosted_context(boost: crate::sys::Boost) -> Option<zmq::Context> {
+    let made = std::thread::Builder::new()
+        .name("clock-setup".into())
+        .spawn(move || -> Result<zmq::Context, String> {
+            boost.apply().map_err(|e| e.to_string())?;
+            let ctx = zmq::Context::new();
+            // Starts the I/O thread; the socket itself is not needed.
+            ctx.socket(zmq::PUB).map_err(|e| e.to_string())?;
+            Ok(ctx)
+        })
+        .ok()?
+        .join()
+        .ok()?;
+    match made {
+        Ok(ctx) => {
+            tracing::info!(
+                ?boost,
+                "clock: the tick publisher has its own raised I/O thread"
+            );
+            Some(ctx)
+        }
+        Err(e) => {
+            tracing::info!(error = %e, ?boost, "clock: not permitted to raise threads; the tick publisher shares the process's I/O thread");
+            None
+        }
+    }
+}
+
+fn nanos(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
