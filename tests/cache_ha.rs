@@ -4,6 +4,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::{free_port, poll, write_config_with_cache, Appliance};
@@ -61,6 +62,34 @@ peer_publisher = "tcp://127.0.0.1:{}"
     )
 }
 
+/// Ports and configs of a primary and a backup naming each other, under `dir`.
+struct Pair {
+    primary: Ports,
+    backup: Ports,
+    primary_config: PathBuf,
+    backup_config: PathBuf,
+}
+
+fn pair(dir: &Path) -> Pair {
+    let (primary, backup) = (ports(), ports());
+    let primary_config = write_config_with_cache(
+        &dir.join("primary"),
+        &cache_section("primary", &primary, &backup),
+        "",
+    );
+    let backup_config = write_config_with_cache(
+        &dir.join("backup"),
+        &cache_section("backup", &backup, &primary),
+        "",
+    );
+    Pair {
+        primary,
+        backup,
+        primary_config,
+        backup_config,
+    }
+}
+
 fn wait_metric(appliance: &Appliance, sample: &str, want: f64, within: Duration) {
     poll(within, || (appliance.metric(sample) == want).then_some(())).unwrap_or_else(|| {
         panic!(
@@ -101,17 +130,12 @@ fn assert_same(got: &BTreeMap<String, String>, want: &BTreeMap<String, String>, 
 #[test]
 fn the_backup_takes_over_without_losing_updates_and_a_restarted_primary_goes_passive() {
     let dir = tempfile::tempdir().unwrap();
-    let (p, b) = (ports(), ports());
-    let primary_config = write_config_with_cache(
-        &dir.path().join("primary"),
-        &cache_section("primary", &p, &b),
-        "",
-    );
-    let backup_config = write_config_with_cache(
-        &dir.path().join("backup"),
-        &cache_section("backup", &b, &p),
-        "",
-    );
+    let Pair {
+        primary: p,
+        backup: b,
+        primary_config,
+        backup_config,
+    } = pair(dir.path());
     let primary_data = dir.path().join("primary/data");
     let primary = Appliance::start(&primary_data, &primary_config);
     let backup = Appliance::start(&dir.path().join("backup/data"), &backup_config);
@@ -220,17 +244,12 @@ fn the_backup_takes_over_without_losing_updates_and_a_restarted_primary_goes_pas
 #[test]
 fn a_primary_alone_serves_after_waiting_for_its_peer_and_a_backup_alone_never_does() {
     let dir = tempfile::tempdir().unwrap();
-    let (p, b) = (ports(), ports());
-    let primary_config = write_config_with_cache(
-        &dir.path().join("primary"),
-        &cache_section("primary", &p, &b),
-        "",
-    );
-    let backup_config = write_config_with_cache(
-        &dir.path().join("backup"),
-        &cache_section("backup", &b, &p),
-        "",
-    );
+    let Pair {
+        primary: p,
+        backup: b,
+        primary_config,
+        backup_config,
+    } = pair(dir.path());
     let ctx = zmq::Context::new();
 
     // A backup that never heard an active primary refuses every vote.

@@ -168,6 +168,20 @@ impl CacheClient {
         subtree: &[u8],
         timeout: Duration,
     ) -> Result<Self, CacheClientError> {
+        let mut client = Self::subscribe(ctx, servers, subtree)?;
+        client.sync(0, timeout)?;
+        client.resync_changes.clear();
+        client.resyncs = 0;
+        Ok(client)
+    }
+
+    /// A client subscribed to every server's publisher and connected to every collector, with
+    /// an empty copy.
+    fn subscribe(
+        ctx: &zmq::Context,
+        servers: &[ServerEndpoints],
+        subtree: &[u8],
+    ) -> Result<Self, CacheClientError> {
         if servers.is_empty() {
             return Err(CacheClientError::NoServer);
         }
@@ -188,7 +202,7 @@ impl CacheClient {
                 subscribed: Instant::now(),
             });
         }
-        let mut client = CacheClient {
+        Ok(CacheClient {
             ctx: ctx.clone(),
             servers: subscribed,
             collector,
@@ -200,11 +214,7 @@ impl CacheClient {
             failover_after: FAILOVER_AFTER,
             resyncs: 0,
             resync_changes: Vec::new(),
-        };
-        client.sync(0, timeout)?;
-        client.resync_changes.clear();
-        client.resyncs = 0;
-        Ok(client)
+        })
     }
 
     /// Joins `subtree` of one server.
@@ -250,7 +260,7 @@ impl CacheClient {
         subtree: &[u8],
         timeout: Duration,
     ) -> Result<Self, CacheClientError> {
-        let mut client = Self::watch_without_live_wait(ctx, server, subtree)?;
+        let mut client = Self::subscribe(ctx, std::slice::from_ref(server), subtree)?;
         match take_snapshot(ctx, &server.snapshot, subtree, timeout)? {
             Some((entries, seq)) => {
                 client.entries = entries;
@@ -259,38 +269,6 @@ impl CacheClient {
             }
             None => Err(CacheClientError::Timeout(timeout)),
         }
-    }
-
-    fn watch_without_live_wait(
-        ctx: &zmq::Context,
-        server: &ServerEndpoints,
-        subtree: &[u8],
-    ) -> Result<Self, CacheClientError> {
-        let updates = ctx.socket(zmq::SUB)?;
-        updates.set_linger(0)?;
-        updates.connect(&server.publisher)?;
-        updates.set_subscribe(subtree)?;
-        updates.set_subscribe(protocol::HUGZ)?;
-        let collector = ctx.socket(zmq::PUB)?;
-        collector.set_linger(1_000)?;
-        collector.connect(&server.collector)?;
-        Ok(CacheClient {
-            ctx: ctx.clone(),
-            servers: vec![Server {
-                endpoints: server.clone(),
-                updates,
-                subscribed: Instant::now(),
-            }],
-            collector,
-            current: 0,
-            subtree: subtree.to_vec(),
-            entries: BTreeMap::new(),
-            seq: 0,
-            last_heard: Instant::now(),
-            failover_after: FAILOVER_AFTER,
-            resyncs: 0,
-            resync_changes: Vec::new(),
-        })
     }
 
     /// Changes how long the followed server may be silent before the client fails over.
@@ -473,7 +451,7 @@ impl CacheClient {
         let mut resend = Instant::now();
         loop {
             if Instant::now() >= resend {
-                self.collector.send_multipart(msg.encode(), 0)?;
+                msg.send(&self.collector, 0)?;
                 resend = Instant::now() + RESEND;
             }
             let resyncs = self.resyncs;
@@ -505,7 +483,7 @@ impl CacheClient {
         ttl: Option<Duration>,
     ) -> Result<Vec<u8>, CacheClientError> {
         let msg = kvset(key, value, ttl);
-        self.collector.send_multipart(msg.encode(), 0)?;
+        msg.send(&self.collector, 0)?;
         Ok(msg.uuid)
     }
 

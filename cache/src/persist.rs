@@ -185,26 +185,45 @@ impl Persist {
             None => 0,
         };
         let last = self.store.log().last_seq(CHANGE_LOG);
+        self.replay(log_from + 1, last, |change| match change {
+            Change::Update(msg) => state.apply_published(msg, now_ms),
+            Change::Renumber(seq) => state.set_seq(seq),
+        })?;
+        Ok(state)
+    }
+
+    /// Calls `apply` with each change of the log in `from..=to`, in order; returns how many.
+    fn replay(
+        &self,
+        from: u64,
+        to: u64,
+        mut apply: impl FnMut(Change),
+    ) -> Result<u64, PersistError> {
         let mut damaged = None;
-        self.store
-            .log()
-            .visit(CHANGE_LOG, log_from + 1, last, usize::MAX, |record| {
-                match Change::decode(record.body) {
-                    Ok(Change::Update(msg)) => state.apply_published(msg, now_ms),
-                    Ok(Change::Renumber(seq)) => state.set_seq(seq),
-                    Err(e) => {
-                        damaged = Some(PersistError::Damaged {
-                            what: format!("change log record {}", record.seq),
-                            detail: e,
-                        });
-                        return false;
-                    }
+        let mut count = 0;
+        self.store.log().visit(
+            CHANGE_LOG,
+            from,
+            to,
+            usize::MAX,
+            |record| match Change::decode(record.body) {
+                Ok(change) => {
+                    count += 1;
+                    apply(change);
+                    true
                 }
-                true
-            })?;
+                Err(e) => {
+                    damaged = Some(PersistError::Damaged {
+                        what: format!("change log record {}", record.seq),
+                        detail: e,
+                    });
+                    false
+                }
+            },
+        )?;
         match damaged {
             Some(e) => Err(e),
-            None => Ok(state),
+            None => Ok(count),
         }
     }
 
@@ -250,31 +269,13 @@ impl Persist {
             return Ok(0);
         }
         let mut latest: BTreeMap<Vec<u8>, KvMsg> = BTreeMap::new();
-        let mut damaged = None;
-        let mut folded = 0;
-        self.store
-            .log()
-            .visit(CHANGE_LOG, from + 1, upto, usize::MAX, |record| {
-                folded += 1;
-                match Change::decode(record.body) {
-                    Ok(Change::Update(msg)) => {
-                        seq = seq.max(msg.seq);
-                        latest.insert(msg.key.clone(), msg);
-                    }
-                    Ok(Change::Renumber(to)) => seq = to,
-                    Err(e) => {
-                        damaged = Some(PersistError::Damaged {
-                            what: format!("change log record {}", record.seq),
-                            detail: e,
-                        });
-                        return false;
-                    }
-                }
-                true
-            })?;
-        if let Some(e) = damaged {
-            return Err(e);
-        }
+        let folded = self.replay(from + 1, upto, |change| match change {
+            Change::Update(msg) => {
+                seq = seq.max(msg.seq);
+                latest.insert(msg.key.clone(), msg);
+            }
+            Change::Renumber(to) => seq = to,
+        })?;
         let mut writes = Vec::with_capacity(latest.len() + 1);
         for (key, msg) in &latest {
             self.entry_writes(key, msg, &mut writes)?;

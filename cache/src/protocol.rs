@@ -102,16 +102,20 @@ impl KvMsg {
 
     /// Sends the five frames on `socket` without copying the message first.
     pub fn send(&self, socket: &zmq::Socket, flags: i32) -> zmq::Result<()> {
+        self.with_parts(|parts| socket.send_multipart(parts, flags))
+    }
+
+    /// Calls `use_parts` with the five frames, borrowed (the sequence and properties encoded).
+    fn with_parts<T>(&self, use_parts: impl FnOnce([&[u8]; 5]) -> T) -> T {
         let properties = encode_properties(&self.properties);
         let seq = self.seq.to_be_bytes();
-        let parts: [&[u8]; 5] = [
+        use_parts([
             &self.key,
             &seq,
             &self.uuid,
             properties.as_bytes(),
             &self.body,
-        ];
-        socket.send_multipart(parts, flags)
+        ])
     }
 
     /// Decodes five received frames, taking their buffers; `max_body` bounds the value.
@@ -166,21 +170,14 @@ impl KvMsg {
 impl KvMsg {
     /// The five frames, each prefixed with its length (u32 BE), for storage.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let properties = encode_properties(&self.properties);
-        let seq = self.seq.to_be_bytes();
-        let parts: [&[u8]; 5] = [
-            &self.key,
-            &seq,
-            &self.uuid,
-            properties.as_bytes(),
-            &self.body,
-        ];
-        let mut out = Vec::with_capacity(parts.iter().map(|p| p.len() + 4).sum());
-        for part in parts {
-            out.extend_from_slice(&(part.len() as u32).to_be_bytes());
-            out.extend_from_slice(part);
-        }
-        out
+        self.with_parts(|parts| {
+            let mut out = Vec::with_capacity(parts.iter().map(|p| p.len() + 4).sum());
+            for part in parts {
+                out.extend_from_slice(&(part.len() as u32).to_be_bytes());
+                out.extend_from_slice(part);
+            }
+            out
+        })
     }
 
     /// Reads what [`KvMsg::to_bytes`] wrote.
