@@ -11,9 +11,9 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
+use depot_common::thread::Worker;
 use depot_store::{Kv, NewRecord, Store, StoreError, Ticket, MAX_KV_VALUE};
 
 use crate::protocol::KvMsg;
@@ -345,8 +345,7 @@ impl Persist {
 
 /// The background thread folding the change log into the tree.
 pub struct Compactor {
-    stop: Arc<AtomicBool>,
-    thread: JoinHandle<()>,
+    worker: Worker,
 }
 
 impl Compactor {
@@ -357,46 +356,37 @@ impl Compactor {
         interval: Duration,
         metrics: Arc<CacheMetrics>,
     ) -> std::io::Result<Compactor> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let stop = stop.clone();
-            std::thread::Builder::new()
-                .name("cache-compactor".into())
-                .spawn(move || {
-                    // Compaction may lag behind a burst; serving clients may not.
-                    if !depot_common::thread::lower_priority() {
-                        tracing::debug!("cache: compactor runs at normal priority");
-                    }
-                    let mut failures = 0u32;
-                    while !stop.load(Ordering::Acquire) {
-                        match persist.compact(durable_log_seq.load(Ordering::Acquire)) {
-                            Ok(folded) => {
-                                failures = 0;
-                                metrics.compacted.fetch_add(folded, Ordering::Relaxed);
-                                if folded >= COMPACTION_BATCH {
-                                    continue;
-                                }
-                            }
-                            Err(e) => {
-                                failures += 1;
-                                if failures == 1 || failures.is_power_of_two() {
-                                    tracing::error!(error = %e, failures, "cache: compaction failed");
-                                }
-                            }
+        let worker = Worker::spawn("cache-compactor", move |stop| {
+            // Compaction may lag behind a burst; serving clients may not.
+            if !depot_common::thread::lower_priority() {
+                tracing::debug!("cache: compactor runs at normal priority");
+            }
+            let mut failures = 0u32;
+            while !stop.load(Ordering::Acquire) {
+                match persist.compact(durable_log_seq.load(Ordering::Acquire)) {
+                    Ok(folded) => {
+                        failures = 0;
+                        metrics.compacted.fetch_add(folded, Ordering::Relaxed);
+                        if folded >= COMPACTION_BATCH {
+                            continue;
                         }
-                        sleep_unless_stopped(&stop, interval);
                     }
-                })?
-        };
-        Ok(Compactor { stop, thread })
+                    Err(e) => {
+                        failures += 1;
+                        if failures == 1 || failures.is_power_of_two() {
+                            tracing::error!(error = %e, failures, "cache: compaction failed");
+                        }
+                    }
+                }
+                sleep_unless_stopped(&stop, interval);
+            }
+        })?;
+        Ok(Compactor { worker })
     }
 
     /// Stops the thread after its current pass.
     pub fn stop(self) {
-        self.stop.store(true, Ordering::Release);
-        if self.thread.join().is_err() {
-            tracing::error!("cache: the compactor thread panicked");
-        }
+        self.worker.stop();
     }
 }
 

@@ -5,11 +5,11 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use depot_common::metrics::{Kind, MetricsText};
 use depot_common::ratelimit::RateLimited;
+use depot_common::thread::Worker;
 use depot_store::{DurableNotifier, Store, Ticket};
 
 use crate::bstar::Transition;
@@ -202,8 +202,7 @@ pub struct CacheEndpoints {
 
 /// The running cache.
 pub struct Cache {
-    stop: Arc<AtomicBool>,
-    thread: JoinHandle<()>,
+    worker: Worker,
     compactor: Compactor,
     /// Its counters.
     pub metrics: Arc<CacheMetrics>,
@@ -287,7 +286,6 @@ impl Cache {
         metrics.seq.store(state.seq(), Ordering::Relaxed);
         tracing::info!(keys = state.len(), seq = state.seq(), snapshot = %endpoints.snapshot,
             publisher = %endpoints.publisher, collector = %endpoints.collector, "cache serving");
-        let stop = Arc::new(AtomicBool::new(false));
         let server = Server {
             snapshot,
             publisher,
@@ -319,16 +317,10 @@ impl Cache {
             metrics.clone(),
         )
         .map_err(|e| CacheError::Setup(format!("cannot start the compactor: {e}")))?;
-        let thread = {
-            let stop = stop.clone();
-            std::thread::Builder::new()
-                .name("cache".into())
-                .spawn(move || server.run(stop))
-                .map_err(|e| CacheError::Setup(format!("cannot start the cache thread: {e}")))?
-        };
+        let worker = Worker::spawn("cache", move |stop| server.run(stop))
+            .map_err(|e| CacheError::Setup(format!("cannot start the cache thread: {e}")))?;
         Ok(Cache {
-            stop,
-            thread,
+            worker,
             compactor,
             metrics,
             endpoints,
@@ -337,10 +329,7 @@ impl Cache {
 
     /// Stops the server after publishing what is durable.
     pub fn shutdown(self) {
-        self.stop.store(true, Ordering::Release);
-        if self.thread.join().is_err() {
-            tracing::error!("cache: the server thread panicked");
-        }
+        self.worker.stop();
         self.compactor.stop();
     }
 }

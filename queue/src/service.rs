@@ -2,10 +2,9 @@
 //! in use is reported at start) and runs the queue thread.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
+use depot_common::thread::Worker;
 use depot_store::Store;
 
 use crate::config::QueueConfig;
@@ -57,8 +56,7 @@ pub struct QueueService {
     pub endpoints: QueueEndpoints,
     /// Its counters and figures.
     pub metrics: Arc<QueueMetrics>,
-    stop: Arc<AtomicBool>,
-    thread: JoinHandle<()>,
+    worker: Worker,
 }
 
 fn bind(
@@ -146,27 +144,17 @@ impl QueueService {
             queues,
             metrics.clone(),
         );
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let stop = stop.clone();
-            std::thread::Builder::new()
-                .name("queue".into())
-                .spawn(move || server.run(stop))
-                .map_err(|e| QueueError::Setup(format!("cannot start the queue thread: {e}")))?
-        };
+        let worker = Worker::spawn("queue", move |stop| server.run(stop))
+            .map_err(|e| QueueError::Setup(format!("cannot start the queue thread: {e}")))?;
         Ok(QueueService {
             endpoints,
             metrics,
-            stop,
-            thread,
+            worker,
         })
     }
 
     /// Stops taking requests, stores what was received and confirms what is durable.
     pub fn shutdown(self) {
-        self.stop.store(true, Ordering::Release);
-        if self.thread.join().is_err() {
-            tracing::error!("queue: the service thread panicked");
-        }
+        self.worker.stop();
     }
 }
