@@ -24,6 +24,8 @@ pub struct Config {
     pub logd: depot_logd::LogdConfig,
     /// The state cache.
     pub cache: depot_cache::CacheConfig,
+    /// Multicast buses.
+    pub multicast: depot_multicast::MulticastConfig,
 }
 
 /// `[store]`
@@ -124,8 +126,13 @@ impl RetentionSection {
 impl Config {
     /// Parses configuration text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &Path) -> anyhow::Result<Config> {
-        toml::from_str(text)
-            .map_err(|e| anyhow::anyhow!("invalid configuration {}: {e}", origin.display()))
+        let config: Config = toml::from_str(text)
+            .map_err(|e| anyhow::anyhow!("invalid configuration {}: {e}", origin.display()))?;
+        config
+            .multicast
+            .validate()
+            .map_err(|e| anyhow::anyhow!("invalid configuration {}: {e}", origin.display()))?;
+        Ok(config)
     }
 
     /// Reads `path`; a missing file gives the defaults only when `required` is false.
@@ -241,6 +248,19 @@ max_age = "365d"
             .to_string();
         assert!(
             err.contains("line 2") && err.contains("invalid size"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_bad_multicast_bus_is_named() {
+        let err = parse(
+            "[[multicast.bus]]\nname = \"lan\"\nendpoint = \"epgm://lo;239.192.1.1:5555\"\nlogs = [\"\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("multicast bus \"lan\"") && err.contains("lo"),
             "{err}"
         );
     }

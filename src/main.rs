@@ -9,9 +9,11 @@
 //! - `bench`: load tools (`depot bench ...`).
 //! - `logcmd`: `depot log ...`, the command-line log client.
 //! - `cachecmd`: `depot cache ...`, the command-line cache client.
+//! - `buscmd`: `depot bus ...`, list buses and watch one.
 
 mod admin;
 mod bench;
+mod buscmd;
 mod cachecmd;
 mod config;
 mod logcmd;
@@ -58,6 +60,13 @@ enum Command {
         config: ConfigArgs,
         #[command(subcommand)]
         command: cachecmd::CacheCommand,
+    },
+    /// List multicast buses, or watch one.
+    Bus {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(subcommand)]
+        command: buscmd::BusCommand,
     },
     /// Load tools that measure Depot on this machine.
     #[command(subcommand)]
@@ -227,14 +236,28 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
+/// The running appliance's admin address: run.json in the data folder, else the configuration.
+fn admin_address(config: &Config, data_dir: &Path) -> String {
+    std::fs::read(data_dir.join(serve::RUN_FILE))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serve::RunInfo>(&bytes).ok())
+        .map_or_else(|| config.admin.listen.to_string(), |run| run.admin)
+}
+
+fn bus(config: &ConfigArgs, command: &buscmd::BusCommand) -> anyhow::Result<()> {
+    let (config, data_dir) = config.load()?;
+    let admin = admin_address(&config, &data_dir);
+    match command {
+        buscmd::BusCommand::Ls { json } => buscmd::ls(&admin, *json),
+        buscmd::BusCommand::Watch(args) => buscmd::watch(args, &config.multicast, &admin),
+    }
+}
+
 fn status(args: &StatusArgs) -> anyhow::Result<()> {
     let (config, data_dir) = args.config.load()?;
     let admin = match &args.admin {
         Some(addr) => addr.clone(),
-        None => std::fs::read(data_dir.join(serve::RUN_FILE))
-            .ok()
-            .and_then(|bytes| serde_json::from_slice::<serve::RunInfo>(&bytes).ok())
-            .map_or_else(|| config.admin.listen.to_string(), |run| run.admin),
+        None => admin_address(&config, &data_dir),
     };
     let report = status::fetch(&admin)?;
     let text = if args.json {
@@ -260,6 +283,7 @@ fn main() -> ExitCode {
         Command::Cache { config, command } => {
             cache_endpoints(config).and_then(|server| cachecmd::run(&server, command))
         }
+        Command::Bus { config, command } => bus(config, command),
         Command::Bench(BenchCommand::Store(args)) => bench::store(args),
         Command::Bench(BenchCommand::Cache { config, args }) => {
             cache_endpoints(config).and_then(|server| bench::cache(&server, args))

@@ -33,6 +33,23 @@ pub struct RunInfo {
     pub cache: Option<depot_cache::CacheEndpoints>,
 }
 
+/// Where the buses connect: the running services' resolved endpoints.
+fn bus_service_endpoints(
+    logd: &depot_logd::LogdEndpoints,
+    cache: Option<&depot_cache::CacheEndpoints>,
+) -> depot_multicast::ServiceEndpoints {
+    let present = |endpoint: &str| (!endpoint.is_empty()).then(|| endpoint.to_string());
+    depot_multicast::ServiceEndpoints {
+        logd_live: present(&logd.live),
+        logd_pull: present(&logd.pull),
+        cache_publisher: cache.and_then(|c| present(&c.publisher)),
+        cache_collector: cache.and_then(|c| present(&c.collector)),
+        // CLOCK HOOK: once the clock service runs here, pass its tick PUB endpoint, e.g.
+        // `clock_ticks: clock.as_ref().map(|c| c.endpoints.ticks.clone())`.
+        clock_ticks: None,
+    }
+}
+
 /// Runs the appliance with `config` and data in `data_dir` until SIGINT or SIGTERM.
 pub fn run(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
     let store = depot_store::Store::open(&data_dir, config.store_config())
@@ -70,6 +87,12 @@ pub fn run(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
         state.cache.set(cache.metrics.clone()).ok();
     }
     let cache_endpoints = cache.as_ref().map(|c| c.endpoints.clone());
+    let multicast = depot_multicast::Multicast::start(
+        &ctx,
+        &config.multicast,
+        &bus_service_endpoints(&logd.endpoints, cache_endpoints.as_ref()),
+    );
+    state.multicast.set(multicast.buses.clone()).ok();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (retention_stop, retention_thread) =
         start_retention(store.clone(), state.clone(), config.retention.clone())?;
@@ -107,6 +130,8 @@ pub fn run(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
         anyhow::Ok(())
     });
 
+    // Buses first: they read from the services' publishers.
+    multicast.shutdown();
     if let Some(cache) = cache {
         cache.shutdown();
     }

@@ -26,6 +26,8 @@ pub struct AppState {
     pub logd: std::sync::OnceLock<Arc<depot_logd::LogdMetrics>>,
     /// The cache's counters, once it runs.
     pub cache: std::sync::OnceLock<Arc<depot_cache::CacheMetrics>>,
+    /// The multicast buses (running or failed), once started.
+    pub multicast: std::sync::OnceLock<Arc<Vec<Arc<depot_multicast::metrics::BusEntry>>>>,
 }
 
 /// `/health` body.
@@ -62,6 +64,9 @@ pub struct StatusReport {
     pub libzmq_capabilities: Vec<String>,
     /// Log streams.
     pub streams: Vec<StreamStats>,
+    /// Multicast buses.
+    #[serde(default)]
+    pub buses: Vec<depot_multicast::BusStatus>,
 }
 
 impl AppState {
@@ -75,6 +80,7 @@ impl AppState {
             http_requests: AtomicU64::new(0),
             logd: std::sync::OnceLock::new(),
             cache: std::sync::OnceLock::new(),
+            multicast: std::sync::OnceLock::new(),
         }
     }
 
@@ -83,18 +89,42 @@ impl AppState {
         self.http_requests.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Whether the appliance can take writes.
+    /// Whether the appliance can take writes and every configured bus runs.
     pub fn health(&self) -> Health {
-        match self.store.watermark().poisoned {
-            None => Health {
-                ok: true,
-                status: "ok".into(),
-            },
-            Some(reason) => Health {
+        if let Some(reason) = self.store.watermark().poisoned {
+            return Health {
                 ok: false,
                 status: format!("store poisoned: {reason}"),
-            },
+            };
         }
+        let failed: Vec<String> = self
+            .bus_statuses()
+            .into_iter()
+            .filter_map(|bus| match bus.state {
+                depot_multicast::BusState::Failed(reason) => {
+                    Some(format!("multicast bus {:?} failed: {reason}", bus.name))
+                }
+                depot_multicast::BusState::Running => None,
+            })
+            .collect();
+        if failed.is_empty() {
+            Health {
+                ok: true,
+                status: "ok".into(),
+            }
+        } else {
+            Health {
+                ok: false,
+                status: failed.join("; "),
+            }
+        }
+    }
+
+    fn bus_statuses(&self) -> Vec<depot_multicast::BusStatus> {
+        self.multicast
+            .get()
+            .map(|buses| buses.iter().map(|b| b.status()).collect())
+            .unwrap_or_default()
     }
 
     /// The status report.
@@ -116,6 +146,7 @@ impl AppState {
                 .map(String::from)
                 .collect(),
             streams: self.store.log().stats(),
+            buses: self.bus_statuses(),
         }
     }
 
@@ -189,6 +220,11 @@ impl AppState {
         }
         if let Some(cache) = self.cache.get() {
             cache.render(&mut m);
+        }
+        if let Some(buses) = self.multicast.get() {
+            let entries: Vec<&depot_multicast::metrics::BusEntry> =
+                buses.iter().map(|b| b.as_ref()).collect();
+            depot_multicast::metrics::render(&entries, &mut m);
         }
         m.finish()
     }
