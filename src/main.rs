@@ -10,9 +10,11 @@
 //! - `logcmd`: `depot log ...`, the command-line log client.
 //! - `cachecmd`: `depot cache ...`, the command-line cache client.
 //! - `buscmd`: `depot bus ...`, list buses and watch one.
+//! - `busbench`: `depot bench bus`, throughput and loss of a multicast bus.
 
 mod admin;
 mod bench;
+mod busbench;
 mod buscmd;
 mod cachecmd;
 mod config;
@@ -173,6 +175,13 @@ enum BenchCommand {
         #[command(flatten)]
         args: bench::LogdBenchArgs,
     },
+    /// Throughput and loss of a multicast bus (or of libzmq EPGM alone).
+    Bus {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(flatten)]
+        args: busbench::BusBenchArgs,
+    },
     /// Load against a running appliance's cache.
     Cache {
         #[command(flatten)]
@@ -285,6 +294,10 @@ fn main() -> ExitCode {
         }
         Command::Bus { config, command } => bus(config, command),
         Command::Bench(BenchCommand::Store(args)) => bench::store(args),
+        Command::Bench(BenchCommand::Bus { config, args }) => config
+            .load()
+            .and_then(|(c, _)| run_info(config).map(|(logd, _)| (c, logd)))
+            .and_then(|(c, logd)| busbench::run(args, &c.multicast, &logd)),
         Command::Bench(BenchCommand::Cache { config, args }) => {
             cache_endpoints(config).and_then(|server| bench::cache(&server, args))
         }

@@ -17,6 +17,9 @@ const LINGER_MS: i32 = 500;
 pub const SEND_HWM: i32 = 100_000;
 /// Messages a bus receiver queues before libzmq stops reading the group.
 pub const RECEIVE_HWM: i32 = 100_000;
+/// Kernel socket buffers asked for (capped by net.core.rmem_max / wmem_max): at 1 Gbit/s the
+/// default 208 KiB overflows within 2 ms, and every overflow costs a NAK and repair round.
+const SOCKET_BUFFER: i32 = 16 << 20;
 /// IP protocol number of PGM.
 const IPPROTO_PGM: c_int = 113;
 
@@ -90,7 +93,9 @@ fn pgm_options(socket: &zmq::Socket, bus: &BusConfig) -> zmq::Result<()> {
     socket.set_linger(LINGER_MS)?;
     socket.set_rate(i32::try_from(bus.rate_kbps).unwrap_or(i32::MAX))?;
     socket.set_recovery_ivl(i32::try_from(bus.recovery_ms).unwrap_or(i32::MAX))?;
-    socket.set_multicast_hops(i32::from(bus.hops))
+    socket.set_multicast_hops(i32::from(bus.hops))?;
+    socket.set_sndbuf(SOCKET_BUFFER)?;
+    socket.set_rcvbuf(SOCKET_BUFFER)
 }
 
 /// The sending side of a bus: an XPUB connected to the group. With `ZMQ_XPUB_NODROP` a full
