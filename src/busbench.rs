@@ -18,8 +18,8 @@ use depot_multicast::gaps::GapTracker;
 #[derive(clap::Args, Debug)]
 pub struct BusBenchArgs {
     /// depot (records through logd and the bus), raw (libzmq EPGM alone), receive (only join
-    /// the group and count).
-    #[arg(long, value_parser = ["depot", "raw", "receive"], default_value = "depot")]
+    /// the group and count), send (only push the records into logd, paced by --rate).
+    #[arg(long, value_parser = ["depot", "raw", "receive", "send"], default_value = "depot")]
     mode: String,
     /// Bus name (from the configuration or the running appliance), or an endpoint
     /// `epgm://IP;GROUP:PORT` (needed for raw).
@@ -211,6 +211,22 @@ pub fn run(
         args.rate_kbps,
         args.recovery_ms,
     );
+    if args.mode == "send" {
+        // The subscribers are elsewhere (libzmq's PGM sender does not loop multicast back to
+        // its own host except on lo).
+        let ctx = zmq::Context::new();
+        let sender = depot_logd::client::PushSender::connect(&ctx, &logd.pull)?.with_packed(true);
+        let started = Instant::now();
+        send_depot(&sender, args)?;
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "pushed {} records of {} B into logd in {secs:.2} s: {:.0} records/s",
+            args.records,
+            args.size,
+            args.records as f64 / secs
+        );
+        return Ok(());
+    }
     // How the receiver reads sequences: the first 8 bytes of single-frame raw messages, else
     // the live header.
     let raw = args.mode == "raw" && !args.live_frames;
