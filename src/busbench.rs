@@ -261,7 +261,7 @@ pub fn run(
                 }
             })?;
             let started = Instant::now();
-            send_raw(&sender, args)?;
+            send_raw(sender, args)?;
             started
         }
         "depot" => {
