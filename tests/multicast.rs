@@ -249,6 +249,36 @@ fn multicast_ingest_stores_records_like_any_other_ingest() {
         0.0
     );
     assert!(appliance.metric("depot_multicast_forwarded_total{bus=\"in\"}") >= (2 * N) as f64);
+
+    // What unrecoverable loss looks like to the receiver: the tail of a message whose head
+    // was lost (libzmq resumes at the next frame start), then a jump in the stream's sequence.
+    // One data-loss event, counted; the fragment is not stored.
+    let header = protocol::encode_header(1_000 + N - 1 + 6, 1, 2, "mc.fed", "far-host");
+    publisher
+        .send_multipart([&header[..], b"tail of a lost message"], 0)
+        .unwrap();
+    publisher
+        .send_multipart(
+            [
+                &protocol::live_topic("mc.fed", 2)[..],
+                &header,
+                b"after the loss",
+            ],
+            0,
+        )
+        .unwrap();
+    let counted = poll(Duration::from_secs(10), || {
+        (stored("mc.fed") == Some(N as f64 + 1.0)).then_some(())
+    });
+    assert!(
+        counted.is_some(),
+        "the record after the loss was not stored"
+    );
+    let metric = |name: &str| appliance.metric(&format!("depot_multicast_{name}{{bus=\"in\"}}"));
+    assert_eq!(metric("fragments_total"), 1.0);
+    assert_eq!(metric("gaps_total"), 1.0);
+    assert_eq!(metric("missing_total"), 5.0);
+    assert_eq!(metric("data_loss_total"), 1.0);
     assert!(appliance.stop().success());
 }
 
