@@ -253,6 +253,19 @@ max_age = "365d"
     }
 
     #[test]
+    fn the_readme_sample_parses() {
+        let readme = include_str!("../README.md");
+        let sample = readme
+            .split("```toml\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("README has a toml sample");
+        let config = parse(sample).unwrap();
+        assert_eq!(config.multicast.bus.len(), 2);
+        assert_eq!(config.multicast.bus[0].rate_kbps, 100_000);
+    }
+
+    #[test]
     fn a_bad_multicast_bus_is_named() {
         let err = parse(
             "[[multicast.bus]]\nname = \"lan\"\nendpoint = \"epgm://lo;239.192.1.1:5555\"\nlogs = [\"\"]\n",
