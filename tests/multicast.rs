@@ -282,6 +282,57 @@ fn multicast_ingest_stores_records_like_any_other_ingest() {
     assert!(appliance.stop().success());
 }
 
+#[test]
+fn multicast_ingest_feeds_the_cache_collector_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = endpoint("epgm", "127.0.0.1");
+    let config = write_config(
+        dir.path(),
+        &format!("[[multicast.bus]]\nname = \"kv\"\nendpoint = \"{bus}\"\ningest_cache = true\n"),
+    );
+    let appliance = Appliance::start(&dir.path().join("data"), &config);
+    let run: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(appliance.data.join("run.json")).unwrap())
+            .unwrap();
+    let ctx = zmq::Context::new();
+    let updates = ctx.socket(zmq::SUB).unwrap();
+    updates.set_subscribe(b"/bus/").unwrap();
+    updates
+        .connect(run["cache"]["publisher"].as_str().unwrap())
+        .unwrap();
+    let publisher = ctx.socket(zmq::PUB).unwrap();
+    publisher.set_sndhwm(100_000).unwrap();
+    publisher.connect(&bus).unwrap();
+    // A Clone peer's KVSET on the group becomes a published update with the server's sequence.
+    let kvset = |key: &str, value: &str| -> Vec<Vec<u8>> {
+        vec![key.into(), vec![0; 8], vec![], vec![], value.into()]
+    };
+    let published = poll(Duration::from_secs(20), || {
+        publisher
+            .send_multipart(kvset("/bus/warm", "1"), 0)
+            .unwrap();
+        recv(&updates, Duration::from_millis(100))
+    })
+    .expect("a KVSET on the group never reached the cache");
+    assert_eq!(published[0], b"/bus/warm");
+    for i in 0..50 {
+        publisher
+            .send_multipart(kvset(&format!("/bus/k{i}"), &format!("v{i}")), 0)
+            .unwrap();
+    }
+    let mut seen = BTreeSet::new();
+    while seen.len() < 50 {
+        let frames = recv(&updates, Duration::from_secs(10)).expect("updates stopped");
+        if frames[0].starts_with(b"/bus/k") {
+            let key = String::from_utf8(frames[0].clone()).unwrap();
+            assert_eq!(frames[4], format!("v{}", &key[6..]).as_bytes());
+            seen.insert(key);
+        }
+    }
+    assert!(appliance.metric("depot_multicast_forwarded_total{bus=\"kv\"}") >= 51.0);
+    assert!(appliance.stop().success());
+}
+
 /// Whether this process may open raw sockets (raw `pgm://` needs root or CAP_NET_RAW).
 fn raw_sockets_permitted() -> Result<(), std::io::Error> {
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, 113) };
