@@ -67,6 +67,7 @@ impl CacheCarry {
     pub fn subscriptions(&self) -> Vec<Vec<u8>> {
         match self {
             CacheCarry::All(false) => Vec::new(),
+            CacheCarry::Subtrees(subtrees) if subtrees.is_empty() => Vec::new(),
             CacheCarry::All(true) => vec![Vec::new()],
             CacheCarry::Subtrees(subtrees) if subtrees.iter().any(String::is_empty) => {
                 vec![Vec::new()]
@@ -266,6 +267,13 @@ ingest = true
         .unwrap();
         assert_eq!(config.bus[0].cache.subscriptions(), vec![Vec::<u8>::new()]);
         assert!(config.bus[0].cache.is_whole());
+    }
+
+    #[test]
+    fn an_empty_subtree_list_carries_no_cache() {
+        let carry = CacheCarry::Subtrees(Vec::new());
+        assert!(carry.subscriptions().is_empty());
+        assert!(!carry.is_whole());
     }
 
     #[test]
