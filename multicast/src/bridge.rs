@@ -8,6 +8,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use depot_common::ratelimit::RateLimited;
+
 use crate::frames;
 use crate::gaps::GapTracker;
 use crate::metrics::{add, BusEntry};
@@ -49,6 +51,8 @@ pub struct Bridge {
     pgm: zmq::Socket,
     sources: Vec<(Source, zmq::Socket)>,
     gaps: GapTracker,
+    /// Falling behind is logged at most once a second.
+    behind_warning: RateLimited,
 }
 
 impl Bridge {
@@ -76,6 +80,7 @@ impl Bridge {
             pgm,
             sources: subs,
             gaps: GapTracker::new(),
+            behind_warning: RateLimited::default(),
         })
     }
 
@@ -131,6 +136,9 @@ impl Bridge {
             if observed.missing > 0 {
                 add(&m.gaps, 1);
                 add(&m.missing, observed.missing);
+                if let Some(suppressed) = self.behind_warning.allow() {
+                    tracing::warn!(bus = %self.entry.name, missing = observed.missing, suppressed, "multicast: the bus fell behind its source, which dropped messages for it (raise rate_kbps or send less)");
+                }
             }
         }
     }

@@ -15,6 +15,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use depot_common::ratelimit::RateLimited;
 use depot_logd::protocol::Header;
 
 use crate::bridge::{recv_frames, send_all};
@@ -51,6 +52,8 @@ pub struct BusIngest {
     targets: Targets,
     gaps: GapTracker,
     batch: Option<Batch>,
+    /// Loss is logged at most once a second.
+    loss_warning: RateLimited,
 }
 
 impl BusIngest {
@@ -65,6 +68,7 @@ impl BusIngest {
             targets,
             gaps: GapTracker::new(),
             batch: None,
+            loss_warning: RateLimited::default(),
         })
     }
 
@@ -107,6 +111,9 @@ impl BusIngest {
                 if observed.missing > 0 {
                     add(&m.gaps, 1);
                     add(&m.missing, observed.missing);
+                    if let Some(suppressed) = self.loss_warning.allow() {
+                        tracing::warn!(bus = %self.entry.name, stream = %header.stream, missing = observed.missing, before_seq = header.seq, suppressed, "multicast: records lost on the bus (PGM could not repair)");
+                    }
                 }
                 if observed.loss_event {
                     add(&m.data_loss, 1);
