@@ -600,6 +600,16 @@ fn ip(args: &[&str]) {
 
 impl HostPair {
     fn create() -> HostPair {
+        // Say plainly what is missing rather than fail on the first `ip` call.
+        assert_eq!(
+            unsafe { libc::geteuid() },
+            0,
+            "network namespaces need root: run `make test` as root"
+        );
+        assert!(
+            Command::new("nft").arg("--version").output().is_ok(),
+            "nft (nftables) is missing: `scripts/setup.sh test` installs it"
+        );
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let tag = format!(
             "{}{}",
