@@ -148,12 +148,13 @@ impl BusIngest {
                 self.gaps.whole();
                 self.flush(stop);
                 match &self.targets.logd {
-                    Some(pull) => {
+                    // logd ingest frames have a stream and at least one body.
+                    Some(pull) if frames.len() >= 2 => {
                         if hand_over(pull, frames, stop) {
                             add(&self.entry.metrics.forwarded, 1);
                         }
                     }
-                    None => add(&self.entry.metrics.ignored, 1),
+                    _ => add(&self.entry.metrics.ignored, 1),
                 }
             }
         }
