@@ -11,6 +11,8 @@ if [ "$mode" = test ]; then
   command -v ip >/dev/null 2>&1 || missing+=(iproute2)
   command -v logger >/dev/null 2>&1 || missing+=(bsdutils)
   command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-pip)
+  # Loss injection in the multicast tests (this kernel has no netem qdisc).
+  command -v nft >/dev/null 2>&1 || missing+=(nftables)
 fi
 
 if [ ${#missing[@]} -gt 0 ]; then

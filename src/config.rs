@@ -28,6 +28,8 @@ pub struct Config {
     pub queue: depot_queue::QueueConfig,
     /// Tick streams and timers.
     pub clock: depot_clock::ClockConfig,
+    /// Multicast buses.
+    pub multicast: depot_multicast::MulticastConfig,
 }
 
 /// `[store]`
@@ -136,6 +138,10 @@ impl Config {
             .map_err(|e| anyhow::anyhow!("invalid configuration {}: {e}", origin.display()))?;
         config
             .clock
+            .validate()
+            .map_err(|e| anyhow::anyhow!("invalid configuration {}: {e}", origin.display()))?;
+        config
+            .multicast
             .validate()
             .map_err(|e| anyhow::anyhow!("invalid configuration {}: {e}", origin.display()))?;
         Ok(config)
@@ -303,6 +309,32 @@ policy = "reject"
             .unwrap_err()
             .to_string();
         assert!(err.contains("below min_period"), "{err}");
+    }
+
+    #[test]
+    fn the_readme_sample_parses() {
+        let readme = include_str!("../README.md");
+        let sample = readme
+            .split("```toml\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("README has a toml sample");
+        let config = parse(sample).unwrap();
+        assert_eq!(config.multicast.bus.len(), 2);
+        assert_eq!(config.multicast.bus[0].rate_kbps, 100_000);
+    }
+
+    #[test]
+    fn a_bad_multicast_bus_is_named() {
+        let err = parse(
+            "[[multicast.bus]]\nname = \"lan\"\nendpoint = \"epgm://lo;239.192.1.1:5555\"\nlogs = [\"\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("multicast bus \"lan\"") && err.contains("lo"),
+            "{err}"
+        );
     }
 
     #[test]

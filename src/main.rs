@@ -6,15 +6,18 @@
 //! - `state`: what `/health`, `/metrics` and `/status` report.
 //! - `admin`: the HTTP admin endpoint.
 //! - `status`: `depot status`, the client side of `/status`.
-//! - `bench`: load tools (`depot bench ...`); `queuebench`: `depot bench queue`.
+//! - `bench`: load tools (`depot bench ...`); `queuebench`, `clockbench`, `busbench`: `depot
+//!   bench queue`, `depot bench clock`, `depot bench bus`.
 //! - `logcmd`: `depot log ...`, the command-line log client.
 //! - `cachecmd`: `depot cache ...`, the command-line cache client.
 //! - `queuecmd`: `depot queue ...`, the command-line queue client.
-//! - `bench`: load tools (`depot bench ...`); `clockbench`: `depot bench clock`.
 //! - `clockcmd`: `depot clock watch` and `depot timer ...`, the command-line clock client.
+//! - `buscmd`: `depot bus ...`, list buses and watch one.
 
 mod admin;
 mod bench;
+mod busbench;
+mod buscmd;
 mod cachecmd;
 mod clockbench;
 mod clockcmd;
@@ -86,6 +89,13 @@ enum Command {
         config: ConfigArgs,
         #[command(subcommand)]
         command: clockcmd::TimerCommand,
+    },
+    /// List multicast buses, or watch one.
+    Bus {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(subcommand)]
+        command: buscmd::BusCommand,
     },
     /// Load tools that measure Depot on this machine.
     #[command(subcommand)]
@@ -245,6 +255,13 @@ enum BenchCommand {
         #[command(flatten)]
         args: bench::LogdBenchArgs,
     },
+    /// Throughput and loss of a multicast bus (or of libzmq EPGM alone).
+    Bus {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(flatten)]
+        args: busbench::BusBenchArgs,
+    },
     /// Load against a running appliance's cache.
     Cache {
         #[command(flatten)]
@@ -322,14 +339,28 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
+/// The running appliance's admin address: run.json in the data folder, else the configuration.
+fn admin_address(config: &Config, data_dir: &Path) -> String {
+    std::fs::read(data_dir.join(serve::RUN_FILE))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serve::RunInfo>(&bytes).ok())
+        .map_or_else(|| config.admin.listen.to_string(), |run| run.admin)
+}
+
+fn bus(config: &ConfigArgs, command: &buscmd::BusCommand) -> anyhow::Result<()> {
+    let (config, data_dir) = config.load()?;
+    let admin = admin_address(&config, &data_dir);
+    match command {
+        buscmd::BusCommand::Ls { json } => buscmd::ls(&admin, *json),
+        buscmd::BusCommand::Watch(args) => buscmd::watch(args, &config.multicast, &admin),
+    }
+}
+
 fn status(args: &StatusArgs) -> anyhow::Result<()> {
     let (config, data_dir) = args.config.load()?;
     let admin = match &args.admin {
         Some(addr) => addr.clone(),
-        None => std::fs::read(data_dir.join(serve::RUN_FILE))
-            .ok()
-            .and_then(|bytes| serde_json::from_slice::<serve::RunInfo>(&bytes).ok())
-            .map_or_else(|| config.admin.listen.to_string(), |run| run.admin),
+        None => admin_address(&config, &data_dir),
     };
     let report = status::fetch(&admin)?;
     let text = if args.json {
@@ -371,7 +402,12 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::Clock { config, args }) => {
             clock_endpoints(config).and_then(|(clock, pid)| clockbench::run(&clock, pid, args))
         }
+        Command::Bus { config, command } => bus(config, command),
         Command::Bench(BenchCommand::Store(args)) => bench::store(args),
+        Command::Bench(BenchCommand::Bus { config, args }) => config
+            .load()
+            .and_then(|(c, _)| run_info(config).map(|(logd, _)| (c, logd)))
+            .and_then(|(c, logd)| busbench::run(args, &c.multicast, &logd)),
         Command::Bench(BenchCommand::Cache { config, args }) => {
             cache_endpoints(config).and_then(|server| bench::cache(&server, args))
         }

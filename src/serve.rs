@@ -39,6 +39,24 @@ pub struct RunInfo {
     pub clock: Option<depot_clock::ClockEndpoints>,
 }
 
+/// Where the buses connect: the running services' resolved endpoints.
+fn bus_service_endpoints(
+    logd: &depot_logd::LogdEndpoints,
+    cache: Option<&depot_cache::CacheEndpoints>,
+    clock: Option<&depot_clock::ClockEndpoints>,
+) -> depot_multicast::ServiceEndpoints {
+    let present = |endpoint: &str| (!endpoint.is_empty()).then(|| endpoint.to_string());
+    depot_multicast::ServiceEndpoints {
+        // In-process: the live XPUB's inproc endpoint spares the bus a TCP hop.
+        logd_live: present(&logd.live).map(|_| depot_logd::LIVE_INPROC.to_string()),
+        logd_pull: present(&logd.pull),
+        cache_publisher: cache.and_then(|c| present(&c.publisher)),
+        cache_collector: cache.and_then(|c| present(&c.collector)),
+        // The tick PUB has its own zmq context (kept off the shared I/O thread), so over TCP.
+        clock_ticks: clock.and_then(|c| present(&c.publisher)),
+    }
+}
+
 /// Runs the appliance with `config` and data in `data_dir` until SIGINT or SIGTERM.
 pub fn run(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
     let store = depot_store::Store::open(&data_dir, config.store_config())
@@ -115,6 +133,16 @@ pub fn run(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
         state.clock.set(clock.metrics.clone()).ok();
     }
     let clock_endpoints = clock.as_ref().map(|c| c.endpoints.clone());
+    let multicast = depot_multicast::Multicast::start(
+        &ctx,
+        &config.multicast,
+        &bus_service_endpoints(
+            &logd.endpoints,
+            cache_endpoints.as_ref(),
+            clock_endpoints.as_ref(),
+        ),
+    );
+    state.multicast.set(multicast.buses.clone()).ok();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (retention_stop, retention_thread) =
         start_retention(store.clone(), state.clone(), config.retention.clone())?;
@@ -154,6 +182,8 @@ pub fn run(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
         anyhow::Ok(())
     });
 
+    // Buses first: they read from the services' publishers.
+    multicast.shutdown();
     if let Some(clock) = clock {
         clock.shutdown();
     }

@@ -30,6 +30,8 @@ pub struct AppState {
     pub queue: std::sync::OnceLock<Arc<depot_queue::QueueMetrics>>,
     /// The clock's counters, once it runs.
     pub clock: std::sync::OnceLock<Arc<depot_clock::ClockMetrics>>,
+    /// The multicast buses (running or failed), once started.
+    pub multicast: std::sync::OnceLock<Arc<Vec<Arc<depot_multicast::metrics::BusEntry>>>>,
 }
 
 /// `/health` body.
@@ -66,6 +68,9 @@ pub struct StatusReport {
     pub libzmq_capabilities: Vec<String>,
     /// Log streams.
     pub streams: Vec<StreamStats>,
+    /// Multicast buses.
+    #[serde(default)]
+    pub buses: Vec<depot_multicast::BusStatus>,
 }
 
 impl AppState {
@@ -81,6 +86,7 @@ impl AppState {
             cache: std::sync::OnceLock::new(),
             queue: std::sync::OnceLock::new(),
             clock: std::sync::OnceLock::new(),
+            multicast: std::sync::OnceLock::new(),
         }
     }
 
@@ -89,18 +95,42 @@ impl AppState {
         self.http_requests.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Whether the appliance can take writes.
+    /// Whether the appliance can take writes and every configured bus runs.
     pub fn health(&self) -> Health {
-        match self.store.watermark().poisoned {
-            None => Health {
-                ok: true,
-                status: "ok".into(),
-            },
-            Some(reason) => Health {
+        if let Some(reason) = self.store.watermark().poisoned {
+            return Health {
                 ok: false,
                 status: format!("store poisoned: {reason}"),
-            },
+            };
         }
+        let failed: Vec<String> = self
+            .bus_statuses()
+            .into_iter()
+            .filter_map(|bus| match bus.state {
+                depot_multicast::BusState::Failed(reason) => {
+                    Some(format!("multicast bus {:?} failed: {reason}", bus.name))
+                }
+                depot_multicast::BusState::Running => None,
+            })
+            .collect();
+        if failed.is_empty() {
+            Health {
+                ok: true,
+                status: "ok".into(),
+            }
+        } else {
+            Health {
+                ok: false,
+                status: failed.join("; "),
+            }
+        }
+    }
+
+    fn bus_statuses(&self) -> Vec<depot_multicast::BusStatus> {
+        self.multicast
+            .get()
+            .map(|buses| buses.iter().map(|b| b.status()).collect())
+            .unwrap_or_default()
     }
 
     /// The status report.
@@ -122,6 +152,7 @@ impl AppState {
                 .map(String::from)
                 .collect(),
             streams: self.store.log().stats(),
+            buses: self.bus_statuses(),
         }
     }
 
@@ -201,6 +232,11 @@ impl AppState {
         }
         if let Some(clock) = self.clock.get() {
             clock.render(&mut m);
+        }
+        if let Some(buses) = self.multicast.get() {
+            let entries: Vec<&depot_multicast::metrics::BusEntry> =
+                buses.iter().map(|b| b.as_ref()).collect();
+            depot_multicast::metrics::render(&entries, &mut m);
         }
         m.finish()
     }

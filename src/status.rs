@@ -98,6 +98,10 @@ pub fn render(report: &StatusReport) -> String {
         report.libzmq,
         report.libzmq_capabilities.join(", ")
     ));
+    if !report.buses.is_empty() {
+        out.push('\n');
+        out.push_str(&crate::buscmd::render(&report.buses));
+    }
     if report.streams.is_empty() {
         out.push_str("streams      none yet\n");
         return out;

@@ -35,4 +35,4 @@ pub mod tail;
 
 pub use config::LogdConfig;
 pub use metrics::LogdMetrics;
-pub use service::{Logd, LogdEndpoints, LogdError};
+pub use service::{Logd, LogdEndpoints, LogdError, LIVE_INPROC};

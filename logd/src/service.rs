@@ -16,6 +16,9 @@ use crate::syslog_server;
 
 /// Messages a replay subscriber's pipe holds before its replay is parked.
 const REPLAY_HWM: i32 = 10_000;
+/// The live XPUB is also bound here, so in-process readers (multicast buses) skip TCP and the
+/// I/O thread.
+pub const LIVE_INPROC: &str = "inproc://depot-logd-live-xpub";
 /// Linger of every logd socket: bounded, so shutdown never hangs on a vanished peer.
 const LINGER_MS: i32 = 200;
 
@@ -161,6 +164,7 @@ impl Logd {
         let mut threads = Vec::new();
         let live_publisher = match live {
             Some(xpub) => {
+                xpub.bind(LIVE_INPROC).map_err(setup)?;
                 Some(LivePublisher::bind(ctx, xpub, live_rx, metrics.clone()).map_err(setup)?)
             }
             None => None,

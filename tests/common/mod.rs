@@ -85,11 +85,17 @@ pub fn free_port() -> u16 {
 impl Appliance {
     /// Starts `depot serve` on `data` with `config` and waits until it serves.
     pub fn start(data: &Path, config: &Path) -> Appliance {
+        Appliance::start_with(depot(), data, config)
+    }
+
+    /// Like [`Appliance::start`], with `command` as the depot binary (e.g. run through
+    /// `ip netns exec NS`); `serve` and its arguments are appended.
+    pub fn start_with(mut command: Command, data: &Path, config: &Path) -> Appliance {
         let _ = std::fs::remove_file(data.join("run.json"));
         std::fs::create_dir_all(data).unwrap();
         let stderr_path = data.with_extension("stderr.log");
         let stderr = std::fs::File::create(&stderr_path).unwrap();
-        let mut child = depot()
+        let mut child = command
             .args(["serve", "--data"])
             .arg(data)
             .arg("--config")
