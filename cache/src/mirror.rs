@@ -114,7 +114,7 @@ impl Mirror {
         dealer.set_linger(0)?;
         dealer.set_rcvhwm(1_000_000)?;
         dealer.connect(&self.peer_snapshot)?;
-        dealer.send_multipart([protocol::ICANHAZ, b""], 0)?;
+        dealer.send_multipart([protocol::ICANHAZ, b"", protocol::PACKED], 0)?;
         Ok(dealer)
     }
 
@@ -139,6 +139,15 @@ impl Mirror {
                         break;
                     };
                     *progress = Instant::now();
+                    if let [kind, batch] = frames.as_slice() {
+                        if kind.as_slice() == protocol::KVSYNCS {
+                            match protocol::unpack_entries(batch) {
+                                Ok(batch) => entries.extend(batch),
+                                Err(e) => events.push(MirrorEvent::Invalid(e.to_string())),
+                            }
+                            continue;
+                        }
+                    }
                     match KvMsg::decode(&frames, usize::MAX) {
                         Ok(msg) if msg.key == KTHXBAI => {
                             let entries = std::mem::take(entries);
