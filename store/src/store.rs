@@ -419,7 +419,14 @@ mod tests {
         assert!((&notifier.reader).read(&mut byte).is_err(), "nothing yet");
         let ticket = store.kv("k").unwrap().put(b"a", b"b").unwrap();
         store.wait_durable(ticket).unwrap();
+        // The byte follows the watermark: wait for it with a bounded blocking read.
+        notifier.reader.set_nonblocking(false).unwrap();
+        notifier
+            .reader
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
         assert_eq!((&notifier.reader).read(&mut byte).unwrap(), 1);
+        notifier.reader.set_nonblocking(true).unwrap();
         notifier.drain();
         assert!((&notifier.reader).read(&mut byte).is_err(), "drained");
     }
