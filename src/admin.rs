@@ -1,5 +1,6 @@
 //! The HTTP admin endpoint: `GET /health`, `GET /metrics` (Prometheus text), `GET /status`
-//! (JSON for `depot status`). One request per connection, plain HTTP/1.1.
+//! (JSON for `depot status`), `POST /backup?dir=PATH` (a consistent copy of the store, for
+//! `depot backup`). One request per connection, plain HTTP/1.1.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,6 +50,7 @@ impl Response {
             400 => "Bad Request",
             404 => "Not Found",
             405 => "Method Not Allowed",
+            500 => "Internal Server Error",
             431 => "Request Header Fields Too Large",
             503 => "Service Unavailable",
             _ => "Error",
@@ -65,8 +67,8 @@ impl Response {
     }
 }
 
-/// Parses the request line of a request head: method and path (query string dropped).
-pub fn parse_request_line(head: &[u8]) -> Result<(&str, &str), &'static str> {
+/// Parses the request line of a request head: method, path and query string (may be empty).
+pub fn parse_request_line(head: &[u8]) -> Result<(&str, &str, &str), &'static str> {
     let line_end = head
         .windows(2)
         .position(|w| w == b"\r\n")
@@ -81,8 +83,8 @@ pub fn parse_request_line(head: &[u8]) -> Result<(&str, &str), &'static str> {
     if !version.starts_with("HTTP/1.") {
         return Err("unsupported HTTP version");
     }
-    let path = target.split('?').next().unwrap_or(target);
-    Ok((method, path))
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    Ok((method, path, query))
 }
 
 /// Answers one parsed request.
@@ -135,7 +137,8 @@ pub async fn serve(
 async fn handle(mut stream: TcpStream, state: &AppState) {
     let response = match tokio::time::timeout(READ_TIMEOUT, read_head(&mut stream)).await {
         Ok(Ok(head)) => match parse_request_line(&head) {
-            Ok((method, path)) => {
+            Ok(("POST", "/backup", query)) => backup(state, query).await,
+            Ok((method, path, _)) => {
                 let mut response = route(state, method, path);
                 if method == "HEAD" {
                     response.body.clear();
@@ -150,6 +153,57 @@ async fn handle(mut stream: TcpStream, state: &AppState) {
     state.count_http_request();
     let _ = stream.write_all(&response.to_bytes()).await;
     let _ = stream.shutdown().await;
+}
+
+/// `POST /backup?dir=PATH`: writes the backup (writes wait meanwhile) and answers its figures.
+async fn backup(state: &AppState, query: &str) -> Response {
+    let Some(dir) = query_value(query, "dir").filter(|d| d.starts_with('/')) else {
+        return Response::text(400, "POST /backup?dir=/absolute/path\n");
+    };
+    let store = state.store.clone();
+    let started = std::time::Instant::now();
+    let outcome =
+        tokio::task::spawn_blocking(move || store.backup(std::path::Path::new(&dir))).await;
+    match outcome {
+        Ok(Ok(stats)) => {
+            tracing::info!(
+                ?stats,
+                secs = started.elapsed().as_secs_f64(),
+                "backup written"
+            );
+            Response::json(200, serde_json::to_string(&stats).unwrap_or_default())
+        }
+        Ok(Err(e)) => Response::text(500, format!("backup failed: {e}\n")),
+        Err(e) => Response::text(500, format!("backup failed: {e}\n")),
+    }
+}
+
+/// The value of `name` in a query string, percent-decoded.
+fn query_value(query: &str, name: &str) -> Option<String> {
+    let raw = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))?;
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            byte => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 async fn read_head(stream: &mut TcpStream) -> Result<Vec<u8>, Response> {
@@ -181,12 +235,23 @@ mod tests {
     fn parses_request_lines() {
         assert_eq!(
             parse_request_line(b"GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\n\r\n"),
-            Ok(("GET", "/metrics"))
+            Ok(("GET", "/metrics", "x=1"))
         );
         assert!(parse_request_line(b"GET /metrics\r\n\r\n").is_err());
         assert!(parse_request_line(b"GET / SPDY/3\r\n\r\n").is_err());
         assert!(parse_request_line(b"\xff\xfe / HTTP/1.1\r\n\r\n").is_err());
         assert!(parse_request_line(b"no line end").is_err());
+    }
+
+    #[test]
+    fn query_values_are_percent_decoded() {
+        assert_eq!(
+            query_value("a=1&dir=%2Ftmp%2Fmy%20backup", "dir").as_deref(),
+            Some("/tmp/my backup")
+        );
+        assert_eq!(query_value("dir=/x", "d"), None);
+        assert_eq!(query_value("dir=%zz", "dir"), None);
+        assert_eq!(query_value("dir=%2", "dir").as_deref(), Some("%2"));
     }
 
     #[test]

@@ -60,6 +60,20 @@ enum Command {
     Serve(ServeArgs),
     /// Show what the running appliance holds.
     Status(StatusArgs),
+    /// Write a consistent copy of the running appliance's data to DIR.
+    Backup {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Folder for the backup (created; must not hold one already).
+        dir: PathBuf,
+    },
+    /// Restore a backup into the data folder (appliance stopped, folder without a database).
+    Restore {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Folder holding the backup.
+        dir: PathBuf,
+    },
     /// Send, tail and replay log records.
     Log(LogArgs),
     /// Read and change the state cache.
@@ -126,6 +140,57 @@ enum LogCommand {
 
 /// Finds the running appliance: its run.json in the data folder, else the configuration.
 /// Returns the log service's endpoints and the admin address.
+/// `depot backup DIR`: asks the running appliance to write the backup.
+fn backup(args: &ConfigArgs, dir: &Path) -> anyhow::Result<()> {
+    let (_, admin) = run_info(args)?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let dir = std::fs::canonicalize(dir)?;
+    let encoded: String = dir
+        .to_string_lossy()
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'/' | b'-' | b'_' | b'.' => {
+                (b as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect();
+    let body = status::http_request(
+        &admin,
+        "POST",
+        &format!("/backup?dir={encoded}"),
+        std::time::Duration::from_secs(3600),
+    )?;
+    let stats: depot_store::BackupStats = serde_json::from_str(&body)?;
+    println!(
+        "backup written to {}: {} trees, {} entries, {} bytes",
+        dir.join(depot_store::BACKUP_FILE).display(),
+        stats.trees,
+        stats.entries,
+        stats.bytes
+    );
+    Ok(())
+}
+
+/// `depot restore DIR`: fills the (stopped) appliance's empty data folder from a backup.
+fn restore(args: &ConfigArgs, dir: &Path) -> anyhow::Result<()> {
+    let (_, data_dir) = args.load()?;
+    let stats = depot_store::restore(dir, &data_dir).with_context(|| {
+        format!(
+            "cannot restore {} into {}",
+            dir.display(),
+            data_dir.display()
+        )
+    })?;
+    println!(
+        "restored {} trees, {} entries into {}; start `depot serve` on it",
+        stats.trees,
+        stats.entries,
+        data_dir.display()
+    );
+    Ok(())
+}
+
 fn run_info(args: &ConfigArgs) -> anyhow::Result<(depot_logd::LogdEndpoints, String)> {
     let (config, data_dir) = args.load()?;
     let run = std::fs::read(data_dir.join(serve::RUN_FILE))
@@ -382,6 +447,8 @@ fn main() -> ExitCode {
             .load()
             .and_then(|(config, data_dir)| serve::run(config, data_dir)),
         Command::Status(args) => status(args),
+        Command::Backup { config, dir } => backup(config, dir),
+        Command::Restore { config, dir } => restore(config, dir),
         Command::Log(args) => log(args),
         Command::Queue { config, command } => {
             queue_endpoints(config).and_then(|endpoints| queuecmd::run(&endpoints, command))

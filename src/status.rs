@@ -10,6 +10,17 @@ use crate::state::StatusReport;
 
 /// Fetches `path` from the admin endpoint at `addr`; returns the body of a 200 response.
 pub fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
+    http_request(addr, "GET", path, Duration::from_secs(10))
+}
+
+/// Sends `method path` to the admin endpoint at `addr`, waiting at most `wait` for the answer;
+/// returns the body of a 200 response.
+pub fn http_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    wait: Duration,
+) -> anyhow::Result<String> {
     let target: SocketAddr = addr
         .to_socket_addrs()
         .with_context(|| format!("invalid admin address {addr}"))?
@@ -19,10 +30,10 @@ pub fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
         TcpStream::connect_timeout(&target, Duration::from_secs(3)).with_context(|| {
             format!("no Depot answering at http://{addr} (is `depot serve` running?)")
         })?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.set_read_timeout(Some(wait))?;
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )?;
     let mut response = String::new();
     stream

@@ -4,7 +4,7 @@ use std::io::{Read, Write};
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use crate::error::{Result, StoreError};
@@ -70,6 +70,8 @@ pub(crate) struct CommitState {
     /// Write ends of [`DurableNotifier`]s: a byte each time the watermark moves, for threads
     /// that wait in a poll loop rather than on a condition variable.
     notifiers: Mutex<Vec<UnixStream>>,
+    /// Writers hold it shared while they write; a backup holds it exclusively.
+    gate: RwLock<()>,
 }
 
 /// A file descriptor that becomes readable when the durable watermark moves, for a service's
@@ -109,6 +111,7 @@ impl CommitState {
             work_arrived: Condvar::new(),
             watch: tokio::sync::watch::channel(Watermark::default()).0,
             notifiers: Mutex::new(Vec::new()),
+            gate: RwLock::new(()),
         }
     }
 
@@ -118,8 +121,22 @@ impl CommitState {
         self.watermark.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Starts a write: refuses once poisoned or closed, and otherwise returns a guard to hold
+    /// until the write is in place, so a backup (which takes the gate exclusively) sees either
+    /// all of a write or none of it.
+    pub(crate) fn begin_write(&self) -> Result<RwLockReadGuard<'_, ()>> {
+        let gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        self.check_writable()?;
+        Ok(gate)
+    }
+
+    /// Holds every write off until the guard is dropped.
+    pub(crate) fn hold_writes(&self) -> RwLockWriteGuard<'_, ()> {
+        self.gate.write().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Refuses writes once poisoned or closed.
-    pub(crate) fn check_writable(&self) -> Result<()> {
+    fn check_writable(&self) -> Result<()> {
         if self.poisoned.load(Ordering::Acquire) {
             let reason = self
                 .lock()
@@ -286,6 +303,15 @@ impl CommitState {
                 }
             };
         }
+    }
+
+    /// Blocks until every ticket up to `n` is durable, or the store is poisoned or closed.
+    pub(crate) fn wait_upto(&self, n: u64) -> Result<()> {
+        let ticket = Ticket {
+            store: self.instance,
+            n,
+        };
+        self.wait(ticket, None).map(|_| ())
     }
 
     /// Waits asynchronously until `ticket` is durable or the store is poisoned.

@@ -6,6 +6,7 @@
 //! - `log`: named streams of records with per-stream sequences, reads, retention, recovery.
 //! - `block`: how records are packed, compressed and checksummed into blocks (pure code).
 //! - `kv`: named key-value trees under the same group commit.
+//! - `backup`: a consistent copy of the whole store while it runs, and restoring one.
 //! - `keys`: big-endian key layout.
 //! - `record`: the record types.
 //! - `error`: [`StoreError`].
@@ -15,6 +16,7 @@
 //! moves the watermark; [`Store::wait_durable`] (or [`Store::durable`]) returns once the
 //! watermark covers the ticket. Acknowledge to a client only then.
 
+mod backup;
 mod block;
 mod durability;
 mod error;
@@ -24,6 +26,7 @@ pub mod log;
 mod record;
 mod store;
 
+pub use backup::{restore, BackupStats, BACKUP_FILE};
 pub use durability::{Durability, DurableNotifier, Ticket, Watermark};
 pub use error::{Result, StoreError};
 pub use kv::{Kv, MAX_KV_VALUE};

@@ -72,7 +72,31 @@ pub const LOCK_FILE: &str = "depot.lock";
 /// Name of sled's folder inside the data folder.
 pub const DB_DIR: &str = "store";
 
-fn lock_data_dir(dir: &Path) -> Result<File> {
+/// Opens sled in `db_dir` as the store uses it (no background flushes: the committer flushes).
+pub(crate) fn open_db(db_dir: &Path, cache_bytes: u64) -> Result<sled::Db> {
+    sled::Config::new()
+        .path(db_dir)
+        .cache_capacity(cache_bytes)
+        .flush_every_ms(None)
+        .open()
+        .map_err(|e| match e {
+            // sled's own lock on its files: another holder, not damage.
+            sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+                StoreError::Locked {
+                    path: db_dir.to_path_buf(),
+                    holder: " (the database files are locked)".into(),
+                }
+            }
+            e => StoreError::corrupt(format!(
+                "cannot open the database in {}: {e}. If it is damaged, move the folder aside \
+                 and restore it from a backup",
+                db_dir.display()
+            )),
+        })
+}
+
+/// Takes the data folder's lock, naming the holder if another process has it.
+pub(crate) fn lock_data_dir(dir: &Path) -> Result<File> {
     let path = dir.join(LOCK_FILE);
     let mut file = OpenOptions::new()
         .read(true)
@@ -172,25 +196,7 @@ impl Store {
         std::fs::create_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?;
         let lock = lock_data_dir(&dir)?;
         let db_dir = dir.join(DB_DIR);
-        let db = sled::Config::new()
-            .path(&db_dir)
-            .cache_capacity(config.cache_bytes)
-            .flush_every_ms(None)
-            .open()
-            .map_err(|e| match e {
-                // sled's own lock on its files: another holder, not damage.
-                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
-                    StoreError::Locked {
-                        path: dir.clone(),
-                        holder: " (the database files are locked)".into(),
-                    }
-                }
-                e => StoreError::corrupt(format!(
-                    "cannot open the database in {}: {e}. If it is damaged, move the folder aside \
-                     and restore it from a backup",
-                    db_dir.display()
-                )),
-            })?;
+        let db = open_db(&db_dir, config.cache_bytes)?;
         check_identity(&dir, &db)?;
         let db_path = db_dir.join("db");
         let db_file = File::open(&db_path).map_err(|e| StoreError::io(&db_path, e))?;
@@ -230,6 +236,13 @@ impl Store {
     pub fn kv(&self, name: &str) -> Result<crate::Kv> {
         let tree = self.inner.db.open_tree(format!("kv.{name}"))?;
         Ok(crate::Kv::new(tree, self.inner.commit.clone()))
+    }
+
+    /// Writes a consistent copy of the store to `dir/depot.backup` while it runs (`dir` is
+    /// created; an existing backup there is never overwritten). Writes wait while the trees
+    /// are copied; every write acknowledged before the call is in the copy.
+    pub fn backup(&self, dir: &Path) -> Result<crate::BackupStats> {
+        crate::backup::write_backup(&self.inner.db, &self.inner.commit, dir)
     }
 
     /// The data folder.

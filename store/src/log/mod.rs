@@ -161,7 +161,7 @@ impl Log {
         records: &[NewRecord<'_>],
         cursor: Option<(&str, &[u8])>,
     ) -> Result<Appended> {
-        self.commit.check_writable()?;
+        let _gate = self.commit.begin_write()?;
         if records.is_empty() {
             return Err(StoreError::Invalid("empty batch".into()));
         }
