@@ -106,11 +106,7 @@ impl Ha {
 
     /// Where the state PUB listens.
     pub fn state_endpoint(&self) -> String {
-        self.state_pub
-            .get_last_endpoint()
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or_default()
+        depot_common::frames::bound_endpoint(&self.state_pub)
     }
 
     /// The sockets to wake the server loop.

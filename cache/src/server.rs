@@ -2,6 +2,7 @@
 //! SUB. Updates are applied in memory, written to the store, and published only once durable,
 //! so every update a peer has seen survives a crash with its sequence.
 
+use depot_common::frames::bound_endpoint;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -230,14 +231,6 @@ fn bind(
     Ok(socket)
 }
 
-fn bound(socket: &zmq::Socket) -> String {
-    socket
-        .get_last_endpoint()
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or_default()
-}
-
 impl Cache {
     /// Loads the stored state, binds the three endpoints and starts the server thread.
     pub fn start(
@@ -271,9 +264,9 @@ impl Cache {
             None => None,
         };
         let endpoints = CacheEndpoints {
-            snapshot: bound(&snapshot),
-            publisher: bound(&publisher),
-            collector: bound(&collector),
+            snapshot: bound_endpoint(&snapshot),
+            publisher: bound_endpoint(&publisher),
+            collector: bound_endpoint(&collector),
             state: ha.as_ref().map(Ha::state_endpoint),
         };
         let metrics = Arc::new(CacheMetrics::default());

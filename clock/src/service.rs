@@ -95,11 +95,7 @@ fn bind(socket: &zmq::Socket, role: &'static str, endpoint: &str) -> Result<Stri
             endpoint: endpoint.to_string(),
             source,
         })?;
-    Ok(socket
-        .get_last_endpoint()
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or_default())
+    Ok(depot_common::frames::bound_endpoint(socket))
 }
 
 impl Clock {

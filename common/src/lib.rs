@@ -2,6 +2,7 @@
 //!
 //! Layout:
 //! - `config`: serde helpers for durations and sizes in configuration.
+//! - `frames`: receiving multipart messages without copies, bound endpoints.
 //! - `metrics`: writing Prometheus text exposition.
 //! - `ratelimit`: warnings at most once a second per kind.
 //! - `size`: parsing byte sizes such as `512MiB`.
@@ -9,6 +10,7 @@
 //! - `loadgen`: synthetic log lines for benchmarks and load tools.
 
 pub mod config;
+pub mod frames;
 pub mod loadgen;
 pub mod metrics;
 pub mod ratelimit;

@@ -1,6 +1,7 @@
 //! The ingest thread: owns the PULL, SUB and acked ROUTER sockets, stores what they receive,
 //! hands it to the live thread, and confirms acked batches once the store says durable.
 
+use depot_common::frames::recv_frames;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -329,22 +330,6 @@ impl Ingest {
                 Err(e) => tracing::debug!(error = %e, "ingest: ack undeliverable"),
             }
             self.pending.pop_front();
-        }
-    }
-}
-
-/// Receives one multipart message without copying its frames out of libzmq's messages.
-fn recv_frames(socket: &zmq::Socket) -> zmq::Result<Vec<zmq::Message>> {
-    let mut frames = Vec::new();
-    loop {
-        let mut frame = zmq::Message::new();
-        // Only the first frame may be absent; the rest of a message arrives with it.
-        let flags = if frames.is_empty() { zmq::DONTWAIT } else { 0 };
-        socket.recv(&mut frame, flags)?;
-        let more = frame.get_more();
-        frames.push(frame);
-        if !more {
-            return Ok(frames);
         }
     }
 }

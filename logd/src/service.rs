@@ -68,8 +68,7 @@ pub struct LogdEndpoints {
 fn bound_endpoint(socket: &Option<zmq::Socket>) -> String {
     socket
         .as_ref()
-        .and_then(|s| s.get_last_endpoint().ok())
-        .and_then(Result::ok)
+        .map(depot_common::frames::bound_endpoint)
         .unwrap_or_default()
 }
 

@@ -5,6 +5,7 @@
 //! the whole cache is carried) means the service dropped messages for this bus because it did
 //! not keep up. The PGM socket never drops: when the rate limit holds it back, sends wait.
 
+use depot_common::frames::recv_frames;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -187,19 +188,4 @@ pub fn send_all(
         }
     }
     Ok(())
-}
-
-/// Receives one multipart message without copying its frames.
-pub fn recv_frames(socket: &zmq::Socket) -> zmq::Result<Vec<zmq::Message>> {
-    let mut frames = Vec::with_capacity(5);
-    loop {
-        let mut frame = zmq::Message::new();
-        let flags = if frames.is_empty() { zmq::DONTWAIT } else { 0 };
-        socket.recv(&mut frame, flags)?;
-        let more = frame.get_more();
-        frames.push(frame);
-        if !more {
-            return Ok(frames);
-        }
-    }
 }

@@ -18,10 +18,11 @@ use std::sync::Arc;
 use depot_common::ratelimit::RateLimited;
 use depot_logd::protocol::Header;
 
-use crate::bridge::{recv_frames, send_all};
+use crate::bridge::send_all;
 use crate::frames::{classify, BusMessage};
 use crate::gaps::GapTracker;
 use crate::metrics::{add, BusEntry};
+use depot_common::frames::recv_frames;
 
 /// Messages taken from the group per loop turn.
 const MESSAGES_PER_TURN: usize = 1024;

@@ -1,6 +1,7 @@
 //! Starting and stopping the queue service: loads the queues, binds every endpoint (so a port
 //! in use is reported at start) and runs the queue thread.
 
+use depot_common::frames::bound_endpoint;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -87,14 +88,6 @@ fn bind(
     Ok(socket)
 }
 
-fn bound(socket: &zmq::Socket) -> String {
-    socket
-        .get_last_endpoint()
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or_default()
-}
-
 impl QueueService {
     /// Loads the stored queues and subscriptions, binds the endpoints and starts the thread.
     pub fn start(
@@ -124,11 +117,11 @@ impl QueueService {
             }
         }
         let endpoints = QueueEndpoints {
-            router: bound(&router),
-            pull: pull.as_ref().map(bound).unwrap_or_default(),
+            router: bound_endpoint(&router),
+            pull: pull.as_ref().map(bound_endpoint).unwrap_or_default(),
             push: pushes
                 .iter()
-                .map(|(name, socket)| (name.clone(), bound(socket)))
+                .map(|(name, socket)| (name.clone(), bound_endpoint(socket)))
                 .collect(),
         };
         let metrics = Arc::new(QueueMetrics::default());

@@ -2,6 +2,7 @@
 //! (fire-and-forget) and the simple-mode PUSH endpoints; stores publishes, confirms them once
 //! durable, and delivers to consumers within their prefetch windows.
 
+use depot_common::frames::recv_frames;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -79,21 +80,6 @@ pub(crate) struct Server {
     last_tick: Instant,
     last_trim: Instant,
     last_stats: Instant,
-}
-
-/// Receives one multipart message without copying its frames out of libzmq's messages.
-fn recv_frames(socket: &zmq::Socket) -> zmq::Result<Vec<zmq::Message>> {
-    let mut frames = Vec::new();
-    loop {
-        let mut frame = zmq::Message::new();
-        let flags = if frames.is_empty() { zmq::DONTWAIT } else { 0 };
-        socket.recv(&mut frame, flags)?;
-        let more = frame.get_more();
-        frames.push(frame);
-        if !more {
-            return Ok(frames);
-        }
-    }
 }
 
 /// Loads every queue: those with stored acks, those with a journal, those configured.
