@@ -21,7 +21,6 @@ mod buscmd;
 mod cachecmd;
 mod clockbench;
 mod clockcmd;
-mod config;
 mod logcmd;
 mod queuebench;
 mod queuecmd;
@@ -36,6 +35,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use config::Config;
+use depot::config;
 
 /// Depot: a ZeroMQ appliance for logs, state, queues, clocks and multicast, on durable storage.
 #[derive(Parser)]

@@ -236,7 +236,7 @@ pub fn encode_properties(properties: &[(String, String)]) -> String {
         .collect()
 }
 
-/// Decodes `name=value\n` lines (a missing final newline is accepted).
+/// Decodes `name=value\n` lines (a missing final newline is accepted, and so is `\r\n`).
 pub fn decode_properties(frame: &[u8]) -> Result<Vec<(String, String)>, ChpError> {
     if frame.len() > MAX_PROPERTIES {
         return Err(ChpError::Properties(format!(
@@ -245,7 +245,10 @@ pub fn decode_properties(frame: &[u8]) -> Result<Vec<(String, String)>, ChpError
         )));
     }
     let text = std::str::from_utf8(frame).map_err(|_| ChpError::Properties("not UTF-8".into()))?;
-    text.lines()
+    // A CR before the line's end, or at the very end, is part of the line break: `lines()`
+    // would keep a final one in the value, which then does not survive re-encoding.
+    text.split('\n')
+        .map(|line| line.trim_end_matches('\r'))
         .filter(|line| !line.is_empty())
         .map(|line| {
             line.split_once('=')
@@ -415,6 +418,23 @@ mod tests {
         );
         assert!(decode_properties(b"=x\n").is_err());
         assert!(decode_properties(b"\xff=1").is_err());
+    }
+
+    /// Found by fuzzing (fuzz/corpus/cache_chp/crash-*): a final `\r` stayed in the value,
+    /// so the message re-encoded as `ttl=30\r\n` decoded differently on the next hop.
+    #[test]
+    fn a_carriage_return_ends_a_property_line_and_the_message_round_trips() {
+        assert_eq!(
+            decode_properties(b"ttl=30\r").unwrap(),
+            vec![("ttl".into(), "30".into())]
+        );
+        assert_eq!(
+            decode_properties(b"a=1\r\nb=x\ry\r\n\r\n").unwrap(),
+            vec![("a".into(), "1".into()), ("b".into(), "x\ry".into())]
+        );
+        let received: [&[u8]; 5] = [b"/app/x", &[0; 8], b"", b"ttl=30\r", b"value"];
+        let msg = KvMsg::decode(&frames(&received), 1024).unwrap();
+        assert_eq!(KvMsg::decode(&msg.encode(), 1024).unwrap(), msg);
     }
 
     #[test]

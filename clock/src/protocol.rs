@@ -280,8 +280,15 @@ pub fn time_ns(time: SystemTime) -> Option<u64> {
 fn parse_add(attrs: &[u8], payload: Vec<u8>) -> Result<AddTimer, ProtocolError> {
     let mut attrs = parse_attrs(attrs)?;
     let bad = ProtocolError::Attrs;
+    // Durations travel and are stored as u64 nanoseconds: a longer one (> 584 years) could not
+    // be encoded again, so it is refused here rather than deep in the timer store.
     let duration = |name: &str, text: String| {
-        depot_common::config::parse_duration(&text).map_err(|e| bad(format!("{name}: {e}")))
+        let duration =
+            depot_common::config::parse_duration(&text).map_err(|e| bad(format!("{name}: {e}")))?;
+        if u64::try_from(duration.as_nanos()).is_err() {
+            return Err(bad(format!("{name}: {text:?} is too long")));
+        }
+        Ok(duration)
     };
     let when = match (attrs.remove("at"), attrs.remove("in")) {
         (Some(at), None) => When::At(parse_time(&at).map_err(|e| bad(format!("at: {e}")))?),
@@ -685,6 +692,18 @@ mod tests {
         ));
         let invalid = Request::decode(&frames(&[b"ADD", &[0xff, 0xfe], b""]), 4096);
         assert!(invalid.unwrap_err().to_string().contains("UTF-8"));
+    }
+
+    /// Found by fuzzing (fuzz/corpus/clock_request/crash-*): `every=11440000000000s` decoded, but
+    /// its nanoseconds overflow u64, so `encode` wrote a request that no longer decoded.
+    #[test]
+    fn durations_beyond_u64_nanoseconds_are_refused_and_requests_round_trip() {
+        let error = |attrs: &str| add(attrs).unwrap_err().to_string();
+        assert!(error("in=1s\nevery=11440000000000s")
+            .contains("every: \"11440000000000s\" is too long"));
+        assert!(error("in=600000d").contains("too long"));
+        let request = add("at=1764014400000000000\nevery=200000d\ncount=3").unwrap();
+        assert_eq!(Request::decode(&request.encode(), 4096).unwrap(), request);
     }
 
     #[test]

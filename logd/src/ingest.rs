@@ -298,6 +298,10 @@ impl Ingest {
             return;
         }
         let mark = self.store.watermark();
+        // Acks for clients that are not reading theirs (pipe at its HWM) wait here, so that
+        // they do not hold back everyone else's: found by the malformed-input storm, where a
+        // sender that never reads stalled every acked client.
+        let mut blocked = VecDeque::new();
         while let Some(front) = self.pending.front() {
             if front.ticket.get() > mark.durable {
                 if mark.poisoned.is_some() || mark.closed {
@@ -325,11 +329,18 @@ impl Ingest {
             match router.send_multipart(reply, zmq::DONTWAIT) {
                 Ok(()) => inc(&self.metrics.acks_sent),
                 // The client is not reading its acks: try again on the next turn.
-                Err(zmq::Error::EAGAIN) => break,
+                Err(zmq::Error::EAGAIN) => {
+                    blocked.extend(self.pending.pop_front());
+                    continue;
+                }
                 // The client went away; its batch is stored all the same.
                 Err(e) => tracing::debug!(error = %e, "ingest: ack undeliverable"),
             }
             self.pending.pop_front();
+        }
+        // Back at the front in their order, to be retried first.
+        while let Some(ack) = blocked.pop_back() {
+            self.pending.push_front(ack);
         }
     }
 }

@@ -27,6 +27,7 @@ mod record;
 mod store;
 
 pub use backup::{restore, BackupStats, BACKUP_FILE};
+pub use block::{check_block_index_entry, decode_log_block, encode_log_block};
 pub use durability::{Durability, DurableNotifier, Ticket, Watermark};
 pub use error::{Result, StoreError};
 pub use kv::{Kv, MAX_KV_VALUE};
