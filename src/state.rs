@@ -32,6 +32,8 @@ pub struct AppState {
     pub clock: std::sync::OnceLock<Arc<depot_clock::ClockMetrics>>,
     /// The multicast buses (running or failed), once started.
     pub multicast: std::sync::OnceLock<Arc<Vec<Arc<depot_multicast::metrics::BusEntry>>>>,
+    /// Who may connect, when CURVE is on.
+    pub security: std::sync::OnceLock<Arc<depot_common::security::Authorizer>>,
 }
 
 /// `/health` body.
@@ -87,6 +89,7 @@ impl AppState {
             queue: std::sync::OnceLock::new(),
             clock: std::sync::OnceLock::new(),
             multicast: std::sync::OnceLock::new(),
+            security: std::sync::OnceLock::new(),
         }
     }
 
@@ -237,6 +240,9 @@ impl AppState {
             let entries: Vec<&depot_multicast::metrics::BusEntry> =
                 buses.iter().map(|b| b.as_ref()).collect();
             depot_multicast::metrics::render(&entries, &mut m);
+        }
+        if let Some(security) = self.security.get() {
+            security.metrics.render(&mut m);
         }
         m.finish()
     }

@@ -772,7 +772,8 @@ fn two_hosts_pgm_repairs_one_percent_loss_and_counts_an_outage() {
         dir.path(),
         &format!(
             "[[multicast.bus]]\nname = \"lan\"\nendpoint = \"epgm://{DEPOT_IP};{lan}\"\nrate_kbps = 100000\nrecovery_ms = 2000\nlogs = [\"net.\"]\n\n\
-             [[multicast.bus]]\nname = \"slow\"\nendpoint = \"epgm://{DEPOT_IP};{slow}\"\nrate_kbps = 1000\nrecovery_ms = 500\nlogs = [\"lossy.\"]\n"
+             [[multicast.bus]]\nname = \"slow\"\nendpoint = \"epgm://{DEPOT_IP};{slow}\"\nrate_kbps = 1000\nrecovery_ms = 500\nlogs = [\"lossy.\"]\n\n\
+             [security]\nallow_insecure = true\n"
         ),
     );
     let data = dir.path().join("data");

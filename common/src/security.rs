@@ -227,6 +227,20 @@ pub fn apply_client(socket: &zmq::Socket, keys: Option<&ClientKeys>) -> zmq::Res
     }
 }
 
+/// This process's client keys, used by every Depot client socket it makes (set once by the CLI
+/// from `--key`, and by `depot serve` to its own pair for in-process clients such as buses).
+static PROCESS_CLIENT_KEYS: std::sync::OnceLock<ClientKeys> = std::sync::OnceLock::new();
+
+/// Sets the process's client keys; false when they were already set.
+pub fn set_process_client_keys(keys: ClientKeys) -> bool {
+    PROCESS_CLIENT_KEYS.set(keys).is_ok()
+}
+
+/// Applies the process's client keys, if any, to a client socket before it connects.
+pub fn apply_process_client(socket: &zmq::Socket) -> zmq::Result<()> {
+    apply_client(socket, PROCESS_CLIENT_KEYS.get())
+}
+
 /// One line of the authorized-keys file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthorizedKey {
