@@ -437,6 +437,56 @@ policy = "reject"
         );
     }
 
+    /// The sample `make install` puts in /etc/depot parses and passes the secure default.
+    #[test]
+    fn the_packaged_sample_parses() {
+        let config = parse(include_str!("../packaging/depot.toml")).unwrap();
+        assert_eq!(config.store.data_dir, PathBuf::from("/var/lib/depot"));
+        assert!(!config.security.curve);
+        config.check_exposure().unwrap();
+    }
+
+    #[test]
+    fn security_section_and_the_secure_default() {
+        let config =
+            parse("[security]\ncurve = true\nauthorized_keys = \"/etc/depot/keys\"\n").unwrap();
+        assert!(config.security.curve);
+        assert_eq!(
+            config.security.authorized_keys,
+            Some(PathBuf::from("/etc/depot/keys"))
+        );
+        parse("").unwrap().check_exposure().unwrap();
+        let err = parse("[queue]\nrouter = \"tcp://*:5570\"\n")
+            .unwrap()
+            .check_exposure()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("queue.router") && err.contains("allow_insecure"),
+            "{err}"
+        );
+        parse("[queue]\nrouter = \"tcp://*:5570\"\n[security]\ncurve = true\n")
+            .unwrap()
+            .check_exposure()
+            .unwrap();
+        let err = parse("[admin]\nlisten = \"0.0.0.0:9560\"\n[security]\ncurve = true\n")
+            .unwrap()
+            .check_exposure()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("admin.listen"), "{err}");
+        parse("[admin]\nlisten = \"0.0.0.0:9560\"\n[security]\nallow_insecure = true\n")
+            .unwrap()
+            .check_exposure()
+            .unwrap();
+        let err = parse("[clock]\npublisher_extra = [\"tcp://10.0.0.1:5590\"]\n")
+            .unwrap()
+            .check_exposure()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("clock.publisher_extra"), "{err}");
+    }
+
     #[test]
     fn missing_optional_file_gives_defaults_but_required_one_fails() {
         let missing = Path::new("/nonexistent/depot.toml");
