@@ -45,12 +45,12 @@ struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
     /// Client key pair (NAME.key, from `depot keygen`) for an appliance with CURVE on.
-    #[arg(long, global = true, value_name = "FILE")]
-    key: Option<PathBuf>,
+    #[arg(long = "key", global = true, value_name = "FILE")]
+    client_key: Option<PathBuf>,
     /// The server's public key (Z85, or a file holding it; default: server.pub in the data
     /// folder). Used with --key.
-    #[arg(long, global = true, value_name = "KEY|FILE")]
-    server_key: Option<String>,
+    #[arg(long = "server-key", global = true, value_name = "KEY|FILE")]
+    server_public_key: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -138,11 +138,11 @@ fn command_config(command: &Command) -> Option<&ConfigArgs> {
 /// With `--key`: makes every client socket of this process a CURVE client of the server.
 fn use_client_keys(cli: &Cli) -> anyhow::Result<()> {
     use depot_common::security::{ClientKeys, Key, KeyPair};
-    let Some(key_file) = &cli.key else {
+    let Some(key_file) = &cli.client_key else {
         return Ok(());
     };
     let pair = KeyPair::load(key_file)?;
-    let server_text = match &cli.server_key {
+    let server_text = match &cli.server_public_key {
         Some(text) if text.trim().len() == 40 && !Path::new(text).exists() => text.clone(),
         Some(path) => std::fs::read_to_string(path)
             .with_context(|| format!("cannot read the server key {path}"))?,
@@ -505,5 +505,42 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(_) => ExitCode::FAILURE,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every subcommand's arguments agree with the global ones (a clash only shows at run time).
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        for args in [
+            &["depot", "cache", "set", "/a", "1", "--key", "k.key"][..],
+            &["depot", "queue", "--help"][..],
+            &[
+                "depot",
+                "log",
+                "send",
+                "--stream",
+                "s",
+                "x",
+                "--server-key",
+                "s.pub",
+            ][..],
+        ] {
+            let parsed = Cli::try_parse_from(args);
+            assert!(
+                parsed.is_ok()
+                    || parsed.as_ref().err().map(clap::Error::kind)
+                        == Some(clap::error::ErrorKind::DisplayHelp),
+                "{args:?}"
+            );
+        }
+        let cli =
+            Cli::try_parse_from(["depot", "cache", "set", "/a", "1", "--key", "k.key"]).unwrap();
+        assert_eq!(cli.client_key, Some(PathBuf::from("k.key")));
     }
 }
