@@ -415,7 +415,8 @@ fn a_bus_that_cannot_open_is_failed_and_the_rest_runs() {
     let config = write_config(
         dir.path(),
         &format!(
-            "[[multicast.bus]]\nname = \"good\"\nendpoint = \"{good}\"\nlogs = [\"ok.\"]\n\n[[multicast.bus]]\nname = \"broken\"\nendpoint = \"{broken}\"\nlogs = [\"\"]\n"
+            "[[multicast.bus]]\nname = \"good\"\nendpoint = \"{good}\"\nlogs = [\"ok.\"]\n\n[[multicast.bus]]\nname = \"broken\"\nendpoint = \"{broken}\"\nlogs = [\"\"]\n\n\
+             [security]\nallow_insecure = true\n"
         ),
     );
     let data = dir.path().join("data");

@@ -280,3 +280,47 @@ fn syslog_beyond_loopback_needs_allow_insecure_even_with_curve() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_cache_queue_and_timers_serve_a_known_key_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let alice = KeyPair::generate().unwrap();
+    let (appliance, _) = curve_appliance(dir.path(), &[&alice]);
+    let stem = dir.path().join("alice");
+    alice.write(&stem).unwrap();
+    let key_file = KeyPair::secret_path(&stem);
+    let cli = |args: &[&str]| {
+        let output = depot()
+            .args(args)
+            .arg("--data")
+            .arg(&appliance.data)
+            .arg("--config")
+            .arg(dir.path().join("depot.toml"))
+            .arg("--key")
+            .arg(&key_file)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    cli(&["cache", "set", "/secure/a", "one"]);
+    assert_eq!(cli(&["cache", "get", "/secure/a"]), "one\n");
+    cli(&["queue", "push", "jobs", "job-1"]);
+    assert!(cli(&["queue", "pop", "jobs", "--wait", "5s"]).contains("job-1"));
+    cli(&[
+        "timer",
+        "add",
+        "--in",
+        "1h",
+        "--topic",
+        "secure.timer",
+        "payload",
+    ]);
+    assert!(cli(&["timer", "ls"]).contains("secure.timer"));
+    let accepted = appliance.metric("depot_security_accepted_total");
+    assert!(accepted >= 6.0, "{accepted}");
+}
