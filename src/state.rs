@@ -73,6 +73,9 @@ pub struct StatusReport {
     /// Multicast buses.
     #[serde(default)]
     pub buses: Vec<depot_multicast::BusStatus>,
+    /// The server's CURVE public key (Z85) when CURVE is on.
+    #[serde(default)]
+    pub curve_public_key: Option<String>,
 }
 
 impl AppState {
@@ -156,6 +159,7 @@ impl AppState {
                 .collect(),
             streams: self.store.log().stats(),
             buses: self.bus_statuses(),
+            curve_public_key: self.security.get().map(|a| a.server_public().z85()),
         }
     }
 

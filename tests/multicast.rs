@@ -920,3 +920,29 @@ fn a_bus_carries_the_clocks_ticks_unchanged_with_contiguous_sequences() {
     assert!(appliance.metric("depot_multicast_sent_total{bus=\"ticks\"}") >= 100.0);
     assert_eq!(appliance.stop().code(), Some(0));
 }
+
+/// With CURVE on, a bus reads the tick PUB over TCP with the server's own key pair.
+#[test]
+fn with_curve_a_bus_still_carries_the_clocks_ticks() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = endpoint("epgm", "127.0.0.1");
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[[multicast.bus]]\nname = \"ticks\"\nendpoint = \"{bus}\"\nrate_kbps = 10000\nrecovery_ms = 2000\nticks = [\"tick.10ms\"]\n\n[security]\ncurve = true\n"
+        ),
+    );
+    let appliance = Appliance::start(&dir.path().join("data"), &config);
+    let ctx = zmq::Context::new();
+    let sub = group_subscriber(&ctx, &bus, b"tick.10ms");
+    let tick = poll(Duration::from_secs(20), || {
+        recv(&sub, Duration::from_millis(200))
+    })
+    .expect("no tick came over the bus with CURVE on");
+    assert_eq!(
+        depot_clock::protocol::Tick::decode(&tick).unwrap().topic,
+        "tick.10ms"
+    );
+    assert!(appliance.metric("depot_security_accepted_total") >= 1.0);
+    assert_eq!(appliance.metric("depot_security_rejected_total"), 0.0);
+}

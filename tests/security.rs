@@ -61,6 +61,9 @@ fn the_server_key_pair_is_made_on_first_start_with_a_private_secret() {
     let mode = std::fs::metadata(&secret).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
     let first = server_key(&appliance);
+    let (_, status) = appliance.get("/status");
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["curve_public_key"], first.z85());
     assert!(appliance.stop().success());
     // A restart keeps the same pair: clients' copies of server.pub stay valid.
     let config = dir.path().join("depot.toml");

@@ -369,6 +369,11 @@ impl Authorizer {
         authorizer
     }
 
+    /// The server's public key (always accepted).
+    pub fn server_public(&self) -> Key {
+        self.server_public
+    }
+
     /// The authorized-keys file.
     pub fn path(&self) -> &Path {
         &self.path
