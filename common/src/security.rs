@@ -774,6 +774,12 @@ mod tests {
         assert_eq!(keys[1].permissions, vec!["logd.write=app.".to_string()]);
         assert_eq!(errors.len(), 1);
         assert!(errors[0].starts_with("line 5"), "{errors:?}");
+        // `#` is a Z85 character: inside a key it is not a comment.
+        let hashed = "0000000000000000000000000000000000000#00";
+        let (keys, errors) = parse_authorized_keys(&format!("{hashed} bob # a comment\n"));
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(keys[0].key.z85(), hashed);
+        assert_eq!(keys[0].name, "bob");
     }
 
     fn request<'a>(mechanism: &'a [u8], key: Option<Key>) -> ZapRequest<'a> {
