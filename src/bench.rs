@@ -363,6 +363,7 @@ fn logd_latency(
 ) -> anyhow::Result<()> {
     let ctx = zmq::Context::new();
     let live = ctx.socket(zmq::SUB)?;
+    depot_common::security::apply_process_client(&live)?;
     live.set_rcvhwm(1_000_000)?;
     live.connect(&endpoints.live)?;
     live.set_subscribe(format!("{stream} ").as_bytes())?;
@@ -373,6 +374,7 @@ fn logd_latency(
     let producer = std::thread::spawn(move || -> anyhow::Result<()> {
         let ctx = zmq::Context::new();
         let socket = ctx.socket(zmq::PUSH)?;
+        depot_common::security::apply_process_client(&socket)?;
         socket.set_linger(-1)?;
         socket.connect(&endpoint)?;
         // Bursts every millisecond, sleeping in between: a spinning producer would take the
@@ -457,6 +459,7 @@ pub fn cache(
     // Floods the collector with `count` KVSETs under `prefix` and waits for the last one.
     let flood = |prefix: &str, count: u64, watcher: &mut CacheClient| -> anyhow::Result<f64> {
         let collector = ctx.socket(zmq::PUB)?;
+        depot_common::security::apply_process_client(&collector)?;
         collector.set_sndhwm(0)?;
         collector.connect(&server.collector)?;
         watcher.set(format!("{prefix}warm").as_bytes(), b"1", None, timeout)?;
@@ -507,6 +510,7 @@ pub fn cache(
         _ => {
             let mut watcher = CacheClient::join(&ctx, server, b"/bench/l/", timeout)?;
             let collector = ctx.socket(zmq::PUB)?;
+            depot_common::security::apply_process_client(&collector)?;
             collector.connect(&server.collector)?;
             watcher.set(b"/bench/l/warm", b"1", None, timeout)?;
             let total = args.count.min(args.rate * 30);

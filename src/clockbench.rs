@@ -139,10 +139,12 @@ fn timers(
     anyhow::ensure!(!endpoints.timers.is_empty(), "the appliance runs no timers");
     let ctx = zmq::Context::new();
     let dealer = ctx.socket(zmq::DEALER)?;
+    depot_common::security::apply_process_client(&dealer)?;
     dealer.set_rcvhwm(0)?;
     dealer.set_sndhwm(0)?;
     dealer.connect(&endpoints.timers)?;
     let sub = ctx.socket(zmq::SUB)?;
+    depot_common::security::apply_process_client(&sub)?;
     sub.set_rcvhwm(0)?;
     sub.set_subscribe(b"bench.timers")?;
     sub.connect(&endpoints.publisher)?;

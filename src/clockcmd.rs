@@ -263,6 +263,7 @@ impl TickWatcher {
             }
         }
         let socket = ctx.socket(zmq::SUB)?;
+        depot_common::security::apply_process_client(&socket)?;
         socket.set_linger(0)?;
         socket.set_rcvhwm(0)?;
         socket.set_subscribe(topic.as_bytes())?;

@@ -30,6 +30,21 @@ pub struct Config {
     pub clock: depot_clock::ClockConfig,
     /// Multicast buses.
     pub multicast: depot_multicast::MulticastConfig,
+    /// CURVE and the secure default.
+    pub security: SecuritySection,
+}
+
+/// `[security]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecuritySection {
+    /// CURVE on every zmq endpoint, checked against the authorized-keys file.
+    pub curve: bool,
+    /// Allowed client public keys (default: `authorized_keys` in the data folder).
+    pub authorized_keys: Option<PathBuf>,
+    /// Permit binds beyond loopback that are not protected (zmq without CURVE, syslog, the
+    /// admin HTTP endpoint, multicast buses).
+    pub allow_insecure: bool,
 }
 
 /// `[store]`
@@ -158,6 +173,91 @@ impl Config {
                 Err(e).with_context(|| format!("cannot read configuration {}", path.display()))
             }
         }
+    }
+
+    /// Refuses binds beyond loopback that nothing protects, unless `allow_insecure` is set:
+    /// zmq endpoints without CURVE, and always syslog, the admin endpoint and multicast buses
+    /// (they cannot use CURVE).
+    pub fn check_exposure(&self) -> anyhow::Result<()> {
+        if self.security.allow_insecure {
+            return Ok(());
+        }
+        use depot_common::security::endpoint_is_local;
+        let mut zmq_binds: Vec<(String, &str)> = Vec::new();
+        let logd = &self.logd;
+        for (key, endpoint) in [
+            ("logd.pull", &logd.pull),
+            ("logd.sub", &logd.sub),
+            ("logd.acked", &logd.acked),
+            ("logd.live", &logd.live),
+            ("logd.replay", &logd.replay),
+            ("logd.replay_api", &logd.replay_api),
+        ] {
+            zmq_binds.push((key.into(), endpoint));
+        }
+        if !self.cache.snapshot.is_empty() {
+            let cache = &self.cache;
+            zmq_binds.push(("cache.snapshot".into(), &cache.snapshot));
+            zmq_binds.push(("cache.publisher".into(), &cache.publisher));
+            zmq_binds.push(("cache.collector".into(), &cache.collector));
+            if let Some(ha) = &cache.ha {
+                zmq_binds.push(("cache.ha.state".into(), &ha.state));
+            }
+        }
+        if !self.queue.router.is_empty() {
+            zmq_binds.push(("queue.router".into(), &self.queue.router));
+            zmq_binds.push(("queue.pull".into(), &self.queue.pull));
+            for (name, queue) in &self.queue.queues {
+                if let Some(push) = &queue.push {
+                    zmq_binds.push((format!("queue.queues.\"{name}\".push"), push));
+                }
+            }
+        }
+        if !self.clock.publisher.is_empty() {
+            zmq_binds.push(("clock.publisher".into(), &self.clock.publisher));
+            for extra in &self.clock.publisher_extra {
+                zmq_binds.push(("clock.publisher_extra".into(), extra));
+            }
+            zmq_binds.push(("clock.timers".into(), &self.clock.timers));
+        }
+        if !self.security.curve {
+            for (key, endpoint) in &zmq_binds {
+                if !endpoint.is_empty() && !endpoint_is_local(endpoint) {
+                    anyhow::bail!(
+                        "{key} = \"{endpoint}\" listens beyond loopback without encryption or \
+                         authentication; set [security] curve = true (and list client keys in \
+                         authorized_keys), bind a loopback address, or set [security] \
+                         allow_insecure = true"
+                    );
+                }
+            }
+        }
+        let plain = |key: &str, what: &str| {
+            anyhow::anyhow!(
+                "{key} = \"{what}\" listens beyond loopback and cannot use CURVE; bind a \
+                 loopback address or set [security] allow_insecure = true"
+            )
+        };
+        for (key, addr) in [
+            ("logd.syslog_udp", self.logd.syslog_udp),
+            ("logd.syslog_tcp", self.logd.syslog_tcp),
+            ("admin.listen", Some(self.admin.listen)),
+        ] {
+            if let Some(addr) = addr {
+                if !addr.ip().is_loopback() {
+                    return Err(plain(key, &addr.to_string()));
+                }
+            }
+        }
+        for bus in &self.multicast.bus {
+            if !endpoint_is_local(&bus.endpoint) {
+                return Err(plain(
+                    &format!("multicast bus \"{}\" endpoint", bus.name),
+                    &bus.endpoint,
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The store's settings.
@@ -335,6 +435,56 @@ policy = "reject"
             err.contains("multicast bus \"lan\"") && err.contains("lo"),
             "{err}"
         );
+    }
+
+    /// The sample `make install` puts in /etc/depot parses and passes the secure default.
+    #[test]
+    fn the_packaged_sample_parses() {
+        let config = parse(include_str!("../packaging/depot.toml")).unwrap();
+        assert_eq!(config.store.data_dir, PathBuf::from("/var/lib/depot"));
+        assert!(!config.security.curve);
+        config.check_exposure().unwrap();
+    }
+
+    #[test]
+    fn security_section_and_the_secure_default() {
+        let config =
+            parse("[security]\ncurve = true\nauthorized_keys = \"/etc/depot/keys\"\n").unwrap();
+        assert!(config.security.curve);
+        assert_eq!(
+            config.security.authorized_keys,
+            Some(PathBuf::from("/etc/depot/keys"))
+        );
+        parse("").unwrap().check_exposure().unwrap();
+        let err = parse("[queue]\nrouter = \"tcp://*:5570\"\n")
+            .unwrap()
+            .check_exposure()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("queue.router") && err.contains("allow_insecure"),
+            "{err}"
+        );
+        parse("[queue]\nrouter = \"tcp://*:5570\"\n[security]\ncurve = true\n")
+            .unwrap()
+            .check_exposure()
+            .unwrap();
+        let err = parse("[admin]\nlisten = \"0.0.0.0:9560\"\n[security]\ncurve = true\n")
+            .unwrap()
+            .check_exposure()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("admin.listen"), "{err}");
+        parse("[admin]\nlisten = \"0.0.0.0:9560\"\n[security]\nallow_insecure = true\n")
+            .unwrap()
+            .check_exposure()
+            .unwrap();
+        let err = parse("[clock]\npublisher_extra = [\"tcp://10.0.0.1:5590\"]\n")
+            .unwrap()
+            .check_exposure()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("clock.publisher_extra"), "{err}");
     }
 
     #[test]

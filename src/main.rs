@@ -44,6 +44,13 @@ struct Cli {
     /// Log line format on stderr (RUST_LOG sets the filter, default "info").
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Client key pair (NAME.key, from `depot keygen`) for an appliance with CURVE on.
+    #[arg(long = "key", global = true, value_name = "FILE")]
+    client_key: Option<PathBuf>,
+    /// The server's public key (Z85, or a file holding it; default: server.pub in the data
+    /// folder). Used with --key.
+    #[arg(long = "server-key", global = true, value_name = "KEY|FILE")]
+    server_public_key: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -114,6 +121,80 @@ enum Command {
     /// Load tools that measure Depot on this machine.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Make a CURVE key pair for a client: NAME.key (secret, mode 0600) and NAME.pub.
+    Keygen {
+        /// Path and name of the files, without suffix.
+        #[arg(long, default_value = "depot-client")]
+        out: PathBuf,
+    },
+}
+
+/// The configuration flags a command was given, if it takes them.
+fn command_config(command: &Command) -> Option<&ConfigArgs> {
+    match command {
+        Command::Serve(args) => Some(&args.config),
+        Command::Status(args) => Some(&args.config),
+        Command::Log(args) => Some(&args.config),
+        Command::Cache { config, .. }
+        | Command::Queue { config, .. }
+        | Command::Clock { config, .. }
+        | Command::Timer { config, .. }
+        | Command::Bus { config, .. }
+        | Command::Backup { config, .. }
+        | Command::Restore { config, .. } => Some(config),
+        Command::Bench(BenchCommand::Logd { config, .. })
+        | Command::Bench(BenchCommand::Bus { config, .. })
+        | Command::Bench(BenchCommand::Cache { config, .. })
+        | Command::Bench(BenchCommand::Queue { config, .. })
+        | Command::Bench(BenchCommand::Clock { config, .. }) => Some(config),
+        Command::Bench(BenchCommand::Store(_)) | Command::Keygen { .. } => None,
+    }
+}
+
+/// With `--key`: makes every client socket of this process a CURVE client of the server.
+fn use_client_keys(cli: &Cli) -> anyhow::Result<()> {
+    use depot_common::security::{ClientKeys, Key, KeyPair};
+    let Some(key_file) = &cli.client_key else {
+        return Ok(());
+    };
+    let pair = KeyPair::load(key_file)?;
+    let server_text = match &cli.server_public_key {
+        Some(text) if text.trim().len() == 40 && !Path::new(text).exists() => text.clone(),
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the server key {path}"))?,
+        None => {
+            let data_dir = match command_config(&cli.command) {
+                Some(args) => args.load()?.1,
+                None => Config::default().store.data_dir,
+            };
+            let path = data_dir.join("server.pub");
+            std::fs::read_to_string(&path).with_context(|| {
+                format!(
+                    "cannot read the server's public key {}; pass --server-key",
+                    path.display()
+                )
+            })?
+        }
+    };
+    let server_public = Key::from_z85(&server_text)?;
+    depot_common::security::set_process_client_keys(ClientKeys {
+        server_public,
+        pair,
+    });
+    Ok(())
+}
+
+/// `depot keygen`: writes the pair and prints the public key.
+fn keygen(out: &Path) -> anyhow::Result<()> {
+    let pair = depot_common::security::KeyPair::generate()?;
+    pair.write(out)?;
+    println!("{}", pair.public.z85());
+    eprintln!(
+        "wrote {} (secret, mode 0600) and {}; add the public key to the server's authorized_keys",
+        depot_common::security::KeyPair::secret_path(out).display(),
+        depot_common::security::KeyPair::public_path(out).display()
+    );
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -441,7 +522,8 @@ fn status(args: &StatusArgs) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
-    let result = match &cli.command {
+    let result = use_client_keys(&cli).and_then(|()| match &cli.command {
+        Command::Keygen { out } => keygen(out),
         Command::Serve(args) => args
             .config
             .load()
@@ -481,7 +563,7 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::Logd { config, args }) => {
             run_info(config).and_then(|(run, admin)| bench::logd(&run, &admin, args))
         }
-    };
+    });
     if let Err(e) = &result {
         match cli.command {
             // The appliance reports through its log, which collectors read.
@@ -492,5 +574,42 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(_) => ExitCode::FAILURE,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every subcommand's arguments agree with the global ones (a clash only shows at run time).
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        for args in [
+            &["depot", "cache", "set", "/a", "1", "--key", "k.key"][..],
+            &["depot", "queue", "--help"][..],
+            &[
+                "depot",
+                "log",
+                "send",
+                "--stream",
+                "s",
+                "x",
+                "--server-key",
+                "s.pub",
+            ][..],
+        ] {
+            let parsed = Cli::try_parse_from(args);
+            assert!(
+                parsed.is_ok()
+                    || parsed.as_ref().err().map(clap::Error::kind)
+                        == Some(clap::error::ErrorKind::DisplayHelp),
+                "{args:?}"
+            );
+        }
+        let cli =
+            Cli::try_parse_from(["depot", "cache", "set", "/a", "1", "--key", "k.key"]).unwrap();
+        assert_eq!(cli.client_key, Some(PathBuf::from("k.key")));
     }
 }

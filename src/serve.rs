@@ -13,6 +13,7 @@ use tokio::sync::watch;
 
 use crate::config::{Config, RetentionSection};
 use crate::state::AppState;
+use depot_common::security::{Authorizer, KeyFileWatcher, KeyPair, ServerCurve};
 
 /// Name of the file in the data folder that tells clients where the running appliance listens.
 pub const RUN_FILE: &str = "run.json";
@@ -57,8 +58,60 @@ fn bus_service_endpoints(
     }
 }
 
+/// CURVE as `depot serve` runs it: the server's keys, the ZAP handler of the shared context
+/// and the watcher of the authorized-keys file.
+struct Security {
+    curve: ServerCurve,
+    _zap: depot_common::security::ZapHandler,
+    _watcher: Option<KeyFileWatcher>,
+}
+
+/// With `[security] curve = true`: loads (or makes) the server key pair, reads the
+/// authorized keys, starts watching them and the ZAP handler in `ctx`.
+fn start_security(
+    config: &Config,
+    data_dir: &Path,
+    ctx: &zmq::Context,
+) -> anyhow::Result<Option<Security>> {
+    if !config.security.curve {
+        return Ok(None);
+    }
+    if zmq::has("curve") != Some(true) {
+        anyhow::bail!("[security] curve = true, but this libzmq was built without CURVE");
+    }
+    let pair = KeyPair::load_or_create_server(data_dir).context("the server's CURVE keys")?;
+    let path = config
+        .security
+        .authorized_keys
+        .clone()
+        .unwrap_or_else(|| data_dir.join("authorized_keys"));
+    let authorizer = Arc::new(Authorizer::new(path, pair.public));
+    let watcher = match KeyFileWatcher::start(authorizer.clone()) {
+        Ok(watcher) => Some(watcher),
+        Err(e) => {
+            // The ZAP thread still notices changes by their metadata, within a second.
+            tracing::warn!(file = %authorizer.path().display(), error = %e, "cannot watch the authorized-keys file; checking it periodically");
+            None
+        }
+    };
+    let curve = ServerCurve { pair, authorizer };
+    // In-process clients (multicast buses, a Binary Star peer link) use the server's own pair,
+    // which the ZAP handler always accepts; a pair of cache servers therefore shares one.
+    depot_common::security::set_process_client_keys(curve.own_client());
+    let zap = curve
+        .start_zap(ctx)
+        .context("cannot start the ZAP handler")?;
+    tracing::info!(public_key = %curve.pair.public.z85(), authorized_keys = %curve.authorizer.path().display(), "CURVE on every zmq endpoint");
+    Ok(Some(Security {
+        curve,
+        _zap: zap,
+        _watcher: watcher,
+    }))
+}
+
 /// Runs the appliance with `config` and data in `data_dir` until SIGINT or SIGTERM.
-pub fn run(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
+pub fn run(mut config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
+    config.check_exposure()?;
     let store = depot_store::Store::open(&data_dir, config.store_config())
         .with_context(|| format!("cannot open the data folder {}", data_dir.display()))?;
     let store = Arc::new(store);
@@ -77,6 +130,15 @@ pub fn run(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     let ctx = zmq::Context::new();
+    let security = start_security(&config, &data_dir, &ctx)?;
+    if let Some(security) = &security {
+        let curve = Some(security.curve.clone());
+        config.logd.curve = curve.clone();
+        config.cache.curve = curve.clone();
+        config.queue.curve = curve.clone();
+        config.clock.curve = curve;
+        state.security.set(security.curve.authorizer.clone()).ok();
+    }
     let logd = depot_logd::Logd::start(&ctx, store.clone(), &config.logd, runtime.handle())?;
     state.logd.set(logd.metrics.clone()).ok();
     let cache = if config.cache.snapshot.is_empty() {
@@ -194,6 +256,7 @@ pub fn run(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
         cache.shutdown();
     }
     logd.shutdown();
+    drop(security);
     drop(retention_stop);
     let _ = retention_thread.join();
     runtime.shutdown_timeout(Duration::from_secs(2));

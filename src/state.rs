@@ -32,6 +32,8 @@ pub struct AppState {
     pub clock: std::sync::OnceLock<Arc<depot_clock::ClockMetrics>>,
     /// The multicast buses (running or failed), once started.
     pub multicast: std::sync::OnceLock<Arc<Vec<Arc<depot_multicast::metrics::BusEntry>>>>,
+    /// Who may connect, when CURVE is on.
+    pub security: std::sync::OnceLock<Arc<depot_common::security::Authorizer>>,
 }
 
 /// `/health` body.
@@ -71,6 +73,9 @@ pub struct StatusReport {
     /// Multicast buses.
     #[serde(default)]
     pub buses: Vec<depot_multicast::BusStatus>,
+    /// The server's CURVE public key (Z85) when CURVE is on.
+    #[serde(default)]
+    pub curve_public_key: Option<String>,
 }
 
 impl AppState {
@@ -87,6 +92,7 @@ impl AppState {
             queue: std::sync::OnceLock::new(),
             clock: std::sync::OnceLock::new(),
             multicast: std::sync::OnceLock::new(),
+            security: std::sync::OnceLock::new(),
         }
     }
 
@@ -153,6 +159,7 @@ impl AppState {
                 .collect(),
             streams: self.store.log().stats(),
             buses: self.bus_statuses(),
+            curve_public_key: self.security.get().map(|a| a.server_public().z85()),
         }
     }
 
@@ -237,6 +244,9 @@ impl AppState {
             let entries: Vec<&depot_multicast::metrics::BusEntry> =
                 buses.iter().map(|b| b.as_ref()).collect();
             depot_multicast::metrics::render(&entries, &mut m);
+        }
+        if let Some(security) = self.security.get() {
+            security.metrics.render(&mut m);
         }
         m.finish()
     }

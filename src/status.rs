@@ -109,6 +109,13 @@ pub fn render(report: &StatusReport) -> String {
         report.libzmq,
         report.libzmq_capabilities.join(", ")
     ));
+    out.push_str(&format!(
+        "curve        {}\n",
+        report
+            .curve_public_key
+            .as_deref()
+            .map_or("off".to_string(), |key| format!("on, server key {key}"))
+    ));
     if !report.buses.is_empty() {
         out.push('\n');
         out.push_str(&crate::buscmd::render(&report.buses));

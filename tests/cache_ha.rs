@@ -275,3 +275,79 @@ fn a_primary_alone_serves_after_waiting_for_its_peer_and_a_backup_alone_never_do
         .unwrap();
     assert_eq!(primary.stop().code(), Some(0));
 }
+
+/// With CURVE on, the pair shares one server key pair: the state link and the passive
+/// server's mirror are CURVE clients of the peer with it.
+#[test]
+fn a_curve_pair_agrees_on_roles_and_the_backup_mirrors() {
+    use depot_common::security::KeyPair;
+    let dir = tempfile::tempdir().unwrap();
+    let (p, b) = (ports(), ports());
+    let security = "\n[security]\ncurve = true\n";
+    let primary_config = write_config_with_cache(
+        &dir.path().join("primary"),
+        &cache_section("primary", &p, &b),
+        security,
+    );
+    let backup_config = write_config_with_cache(
+        &dir.path().join("backup"),
+        &cache_section("backup", &b, &p),
+        security,
+    );
+    let server = KeyPair::generate().unwrap();
+    let client = KeyPair::generate().unwrap();
+    let client_stem = dir.path().join("client");
+    client.write(&client_stem).unwrap();
+    let mut data = Vec::new();
+    for side in ["primary", "backup"] {
+        let side_data = dir.path().join(side).join("data");
+        std::fs::create_dir_all(&side_data).unwrap();
+        server.write(&side_data.join("server")).unwrap();
+        std::fs::write(
+            side_data.join("authorized_keys"),
+            format!("{}\n", client.public.z85()),
+        )
+        .unwrap();
+        data.push(side_data);
+    }
+    let primary = Appliance::start(&data[0], &primary_config);
+    let backup = Appliance::start(&data[1], &backup_config);
+    wait_metric(
+        &primary,
+        "depot_cache_ha_state",
+        ACTIVE,
+        Duration::from_secs(10),
+    );
+    wait_metric(
+        &backup,
+        "depot_cache_ha_state",
+        PASSIVE,
+        Duration::from_secs(10),
+    );
+    for i in 0..3 {
+        let output = common::depot()
+            .args(["cache", "set", &format!("/curve/{i}"), "v"])
+            .arg("--data")
+            .arg(&data[0])
+            .arg("--config")
+            .arg(&primary_config)
+            .arg("--key")
+            .arg(KeyPair::secret_path(&client_stem))
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let primary_seq = primary.metric("depot_cache_seq");
+    assert!(primary_seq >= 3.0);
+    wait_metric(
+        &backup,
+        "depot_cache_seq",
+        primary_seq,
+        Duration::from_secs(10),
+    );
+    assert_eq!(primary.metric("depot_security_rejected_total"), 0.0);
+}

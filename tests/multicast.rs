@@ -415,7 +415,8 @@ fn a_bus_that_cannot_open_is_failed_and_the_rest_runs() {
     let config = write_config(
         dir.path(),
         &format!(
-            "[[multicast.bus]]\nname = \"good\"\nendpoint = \"{good}\"\nlogs = [\"ok.\"]\n\n[[multicast.bus]]\nname = \"broken\"\nendpoint = \"{broken}\"\nlogs = [\"\"]\n"
+            "[[multicast.bus]]\nname = \"good\"\nendpoint = \"{good}\"\nlogs = [\"ok.\"]\n\n[[multicast.bus]]\nname = \"broken\"\nendpoint = \"{broken}\"\nlogs = [\"\"]\n\n\
+             [security]\nallow_insecure = true\n"
         ),
     );
     let data = dir.path().join("data");
@@ -772,7 +773,8 @@ fn two_hosts_pgm_repairs_one_percent_loss_and_counts_an_outage() {
         dir.path(),
         &format!(
             "[[multicast.bus]]\nname = \"lan\"\nendpoint = \"epgm://{DEPOT_IP};{lan}\"\nrate_kbps = 100000\nrecovery_ms = 2000\nlogs = [\"net.\"]\n\n\
-             [[multicast.bus]]\nname = \"slow\"\nendpoint = \"epgm://{DEPOT_IP};{slow}\"\nrate_kbps = 1000\nrecovery_ms = 500\nlogs = [\"lossy.\"]\n"
+             [[multicast.bus]]\nname = \"slow\"\nendpoint = \"epgm://{DEPOT_IP};{slow}\"\nrate_kbps = 1000\nrecovery_ms = 500\nlogs = [\"lossy.\"]\n\n\
+             [security]\nallow_insecure = true\n"
         ),
     );
     let data = dir.path().join("data");
@@ -917,4 +919,30 @@ fn a_bus_carries_the_clocks_ticks_unchanged_with_contiguous_sequences() {
     }
     assert!(appliance.metric("depot_multicast_sent_total{bus=\"ticks\"}") >= 100.0);
     assert_eq!(appliance.stop().code(), Some(0));
+}
+
+/// With CURVE on, a bus reads the tick PUB over TCP with the server's own key pair.
+#[test]
+fn with_curve_a_bus_still_carries_the_clocks_ticks() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = endpoint("epgm", "127.0.0.1");
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[[multicast.bus]]\nname = \"ticks\"\nendpoint = \"{bus}\"\nrate_kbps = 10000\nrecovery_ms = 2000\nticks = [\"tick.10ms\"]\n\n[security]\ncurve = true\n"
+        ),
+    );
+    let appliance = Appliance::start(&dir.path().join("data"), &config);
+    let ctx = zmq::Context::new();
+    let sub = group_subscriber(&ctx, &bus, b"tick.10ms");
+    let tick = poll(Duration::from_secs(20), || {
+        recv(&sub, Duration::from_millis(200))
+    })
+    .expect("no tick came over the bus with CURVE on");
+    assert_eq!(
+        depot_clock::protocol::Tick::decode(&tick).unwrap().topic,
+        "tick.10ms"
+    );
+    assert!(appliance.metric("depot_security_accepted_total") >= 1.0);
+    assert_eq!(appliance.metric("depot_security_rejected_total"), 0.0);
 }

@@ -118,6 +118,7 @@ fn take_snapshot(
     wait: Duration,
 ) -> Result<Option<Snapshot>, CacheClientError> {
     let dealer = ctx.socket(zmq::DEALER)?;
+    depot_common::security::apply_process_client(&dealer)?;
     dealer.set_linger(0)?;
     dealer.set_rcvhwm(1_000_000)?;
     dealer.connect(endpoint)?;
@@ -186,10 +187,12 @@ impl CacheClient {
             return Err(CacheClientError::NoServer);
         }
         let collector = ctx.socket(zmq::PUB)?;
+        depot_common::security::apply_process_client(&collector)?;
         collector.set_linger(1_000)?;
         let mut subscribed = Vec::with_capacity(servers.len());
         for endpoints in servers {
             let updates = ctx.socket(zmq::SUB)?;
+            depot_common::security::apply_process_client(&updates)?;
             updates.set_linger(0)?;
             updates.set_rcvhwm(1_000_000)?;
             updates.connect(&endpoints.publisher)?;

@@ -28,6 +28,9 @@ pub struct CacheConfig {
     pub compaction_interval: Duration,
     /// Binary Star failover with a peer server; absent for a single server.
     pub ha: Option<HaConfig>,
+    /// CURVE for the server sockets, set by `depot serve` from `[security]` (not a config key).
+    #[serde(skip)]
+    pub curve: Option<depot_common::security::ServerCurve>,
 }
 
 /// `[cache.ha]`: this server's side of a primary/backup pair and where its peer listens.
@@ -82,6 +85,7 @@ impl Default for CacheConfig {
             compaction_interval: Duration::from_secs(1),
             hugz_interval: Duration::from_secs(1),
             ha: None,
+            curve: None,
         }
     }
 }

@@ -77,11 +77,17 @@ pub struct Ha {
 
 impl Ha {
     /// Binds the state PUB and connects to the peer's.
-    pub fn start(ctx: &zmq::Context, config: &HaConfig) -> Result<Ha, zmq::Error> {
+    pub fn start(
+        ctx: &zmq::Context,
+        config: &HaConfig,
+        curve: Option<&depot_common::security::ServerCurve>,
+    ) -> Result<Ha, zmq::Error> {
         let state_pub = ctx.socket(zmq::PUB)?;
         state_pub.set_linger(0)?;
+        depot_common::security::apply_server(&state_pub, curve)?;
         state_pub.bind(&config.state)?;
         let state_sub = ctx.socket(zmq::SUB)?;
+        depot_common::security::apply_process_client(&state_sub)?;
         state_sub.set_linger(0)?;
         state_sub.set_subscribe(b"")?;
         state_sub.connect(&config.peer_state)?;

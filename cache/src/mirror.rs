@@ -66,6 +66,7 @@ impl Mirror {
         peer_snapshot: &str,
     ) -> Result<Mirror, zmq::Error> {
         let sub = ctx.socket(zmq::SUB)?;
+        depot_common::security::apply_process_client(&sub)?;
         sub.set_linger(0)?;
         sub.set_rcvhwm(1_000_000)?;
         sub.set_subscribe(b"")?;
@@ -111,6 +112,7 @@ impl Mirror {
 
     fn snapshot_dealer(&self) -> Result<zmq::Socket, zmq::Error> {
         let dealer = self.ctx.socket(zmq::DEALER)?;
+        depot_common::security::apply_process_client(&dealer)?;
         dealer.set_linger(0)?;
         dealer.set_rcvhwm(1_000_000)?;
         dealer.connect(&self.peer_snapshot)?;

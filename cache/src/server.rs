@@ -216,6 +216,7 @@ fn bind(
     kind: zmq::SocketType,
     role: &'static str,
     endpoint: &str,
+    curve: Option<&depot_common::security::ServerCurve>,
 ) -> Result<zmq::Socket, CacheError> {
     let error = |source| CacheError::Endpoint {
         role,
@@ -227,6 +228,7 @@ fn bind(
     if kind == zmq::PUB {
         socket.set_sndhwm(100_000).map_err(error)?;
     }
+    depot_common::security::apply_server(&socket, curve).map_err(error)?;
     socket.bind(endpoint).map_err(error)?;
     Ok(socket)
 }
@@ -246,21 +248,24 @@ impl Cache {
         let durable = store
             .durable_notifier()
             .map_err(|e| CacheError::Setup(format!("cannot watch the store's commits: {e}")))?;
-        let snapshot = bind(ctx, zmq::ROUTER, "snapshot", &config.snapshot)?;
+        let curve = config.curve.as_ref();
+        let snapshot = bind(ctx, zmq::ROUTER, "snapshot", &config.snapshot, curve)?;
         snapshot
             .set_router_mandatory(true)
             .map_err(|e| CacheError::Setup(e.to_string()))?;
-        let publisher = bind(ctx, zmq::PUB, "publisher", &config.publisher)?;
-        let collector = bind(ctx, zmq::SUB, "collector", &config.collector)?;
+        let publisher = bind(ctx, zmq::PUB, "publisher", &config.publisher, curve)?;
+        let collector = bind(ctx, zmq::SUB, "collector", &config.collector, curve)?;
         collector
             .set_subscribe(b"")
             .map_err(|e| CacheError::Setup(e.to_string()))?;
         let ha = match &config.ha {
-            Some(ha) => Some(Ha::start(ctx, ha).map_err(|source| CacheError::Endpoint {
-                role: "ha state",
-                endpoint: ha.state.clone(),
-                source,
-            })?),
+            Some(ha) => Some(
+                Ha::start(ctx, ha, curve).map_err(|source| CacheError::Endpoint {
+                    role: "ha state",
+                    endpoint: ha.state.clone(),
+                    source,
+                })?,
+            ),
             None => None,
         };
         let endpoints = CacheEndpoints {

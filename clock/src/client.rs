@@ -39,6 +39,7 @@ impl TimerClient {
         timeout: Duration,
     ) -> Result<TimerClient, ClientError> {
         let socket = ctx.socket(zmq::DEALER)?;
+        depot_common::security::apply_process_client(&socket)?;
         socket.set_linger(100)?;
         socket.connect(endpoint)?;
         Ok(TimerClient {
@@ -58,6 +59,7 @@ impl TimerClient {
         timeout: Duration,
     ) -> Result<TimerClient, ClientError> {
         let socket = ctx.socket(zmq::DEALER)?;
+        depot_common::security::apply_process_client(&socket)?;
         socket.set_linger(100)?;
         socket.set_identity(identity)?;
         socket.connect(endpoint)?;

@@ -72,6 +72,9 @@ pub struct ClockConfig {
     /// the start (marked late), so that subscribers and requesters have reconnected.
     #[serde(deserialize_with = "duration")]
     pub restart_grace: Duration,
+    /// CURVE for the server sockets, set by `depot serve` from `[security]` (not a config key).
+    #[serde(skip)]
+    pub curve: Option<depot_common::security::ServerCurve>,
 }
 
 /// Largest `max_payload`: the stored timer (payload + ~300 bytes) must fit in 8 KiB.
@@ -119,6 +122,7 @@ impl Default for ClockConfig {
             max_timers: 2_000_000,
             late_after: Duration::from_millis(100),
             restart_grace: Duration::from_secs(1),
+            curve: None,
         }
     }
 }

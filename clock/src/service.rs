@@ -69,6 +69,9 @@ pub struct Clock {
     pub metrics: Arc<ClockMetrics>,
     /// Where it listens.
     pub endpoints: ClockEndpoints,
+    /// The ZAP handler of the tick publisher's own context, when it has one and CURVE is on;
+    /// dropped (stopped) after the ticker.
+    _zap: Option<depot_common::security::ZapHandler>,
 }
 
 fn socket(
@@ -119,8 +122,15 @@ impl Clock {
         // I/O thread is raised like the ticker.
         let own = boost.and_then(boosted_context);
         let pub_ctx = own.as_ref().unwrap_or(ctx);
+        let curve = config.curve.as_ref();
+        // ZAP handlers are per context: the tick publisher's own context needs its own.
+        let zap = match (&own, curve) {
+            (Some(own), Some(curve)) => Some(curve.start_zap(own).map_err(setup)?),
+            _ => None,
+        };
         let publisher = socket(pub_ctx, zmq::PUB, "publisher", &config.publisher)?;
         publisher.set_sndhwm(PUB_HWM).map_err(setup)?;
+        depot_common::security::apply_server(&publisher, curve).map_err(setup)?;
         let mut endpoints = ClockEndpoints {
             publisher: bind(&publisher, "publisher", &config.publisher)?,
             ..Default::default()
@@ -158,6 +168,7 @@ impl Clock {
             router.set_router_mandatory(true).map_err(setup)?;
             router.set_maxmsgsize(MAX_REQUEST_BYTES).map_err(setup)?;
             router.set_sndhwm(PUB_HWM).map_err(setup)?;
+            depot_common::security::apply_server(&router, curve).map_err(setup)?;
             endpoints.timers = bind(&router, "timers", &config.timers)?;
             let settings = TimerSettings {
                 max_payload: config.max_payload,
@@ -224,6 +235,7 @@ impl Clock {
             ticker,
             metrics,
             endpoints,
+            _zap: zap,
         })
     }
 

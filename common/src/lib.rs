@@ -8,11 +8,13 @@
 //! - `size`: parsing byte sizes such as `512MiB`.
 //! - `thread`: scheduling helpers (background threads at low priority).
 //! - `loadgen`: synthetic log lines for benchmarks and load tools.
+//! - `security`: CURVE key files, the authorized-keys file, the ZAP handler, loopback checks.
 
 pub mod config;
 pub mod frames;
 pub mod loadgen;
 pub mod metrics;
 pub mod ratelimit;
+pub mod security;
 pub mod size;
 pub mod thread;

@@ -78,7 +78,19 @@ fn attributes(level: u8, source: &str, packed: bool) -> String {
 impl AckedSender {
     /// Connects to the acked endpoint.
     pub fn connect(ctx: &zmq::Context, endpoint: &str) -> Result<Self, ClientError> {
+        Self::connect_with(ctx, endpoint, None)
+    }
+
+    /// Connects to the acked endpoint as a CURVE client with `keys` (else the process's keys,
+    /// if set).
+    pub fn connect_with(
+        ctx: &zmq::Context,
+        endpoint: &str,
+        keys: Option<&depot_common::security::ClientKeys>,
+    ) -> Result<Self, ClientError> {
         let socket = ctx.socket(zmq::DEALER)?;
+        depot_common::security::apply_process_client(&socket)?;
+        depot_common::security::apply_client(&socket, keys)?;
         socket.set_linger(1_000)?;
         socket.connect(endpoint)?;
         Ok(AckedSender {
@@ -164,6 +176,7 @@ impl PushSender {
     /// Connects to the PULL endpoint.
     pub fn connect(ctx: &zmq::Context, endpoint: &str) -> Result<Self, ClientError> {
         let socket = ctx.socket(zmq::PUSH)?;
+        depot_common::security::apply_process_client(&socket)?;
         // Queued records still go out when the sender is dropped, for up to 5 s.
         socket.set_linger(5_000)?;
         socket.connect(endpoint)?;
@@ -243,6 +256,7 @@ pub fn replay(
     mut each: impl FnMut(Received) -> bool,
 ) -> Result<u64, ClientError> {
     let socket = ctx.socket(zmq::SUB)?;
+    depot_common::security::apply_process_client(&socket)?;
     socket.set_linger(0)?;
     socket.set_rcvhwm(100_000)?;
     socket.connect(endpoint)?;
@@ -306,11 +320,13 @@ impl Subscription {
         start: &str,
     ) -> Result<Self, ClientError> {
         let live = ctx.socket(zmq::SUB)?;
+        depot_common::security::apply_process_client(&live)?;
         live.set_linger(0)?;
         live.set_rcvhwm(100_000)?;
         live.connect(live_endpoint)?;
         live.set_subscribe(format!("{stream} ").as_bytes())?;
         let replay = ctx.socket(zmq::SUB)?;
+        depot_common::security::apply_process_client(&replay)?;
         replay.set_linger(0)?;
         replay.set_rcvhwm(100_000)?;
         replay.connect(replay_endpoint)?;
@@ -606,6 +622,7 @@ pub fn list_streams(
     timeout: Duration,
 ) -> Result<Vec<String>, ClientError> {
     let socket = ctx.socket(zmq::DEALER)?;
+    depot_common::security::apply_process_client(&socket)?;
     socket.set_linger(0)?;
     socket.connect(endpoint)?;
     let id = nonce().into_bytes();
@@ -664,6 +681,7 @@ pub fn replay_api(
         window,
     } = query;
     let socket = ctx.socket(zmq::DEALER)?;
+    depot_common::security::apply_process_client(&socket)?;
     socket.set_linger(0)?;
     socket.connect(endpoint)?;
     let id = nonce().into_bytes();

@@ -34,6 +34,9 @@ pub struct LogdConfig {
     pub live_hwm: i32,
     /// Files to tail.
     pub files: Vec<crate::tail::FileSource>,
+    /// CURVE for the server sockets, set by `depot serve` from `[security]` (not a config key).
+    #[serde(skip)]
+    pub curve: Option<depot_common::security::ServerCurve>,
 }
 
 impl Default for LogdConfig {
@@ -51,6 +54,7 @@ impl Default for LogdConfig {
             max_message_size: 1024 * 1024,
             live_hwm: 100_000,
             files: Vec::new(),
+            curve: None,
         }
     }
 }

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use depot_common::security::{apply_server, ServerCurve};
 use depot_store::Store;
 
 use crate::config::LogdConfig;
@@ -90,6 +91,7 @@ fn socket(
     role: &'static str,
     endpoint: &str,
     sndhwm: Option<i32>,
+    curve: Option<&ServerCurve>,
 ) -> Result<Option<zmq::Socket>, LogdError> {
     if endpoint.is_empty() {
         return Ok(None);
@@ -104,6 +106,7 @@ fn socket(
     if let Some(hwm) = sndhwm {
         socket.set_sndhwm(hwm).map_err(error)?;
     }
+    apply_server(&socket, curve).map_err(error)?;
     socket.bind(endpoint).map_err(error)?;
     Ok(Some(socket))
 }
@@ -128,8 +131,9 @@ impl Logd {
         let stop = Arc::new(AtomicBool::new(false));
         let setup = |e: zmq::Error| LogdError::Setup(e.to_string());
 
-        let pull = socket(ctx, zmq::PULL, "pull", &config.pull, None)?;
-        let sub = socket(ctx, zmq::SUB, "sub", &config.sub, None)?;
+        let curve = config.curve.as_ref();
+        let pull = socket(ctx, zmq::PULL, "pull", &config.pull, None, curve)?;
+        let sub = socket(ctx, zmq::SUB, "sub", &config.sub, None, curve)?;
         if let Some(sub) = &sub {
             sub.set_subscribe(b"").map_err(setup)?;
             for publisher in &config.publishers {
@@ -141,13 +145,34 @@ impl Logd {
                     })?;
             }
         }
-        let acked = socket(ctx, zmq::ROUTER, "acked", &config.acked, None)?;
+        let acked = socket(ctx, zmq::ROUTER, "acked", &config.acked, None, curve)?;
         if let Some(acked) = &acked {
             acked.set_router_mandatory(true).map_err(setup)?;
         }
-        let live = socket(ctx, zmq::XPUB, "live", &config.live, Some(config.live_hwm))?;
-        let replay = socket(ctx, zmq::XPUB, "replay", &config.replay, Some(REPLAY_HWM))?;
-        let replay_api = socket(ctx, zmq::ROUTER, "replay api", &config.replay_api, None)?;
+        let live = socket(
+            ctx,
+            zmq::XPUB,
+            "live",
+            &config.live,
+            Some(config.live_hwm),
+            curve,
+        )?;
+        let replay = socket(
+            ctx,
+            zmq::XPUB,
+            "replay",
+            &config.replay,
+            Some(REPLAY_HWM),
+            curve,
+        )?;
+        let replay_api = socket(
+            ctx,
+            zmq::ROUTER,
+            "replay api",
+            &config.replay_api,
+            None,
+            curve,
+        )?;
         let mut endpoints = LogdEndpoints {
             pull: bound_endpoint(&pull),
             sub: bound_endpoint(&sub),

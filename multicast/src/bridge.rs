@@ -68,6 +68,7 @@ impl Bridge {
         let mut subs = Vec::new();
         for source in sources {
             let sub = ctx.socket(zmq::SUB)?;
+            depot_common::security::apply_process_client(&sub)?;
             sub.set_linger(0)?;
             sub.set_rcvhwm(SOURCE_HWM)?;
             for prefix in &source.prefixes {

@@ -146,6 +146,7 @@ fn open_bus(
 
 fn connect(ctx: &zmq::Context, kind: zmq::SocketType, endpoint: &str) -> zmq::Result<zmq::Socket> {
     let socket = ctx.socket(kind)?;
+    depot_common::security::apply_process_client(&socket)?;
     socket.set_linger(500)?;
     socket.set_sndhwm(100_000)?;
     socket.connect(endpoint)?;

@@ -40,6 +40,7 @@ pub struct Confirm {
 
 fn dealer(ctx: &zmq::Context, endpoint: &str) -> Result<zmq::Socket, ClientError> {
     let socket = ctx.socket(zmq::DEALER)?;
+    depot_common::security::apply_process_client(&socket)?;
     socket.set_linger(1_000)?;
     socket.set_rcvhwm(0)?;
     socket.set_sndhwm(0)?;
@@ -145,6 +146,7 @@ impl Pusher {
     /// Connects to the queue PULL.
     pub fn connect(ctx: &zmq::Context, endpoint: &str) -> Result<Pusher, ClientError> {
         let socket = ctx.socket(zmq::PUSH)?;
+        depot_common::security::apply_process_client(&socket)?;
         socket.set_linger(5_000)?;
         socket.set_sndhwm(10_000)?;
         socket.connect(endpoint)?;

@@ -55,6 +55,9 @@ pub struct QueueConfig {
     pub redelivery_timeout: Duration,
     /// Declared queues and their overrides.
     pub queues: BTreeMap<String, QueueOverrides>,
+    /// CURVE for the server sockets, set by `depot serve` from `[security]` (not a config key).
+    #[serde(skip)]
+    pub curve: Option<depot_common::security::ServerCurve>,
 }
 
 /// The settings of one queue.
@@ -119,6 +122,7 @@ impl Default for QueueConfig {
             max_redeliveries: None,
             redelivery_timeout: Duration::from_secs(30),
             queues: BTreeMap::new(),
+            curve: None,
         }
     }
 }
