@@ -238,10 +238,11 @@ pub fn encode_properties(properties: &[(String, String)]) -> String {
 
 /// Decodes `name=value\n` lines (a missing final newline is accepted, and so is `\r\n`).
 pub fn decode_properties(frame: &[u8]) -> Result<Vec<(String, String)>, ChpError> {
-    if frame.len() > MAX_PROPERTIES {
+    // The limit holds for the frame as it is sent on, where a last line gets its newline.
+    let size = frame.len() + usize::from(!frame.is_empty() && !frame.ends_with(b"\n"));
+    if size > MAX_PROPERTIES {
         return Err(ChpError::Properties(format!(
-            "{} bytes exceed the limit of {MAX_PROPERTIES}",
-            frame.len()
+            "{size} bytes exceed the limit of {MAX_PROPERTIES}"
         )));
     }
     let text = std::str::from_utf8(frame).map_err(|_| ChpError::Properties("not UTF-8".into()))?;
@@ -433,6 +434,23 @@ mod tests {
             vec![("a".into(), "1".into()), ("b".into(), "x\ry".into())]
         );
         let received: [&[u8]; 5] = [b"/app/x", &[0; 8], b"", b"ttl=30\r", b"value"];
+        let msg = KvMsg::decode(&frames(&received), 1024).unwrap();
+        assert_eq!(KvMsg::decode(&msg.encode(), 1024).unwrap(), msg);
+    }
+
+    /// Found by fuzzing (fuzz/corpus/cache_chp/crash-5569c9226029e11d): a properties frame of
+    /// exactly the limit without a final newline decoded, but re-encoded one byte over it, so
+    /// the server would publish an update its subscribers refuse.
+    #[test]
+    fn the_properties_limit_counts_the_newline_the_message_is_sent_on_with() {
+        let mut at_limit = vec![b'a'; MAX_PROPERTIES];
+        at_limit[0] = b'k';
+        at_limit[1] = b'=';
+        assert!(decode_properties(&at_limit).is_err());
+        at_limit[MAX_PROPERTIES - 1] = b'\n';
+        let props = decode_properties(&at_limit).unwrap();
+        assert_eq!(encode_properties(&props).len(), MAX_PROPERTIES);
+        let received: [&[u8]; 5] = [b"/k", &[0; 8], b"", &at_limit, b"v"];
         let msg = KvMsg::decode(&frames(&received), 1024).unwrap();
         assert_eq!(KvMsg::decode(&msg.encode(), 1024).unwrap(), msg);
     }

@@ -264,6 +264,11 @@ pub fn decode_log_block(
 pub fn encode_log_block(first_seq: u64, records: &[(u64, NewRecord<'_>)]) -> Result<Vec<u8>> {
     let mut block = OpenBlock::default();
     for (index, (ts, record)) in records.iter().enumerate() {
+        if block.count > 0 && *ts < block.last_ts {
+            return Err(StoreError::Invalid(
+                "block timestamps must not decrease".into(),
+            ));
+        }
         block.push(first_seq + index as u64, *ts, record)?;
     }
     Ok(block.seal().1)
@@ -348,6 +353,36 @@ pub(crate) fn raw_target(last: Option<&BlockMeta>) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_public_block_codec_round_trips_and_refuses_damage_without_panicking() {
+        let record = |body: &'static [u8]| NewRecord {
+            level: 3,
+            source: "host",
+            body,
+        };
+        let value = encode_log_block(7, &[(100, record(b"a")), (105, record(b"bc"))]).unwrap();
+        let mut seen = Vec::new();
+        let count = decode_log_block(&value, 7, &mut |r| {
+            seen.push((r.seq, r.ts_ns, r.body.to_vec()));
+            true
+        })
+        .unwrap();
+        assert_eq!(count, 2);
+        assert_eq!(
+            seen,
+            vec![(7, 100, b"a".to_vec()), (8, 105, b"bc".to_vec())]
+        );
+        for i in 0..value.len() {
+            let mut damaged = value.clone();
+            damaged[i] ^= 0x40;
+            assert!(
+                decode_log_block(&damaged, 7, &mut |_| true).is_err(),
+                "byte {i}"
+            );
+        }
+        assert!(encode_log_block(1, &[(5, record(b"x")), (4, record(b"y"))]).is_err());
+    }
 
     fn record(body: &[u8]) -> NewRecord<'_> {
         NewRecord {
