@@ -90,6 +90,26 @@ fn pair(dir: &Path) -> Pair {
     }
 }
 
+/// Starts the primary and the backup (data folder, config) and waits until the primary is
+/// active and the backup passive.
+fn start_settled(primary: (&Path, &Path), backup: (&Path, &Path)) -> (Appliance, Appliance) {
+    let primary = Appliance::start(primary.0, primary.1);
+    let backup = Appliance::start(backup.0, backup.1);
+    wait_metric(
+        &primary,
+        "depot_cache_ha_state",
+        ACTIVE,
+        Duration::from_secs(10),
+    );
+    wait_metric(
+        &backup,
+        "depot_cache_ha_state",
+        PASSIVE,
+        Duration::from_secs(10),
+    );
+    (primary, backup)
+}
+
 fn wait_metric(appliance: &Appliance, sample: &str, want: f64, within: Duration) {
     poll(within, || (appliance.metric(sample) == want).then_some(())).unwrap_or_else(|| {
         panic!(
@@ -137,19 +157,9 @@ fn the_backup_takes_over_without_losing_updates_and_a_restarted_primary_goes_pas
         backup_config,
     } = pair(dir.path());
     let primary_data = dir.path().join("primary/data");
-    let primary = Appliance::start(&primary_data, &primary_config);
-    let backup = Appliance::start(&dir.path().join("backup/data"), &backup_config);
-    wait_metric(
-        &primary,
-        "depot_cache_ha_state",
-        ACTIVE,
-        Duration::from_secs(10),
-    );
-    wait_metric(
-        &backup,
-        "depot_cache_ha_state",
-        PASSIVE,
-        Duration::from_secs(10),
+    let (primary, backup) = start_settled(
+        (&primary_data, &primary_config),
+        (&dir.path().join("backup/data"), &backup_config),
     );
 
     let ctx = zmq::Context::new();
@@ -310,20 +320,7 @@ fn a_curve_pair_agrees_on_roles_and_the_backup_mirrors() {
         .unwrap();
         data.push(side_data);
     }
-    let primary = Appliance::start(&data[0], &primary_config);
-    let backup = Appliance::start(&data[1], &backup_config);
-    wait_metric(
-        &primary,
-        "depot_cache_ha_state",
-        ACTIVE,
-        Duration::from_secs(10),
-    );
-    wait_metric(
-        &backup,
-        "depot_cache_ha_state",
-        PASSIVE,
-        Duration::from_secs(10),
-    );
+    let (primary, backup) = start_settled((&data[0], &primary_config), (&data[1], &backup_config));
     for i in 0..3 {
         let output = common::depot()
             .args(["cache", "set", &format!("/curve/{i}"), "v"])

@@ -6,6 +6,7 @@
 //! - `metrics`: writing Prometheus text exposition.
 //! - `ratelimit`: warnings at most once a second per kind.
 //! - `size`: parsing byte sizes such as `512MiB`.
+//! - `sockopt`: socket options the `zmq` 0.9 crate does not wrap (XPUB NODROP and MANUAL).
 //! - `thread`: scheduling helpers (background threads at low priority).
 //! - `loadgen`: synthetic log lines for benchmarks and load tools.
 //! - `security`: CURVE key files, the authorized-keys file, the ZAP handler, loopback checks.
@@ -17,4 +18,5 @@ pub mod metrics;
 pub mod ratelimit;
 pub mod security;
 pub mod size;
+pub mod sockopt;
 pub mod thread;

@@ -13,7 +13,7 @@
 //! - `service`: binding, starting and stopping it all.
 //! - `client`: the Rust client library (acked sending, replay, subscriptions).
 //! - `layer`: a `tracing` layer that ships an application's events to Depot.
-//! - `config`, `metrics`, `sockopt`: settings, counters, raw socket options.
+//! - `config`, `metrics`: settings and counters.
 //!
 //! One record's path: `Ingest::handle` → `Log::append` (store) → `LiveFeed::send` →
 //! `LivePublisher::publish`; later `ReplayServer::advance` reads it back with `Log::read`.
@@ -28,7 +28,6 @@ pub mod protocol;
 pub mod replay;
 pub mod replay_api;
 mod service;
-mod sockopt;
 pub mod syslog;
 pub mod syslog_server;
 pub mod tail;

@@ -61,8 +61,8 @@ impl ReplayServer {
         store: Arc<Store>,
         metrics: Arc<LogdMetrics>,
     ) -> zmq::Result<Self> {
-        crate::sockopt::set_xpub_manual(&mut xpub, true)?;
-        crate::sockopt::set_xpub_nodrop(&mut xpub, true)?;
+        depot_common::sockopt::set_xpub_manual(&mut xpub, true)?;
+        depot_common::sockopt::set_xpub_nodrop(&mut xpub, true)?;
         Ok(ReplayServer {
             xpub,
             store,

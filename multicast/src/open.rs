@@ -6,7 +6,7 @@
 #![allow(unsafe_code)]
 
 use std::net::UdpSocket;
-use std::os::raw::{c_int, c_void};
+use std::os::raw::c_int;
 
 use crate::config::BusConfig;
 use crate::endpoint::{PgmEndpoint, Transport};
@@ -70,25 +70,6 @@ pub fn probe(endpoint: &PgmEndpoint) -> Result<(), OpenError> {
     Ok(())
 }
 
-fn set_int(socket: &mut zmq::Socket, option: u32, value: c_int) -> zmq::Result<()> {
-    // SAFETY: the pointer is the live socket owned by `socket` (borrowed mutably, so no other
-    // thread uses it), and the value is a c_int as libzmq expects for this option.
-    let rc = unsafe {
-        zmq_sys::zmq_setsockopt(
-            socket.as_mut_ptr(),
-            option as c_int,
-            &value as *const c_int as *const c_void,
-            std::mem::size_of::<c_int>(),
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        // SAFETY: zmq_errno only reads the calling thread's errno.
-        Err(zmq::Error::from_raw(unsafe { zmq_sys::zmq_errno() }))
-    }
-}
-
 fn pgm_options(socket: &zmq::Socket, bus: &BusConfig) -> zmq::Result<()> {
     socket.set_linger(LINGER_MS)?;
     socket.set_rate(i32::try_from(bus.rate_kbps).unwrap_or(i32::MAX))?;
@@ -106,7 +87,7 @@ pub fn sender(ctx: &zmq::Context, bus: &BusConfig) -> Result<zmq::Socket, OpenEr
     let mut socket = ctx.socket(zmq::XPUB)?;
     pgm_options(&socket, bus)?;
     socket.set_sndhwm(SEND_HWM)?;
-    set_int(&mut socket, zmq_sys::ZMQ_XPUB_NODROP, 1)?;
+    depot_common::sockopt::set_xpub_nodrop(&mut socket, true)?;
     socket.connect(&endpoint.to_zmq())?;
     Ok(socket)
 }
