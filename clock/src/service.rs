@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 
 use depot_store::Store;
 
-use crate::config::{ClockConfig, Precision};
+use crate::config::ClockConfig;
 use crate::metrics::ClockMetrics;
 use crate::protocol::StreamInfo;
 use crate::schedule;
@@ -72,6 +72,8 @@ pub struct Clock {
     /// The ZAP handler of the tick publisher's own context, when it has one and CURVE is on;
     /// dropped (stopped) after the ticker.
     _zap: Option<depot_common::security::ZapHandler>,
+    /// The idle-poll request, withdrawn when the clock stops.
+    _idle_poll: Option<crate::sys::IdlePoll>,
 }
 
 fn socket(
@@ -110,17 +112,25 @@ impl Clock {
     ) -> Result<Clock, ClockError> {
         config.validate().map_err(ClockError::Config)?;
         let setup = |e: zmq::Error| ClockError::Setup(e.to_string());
-        let high = config.ticks.iter().any(|t| t.precision == Precision::High);
-        let boost = (config.realtime && !config.ticks.is_empty()).then_some(if high {
-            crate::ticker::HIGH_BOOST
-        } else {
-            crate::ticker::NORMAL_BOOST
-        });
+        let boost =
+            (config.realtime && !config.ticks.is_empty()).then_some(crate::ticker::BOOST);
         // Measured on a busy 2-core machine: with the ticker under SCHED_FIFO, ticks still
         // waited for the shared context's I/O thread (p99 40 ms at a subscriber; 0.2 ms with
         // that thread under SCHED_FIFO too). So the tick publisher gets its own context whose
         // I/O thread is raised like the ticker.
         let own = boost.and_then(boosted_context);
+        let idle_poll = (config.idle_poll && !config.ticks.is_empty())
+            .then(|| match crate::sys::IdlePoll::hold() {
+                Ok(hold) => {
+                    tracing::info!("clock: idle CPUs poll while the clock runs (cpu_dma_latency 0)");
+                    Some(hold)
+                }
+                Err(e) => {
+                    tracing::info!(error = %e, "clock: cannot hold /dev/cpu_dma_latency; idle CPUs may halt and wake ticks late");
+                    None
+                }
+            })
+            .flatten();
         let pub_ctx = own.as_ref().unwrap_or(ctx);
         let curve = config.curve.as_ref();
         // ZAP handlers are per context: the tick publisher's own context needs its own.
@@ -236,6 +246,7 @@ impl Clock {
             metrics,
             endpoints,
             _zap: zap,
+            _idle_poll: idle_poll,
         })
     }
 
