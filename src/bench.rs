@@ -514,22 +514,29 @@ pub fn cache(
             collector.connect(&server.collector)?;
             watcher.set(b"/bench/l/warm", b"1", None, timeout)?;
             let total = args.count.min(args.rate * 30);
-            let started = Instant::now();
-            let mut latencies = Vec::with_capacity(total as usize);
-            let mut sent = 0u64;
-            while (latencies.len() as u64) < total {
-                let due = (started.elapsed().as_nanos() as u64).saturating_mul(args.rate)
-                    / 1_000_000_000
-                    + 1;
-                while sent < due.min(total) {
+            let rate = args.rate.max(1);
+            // The sender keeps its own schedule on its own thread: paced from the receiving
+            // loop, sends would follow the bursts of publications (one per group commit) and
+            // every update would wait a whole commit interval, which independent peers do not.
+            let sender = std::thread::spawn(move || -> anyhow::Result<()> {
+                let started = Instant::now();
+                for sent in 0..total {
+                    let due = std::time::Duration::from_nanos(sent * 1_000_000_000 / rate);
+                    if let Some(wait) = due.checked_sub(started.elapsed()) {
+                        std::thread::sleep(wait);
+                    }
                     let body = depot_store::now_ns().to_be_bytes().to_vec();
                     collector.send_multipart(
                         KvMsg::new(format!("/bench/l/{}", sent % 1000), body).encode(),
                         0,
                     )?;
-                    sent += 1;
                 }
-                for update in watcher.poll(std::time::Duration::from_millis(1))? {
+                Ok(())
+            });
+            let started = Instant::now();
+            let mut latencies = Vec::with_capacity(total as usize);
+            while (latencies.len() as u64) < total {
+                for update in watcher.poll(std::time::Duration::from_millis(10))? {
                     if let Ok(bytes) = <[u8; 8]>::try_from(update.body.as_slice()) {
                         latencies
                             .push(depot_store::now_ns().saturating_sub(u64::from_be_bytes(bytes)));
@@ -540,6 +547,9 @@ pub fn cache(
                     "latency run took too long"
                 );
             }
+            sender
+                .join()
+                .map_err(|_| anyhow::anyhow!("the sender thread panicked"))??;
             latencies.sort_unstable();
             let pick = |q: f64| {
                 latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)] as f64

@@ -32,6 +32,11 @@ const PIECES_MARKER: u8 = 0xB1;
 const PIECE_BYTES: usize = MAX_KV_VALUE - 64;
 /// Change-log records folded per compaction pass.
 const COMPACTION_BATCH: u64 = 200_000;
+/// Key-value writes of a compaction per store commit, at least (a pass takes at most
+/// `COMPACTION_SLICES` commits, so a backlog of distinct keys still folds quickly).
+const COMPACTION_SLICE: usize = 128;
+/// Most commits one compaction pass spreads its writes over.
+const COMPACTION_SLICES: usize = 64;
 
 /// Why stored state could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -282,8 +287,17 @@ impl Persist {
         }
         // One write at a time: measured, sled batches were no cheaper here, and a batch of
         // pieces could make sled write an oversized node to its never-synced blob files.
+        // Slices, each made durable before the next: measured at 10 k updates/s with 1,000 keys,
+        // folding all at once made the next commit's sled flush take ms every second (set to
+        // seen p99 2.7 ms; 1.6 ms with compaction off).
+        let slice = COMPACTION_SLICE.max(writes.len() / COMPACTION_SLICES);
         let mut last_ticket = None;
-        for (key, value) in &writes {
+        for (i, (key, value)) in writes.iter().enumerate() {
+            if i > 0 && i % slice == 0 {
+                if let Some(ticket) = last_ticket {
+                    self.store.wait_durable(ticket)?;
+                }
+            }
             last_ticket = Some(match value {
                 Some(value) => self.kv.put(key, value)?,
                 None => self.kv.remove(key)?,

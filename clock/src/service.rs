@@ -112,8 +112,7 @@ impl Clock {
     ) -> Result<Clock, ClockError> {
         config.validate().map_err(ClockError::Config)?;
         let setup = |e: zmq::Error| ClockError::Setup(e.to_string());
-        let boost =
-            (config.realtime && !config.ticks.is_empty()).then_some(crate::ticker::BOOST);
+        let boost = (config.realtime && !config.ticks.is_empty()).then_some(crate::ticker::BOOST);
         // Measured on a busy 2-core machine: with the ticker under SCHED_FIFO, ticks still
         // waited for the shared context's I/O thread (p99 40 ms at a subscriber; 0.2 ms with
         // that thread under SCHED_FIFO too). So the tick publisher gets its own context whose
