@@ -43,6 +43,9 @@ pub struct BusBenchArgs {
     /// Recovery interval of the raw sender, ms.
     #[arg(long, default_value_t = 2_000)]
     recovery_ms: u32,
+    /// Largest PGM packet of the bench's own sockets (the raw sender, the receiver), bytes.
+    #[arg(long, default_value_t = 1500)]
+    max_tpdu: u32,
     /// Depot mode: offered load in records/s (0: as fast as logd takes them).
     #[arg(long, default_value_t = 0)]
     rate: u64,
@@ -64,14 +67,16 @@ struct Received {
     last: Option<Instant>,
 }
 
-fn bus_config(name: &str, endpoint: String, rate_kbps: u32, recovery_ms: u32) -> BusConfig {
+fn bus_config(name: &str, endpoint: String, args: &BusBenchArgs) -> BusConfig {
     BusConfig {
         name: name.into(),
         endpoint,
-        rate_kbps,
-        recovery_ms,
+        rate_kbps: args.rate_kbps,
+        recovery_ms: args.recovery_ms,
         hops: 1,
+        max_tpdu: args.max_tpdu,
         logs: Vec::new(),
+        packed: false,
         cache: CacheCarry::default(),
         ticks: Vec::new(),
         ingest: true,
@@ -135,20 +140,21 @@ fn receive(
             if n == 0 {
                 break;
             }
-            let seq = if raw {
+            let range = if raw {
                 (n == 1 && frames[0].len() >= 8)
                     .then(|| u64::from_be_bytes(frames[0][..8].try_into().unwrap_or_default()))
                     .filter(|&seq| seq > 0)
+                    .map(|seq| (seq, seq))
             } else {
                 depot_multicast::frames::sequence(&frames[..n])
-                    .filter(|(s, _)| *s == stream.as_bytes())
-                    .map(|(_, seq)| seq)
+                    .filter(|(s, _, _)| *s == stream.as_bytes())
+                    .map(|(_, first, last)| (first, last))
             };
-            let Some(seq) = seq else {
+            let Some((first, last)) = range else {
                 warm.store(true, Ordering::Release);
                 continue;
             };
-            let observed = gaps.observe(stream.as_bytes(), seq);
+            let observed = gaps.observe_range(stream.as_bytes(), first, last);
             if observed.missing > 0 {
                 got.gaps += 1;
                 got.missing += observed.missing;
@@ -156,7 +162,7 @@ fn receive(
             let now = Instant::now();
             got.first.get_or_insert(now);
             got.last = Some(now);
-            got.records += 1;
+            got.records += last - first + 1;
             if got.records >= expected {
                 break;
             }
@@ -205,12 +211,7 @@ pub fn run(
             .map(|b| b.endpoint.clone())
             .with_context(|| format!("no bus {:?} in the configuration", args.bus))?
     };
-    let bus = bus_config(
-        &args.bus,
-        endpoint.clone(),
-        args.rate_kbps,
-        args.recovery_ms,
-    );
+    let bus = bus_config(&args.bus, endpoint.clone(), args);
     if args.mode == "send" {
         // The subscribers are elsewhere (libzmq's PGM sender does not loop multicast back to
         // its own host except on lo).

@@ -98,7 +98,9 @@ fn find_bus(
         rate_kbps,
         recovery_ms,
         hops: 1,
+        max_tpdu: 1500,
         logs: Vec::new(),
+        packed: false,
         cache: CacheCarry::default(),
         ticks: Vec::new(),
         ingest: true,
@@ -179,6 +181,40 @@ pub fn watch(
                 } else {
                     format!("{} #{} {level} {}: {body}", h.stream, h.seq, h.source)
                 }
+            }
+            BusMessage::LogBatch { header: h, count } => {
+                let last = h.seq + u64::from(*count).saturating_sub(1);
+                let observed = gaps.observe_range(h.stream.as_bytes(), h.seq, last);
+                if observed.missing > 0 {
+                    gap_count += 1;
+                    missing += observed.missing;
+                    eprintln!(
+                        "gap in {}: {} missing before #{}",
+                        h.stream, observed.missing, h.seq
+                    );
+                }
+                losses += u64::from(observed.loss_event);
+                let level = depot_logd::protocol::level_name(h.level);
+                let Ok(batch) = depot_logd::protocol::decode_packed_live(&frames) else {
+                    eprintln!("a packed message of {} that does not decode", h.stream);
+                    continue;
+                };
+                let lines: Vec<String> = batch
+                    .bodies
+                    .iter()
+                    .enumerate()
+                    .map(|(i, body)| {
+                        let (seq, body) = (h.seq + i as u64, text(body));
+                        if args.json {
+                            serde_json::json!({"kind": "log", "stream": h.stream, "seq": seq, "level": level, "source": h.source, "ts_ns": h.ts_ns, "body": body}).to_string()
+                        } else {
+                            format!("{} #{seq} {level} {}: {body}", h.stream, h.source)
+                        }
+                    })
+                    .collect();
+                // Counted per record, as --count means records for log streams.
+                seen += lines.len().saturating_sub(1) as u64;
+                lines.join("\n")
             }
             BusMessage::CacheUpdate { key, seq } => {
                 gaps.whole();

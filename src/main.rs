@@ -286,6 +286,7 @@ fn run_info(args: &ConfigArgs) -> anyhow::Result<(depot_logd::LogdEndpoints, Str
                 sub: logd.sub.clone(),
                 acked: logd.acked.clone(),
                 live: logd.live.clone(),
+                live_packed: logd.live_packed.clone(),
                 replay: logd.replay.clone(),
                 replay_api: logd.replay_api.clone(),
                 syslog_udp: logd.syslog_udp.map(|a| a.to_string()),

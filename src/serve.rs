@@ -50,6 +50,8 @@ fn bus_service_endpoints(
     depot_multicast::ServiceEndpoints {
         // In-process: the live XPUB's inproc endpoint spares the bus a TCP hop.
         logd_live: present(&logd.live).map(|_| depot_logd::LIVE_INPROC.to_string()),
+        logd_live_packed: present(&logd.live_packed)
+            .map(|_| depot_logd::LIVE_PACKED_INPROC.to_string()),
         logd_pull: present(&logd.pull),
         cache_publisher: cache.and_then(|c| present(&c.publisher)),
         cache_collector: cache.and_then(|c| present(&c.collector)),

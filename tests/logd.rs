@@ -1258,3 +1258,101 @@ fn cli_sends_from_stdin_and_tails_with_filters() {
     );
     assert_eq!(appliance.stop().code(), Some(0));
 }
+
+fn packed_body(i: u64) -> Vec<u8> {
+    format!("packed record {i:06} {}", "x".repeat((i % 150) as usize)).into_bytes()
+}
+
+/// The packed live endpoint carries every record once, in order, with its body: records sent
+/// one per frame, packed ingest frames, and a packed frame above the packed message limit.
+#[test]
+fn packed_live_carries_every_record_once_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let appliance = start(dir.path());
+    let logd = appliance.logd();
+    let ctx = zmq::Context::new();
+    let sub = ctx.socket(zmq::SUB).unwrap();
+    sub.set_rcvhwm(0).unwrap();
+    sub.connect(&logd.live_packed).unwrap();
+    sub.set_subscribe(b"packed.").unwrap();
+    let push = ctx.socket(zmq::PUSH).unwrap();
+    push.set_linger(5_000).unwrap();
+    push.connect(&logd.pull).unwrap();
+    // Handshake: probes until one arrives, so the subscription is in place.
+    poll(WAIT, || {
+        push.send_multipart([&b"packed.probe"[..], b"probe"], 0)
+            .unwrap();
+        (sub.poll(zmq::POLLIN, 50).unwrap() > 0).then_some(())
+    })
+    .expect("the packed live subscription never took effect");
+
+    let mut next = 1u64;
+    for _ in 0..2_000 {
+        push.send_multipart(
+            [
+                &b"packed.s"[..],
+                b"level=warn source=one",
+                &packed_body(next),
+            ],
+            0,
+        )
+        .unwrap();
+        next += 1;
+    }
+    for size in [100u64, 37, 1, 2_000] {
+        // 2,000 records of ~100-250 B pack above the 64 KiB limit of a packed live message.
+        let bodies: Vec<Vec<u8>> = (next..next + size).map(packed_body).collect();
+        let refs: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
+        let frame = protocol::pack_bodies(&refs);
+        push.send_multipart(
+            [&b"packed.s"[..], b"level=warn source=one packed=1", &frame],
+            0,
+        )
+        .unwrap();
+        next += size;
+    }
+    let expected = next - 1;
+
+    let mut seen = 0u64;
+    let mut messages = 0u64;
+    let deadline = Instant::now() + WAIT;
+    while seen < expected {
+        assert!(
+            Instant::now() < deadline,
+            "saw {seen} of {expected} records"
+        );
+        if sub.poll(zmq::POLLIN, 200).unwrap() == 0 {
+            continue;
+        }
+        let frames = sub.recv_multipart(0).unwrap();
+        if frames[0].starts_with(b"packed.probe") {
+            continue;
+        }
+        assert_eq!(frames[0], b"packed.s WARN", "topic");
+        let batch = protocol::decode_packed_live(&frames).unwrap();
+        assert_eq!(
+            batch.header.seq,
+            seen + 1,
+            "first sequence of a packed message"
+        );
+        assert_eq!(
+            (batch.header.stream.as_str(), batch.header.source.as_str()),
+            ("packed.s", "one")
+        );
+        assert!(frames[3].len() <= protocol::PACKED_LIVE_BYTES);
+        for (i, body) in batch.bodies.iter().enumerate() {
+            let seq = batch.header.seq + i as u64;
+            assert_eq!(*body, &packed_body(seq)[..], "body of #{seq}");
+        }
+        seen += batch.bodies.len() as u64;
+        messages += 1;
+    }
+    // One message per ingest message, the 2,000-record frame split in a few.
+    assert!(
+        (2_005..2_015).contains(&messages),
+        "{messages} messages for {expected} records"
+    );
+    let published = appliance.metric("depot_logd_live_packed_published_total");
+    assert!(published >= messages as f64, "{published} < {messages}");
+    assert_eq!(appliance.stop().code(), Some(0));
+}

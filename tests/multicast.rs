@@ -946,3 +946,107 @@ fn with_curve_a_bus_still_carries_the_clocks_ticks() {
     assert!(appliance.metric("depot_security_accepted_total") >= 1.0);
     assert_eq!(appliance.metric("depot_security_rejected_total"), 0.0);
 }
+
+/// A packed bus: logd's packed live messages (many records each, in 9,000-byte PGM packets)
+/// reach a plain SUB with the same `max_tpdu`, and a second Depot's in bus stores every record
+/// with its level and source.
+#[test]
+fn packed_bus_carries_batches_that_another_depot_stores_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = endpoint("epgm", "127.0.0.1");
+    for side in ["out", "in"] {
+        std::fs::create_dir_all(dir.path().join(side)).unwrap();
+    }
+    let out_config = write_config(
+        &dir.path().join("out"),
+        &format!(
+            "[[multicast.bus]]\nname = \"packed\"\nendpoint = \"{bus}\"\nrate_kbps = 200000\nrecovery_ms = 2000\nmax_tpdu = 9000\nlogs = [\"pk.\"]\npacked = true\n"
+        ),
+    );
+    let in_config = write_config(
+        &dir.path().join("in"),
+        &format!(
+            "[[multicast.bus]]\nname = \"in\"\nendpoint = \"{bus}\"\ningest = true\nrecovery_ms = 2000\nmax_tpdu = 9000\n"
+        ),
+    );
+    let sender = Appliance::start(&dir.path().join("out/data"), &out_config);
+    let receiver = Appliance::start(&dir.path().join("in/data"), &in_config);
+    let ctx = zmq::Context::new();
+    let mut sub = ctx.socket(zmq::SUB).unwrap();
+    sub.set_rcvhwm(1_000_000).unwrap();
+    depot_common::sockopt::set_multicast_maxtpdu(&mut sub, 9000).unwrap();
+    sub.set_subscribe(b"pk.").unwrap();
+    sub.connect(&bus).unwrap();
+    let push = log_endpoint(&sender).with_packed(true);
+    warm_up(&push, &sub, "pk.warm");
+
+    const BATCHES: u64 = 40;
+    const PER_BATCH: u64 = 500;
+    for b in 0..BATCHES {
+        let bodies: Vec<Vec<u8>> = (0..PER_BATCH)
+            .map(|i| format!("packed {}", b * PER_BATCH + i).into_bytes())
+            .collect();
+        let refs: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
+        push.send("pk.app", 3, "web-1", &refs).unwrap();
+    }
+    let total = BATCHES * PER_BATCH;
+    let mut next = 1u64;
+    while next <= total {
+        let frames = recv(&sub, Duration::from_secs(10)).expect("batches stopped arriving");
+        if !frames[0].starts_with(b"pk.app") {
+            continue;
+        }
+        assert_eq!(frames.len(), 4, "a packed live message has four frames");
+        let batch = protocol::decode_packed_live(&frames).unwrap();
+        assert_eq!(batch.header.seq, next, "first sequence of a batch");
+        assert_eq!(
+            (batch.header.level, batch.header.source.as_str()),
+            (3, "web-1")
+        );
+        for (i, body) in batch.bodies.iter().enumerate() {
+            assert_eq!(*body, format!("packed {}", next - 1 + i as u64).as_bytes());
+        }
+        next += batch.bodies.len() as u64;
+    }
+
+    let stored = || {
+        let (_, text) = receiver.get("/metrics");
+        common::metric_value(&text, "depot_log_records{stream=\"pk.app\"}")
+    };
+    poll(Duration::from_secs(20), || {
+        (stored() == Some(total as f64)).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the in bus stored {:?} of {total}", stored()));
+    let mut seen = 0u64;
+    let query = ApiQuery {
+        stream: "pk.app",
+        start: "1",
+        filter: "",
+        window: 1_000,
+    };
+    replay_api(
+        &ctx,
+        &receiver.logd().replay_api,
+        query,
+        Duration::from_secs(10),
+        |r| {
+            assert_eq!((r.header.level, r.header.source.as_str()), (3, "web-1"));
+            assert_eq!(r.body, format!("packed {seen}").as_bytes());
+            seen += 1;
+            true
+        },
+    )
+    .unwrap();
+    assert_eq!(seen, total);
+    assert_eq!(
+        receiver.metric("depot_multicast_gaps_total{bus=\"in\"}"),
+        0.0
+    );
+    assert_eq!(
+        sender.metric("depot_multicast_gaps_total{bus=\"packed\"}"),
+        0.0
+    );
+    assert!(sender.metric("depot_multicast_sent_total{bus=\"packed\"}") < total as f64);
+    assert!(receiver.stop().success());
+    assert!(sender.stop().success());
+}

@@ -28,6 +28,11 @@ pub fn set_xpub_nodrop(socket: &mut zmq::Socket, on: bool) -> zmq::Result<()> {
     set_int(socket, zmq_sys::ZMQ_XPUB_NODROP, c_int::from(on))
 }
 
+/// `ZMQ_MULTICAST_MAXTPDU`: the largest PGM packet, bytes.
+pub fn set_multicast_maxtpdu(socket: &mut zmq::Socket, bytes: i32) -> zmq::Result<()> {
+    set_int(socket, zmq_sys::ZMQ_MULTICAST_MAXTPDU, bytes)
+}
+
 /// `ZMQ_XPUB_MANUAL`: subscriptions take effect only when the application applies them.
 pub fn set_xpub_manual(socket: &mut zmq::Socket, on: bool) -> zmq::Result<()> {
     set_int(socket, zmq_sys::ZMQ_XPUB_MANUAL, c_int::from(on))

@@ -19,6 +19,8 @@ pub struct LogdConfig {
     pub acked: String,
     /// XPUB endpoint for live records.
     pub live: String,
+    /// XPUB endpoint for live records packed many to a message (empty: off).
+    pub live_packed: String,
     /// XPUB endpoint for replay over a plain SUB.
     pub replay: String,
     /// ROUTER endpoint of the credit-based replay API.
@@ -47,6 +49,7 @@ impl Default for LogdConfig {
             publishers: Vec::new(),
             acked: "tcp://127.0.0.1:5562".into(),
             live: "tcp://127.0.0.1:5563".into(),
+            live_packed: "tcp://127.0.0.1:5566".into(),
             replay: "tcp://127.0.0.1:5565".into(),
             replay_api: "tcp://127.0.0.1:5564".into(),
             syslog_udp: Some(SocketAddr::from(([127, 0, 0, 1], 5514))),

@@ -34,4 +34,4 @@ pub mod tail;
 
 pub use config::LogdConfig;
 pub use metrics::LogdMetrics;
-pub use service::{Logd, LogdEndpoints, LogdError, LIVE_INPROC};
+pub use service::{Logd, LogdEndpoints, LogdError, LIVE_INPROC, LIVE_PACKED_INPROC};

@@ -1,4 +1,6 @@
-//! Live fan-out: every stored record, published on an XPUB as `[topic][header][body]`.
+//! Live fan-out: every stored record, published on an XPUB as `[topic][header][body]`, and
+//! on a second XPUB (`live_packed`) as packed messages of consecutive records, for consumers
+//! that take hundreds of thousands of records a second (multicast buses).
 //!
 //! Appending threads hand batches to the live thread through a bounded channel and ring an
 //! inproc doorbell. The XPUB drops messages for a subscriber that does not keep up (that
@@ -75,22 +77,61 @@ impl LiveFeed {
     }
 }
 
-/// The live thread's sockets: the XPUB and the doorbell.
-pub struct LivePublisher {
+/// One live XPUB and what its subscribers want.
+struct LiveSocket {
     xpub: zmq::Socket,
     /// Topic prefixes someone subscribes to (XPUB reports each one's first subscribe and last
     /// unsubscribe): batches nobody wants are not published at all.
     subscriptions: std::collections::HashSet<Vec<u8>>,
+}
+
+impl LiveSocket {
+    fn new(xpub: zmq::Socket) -> LiveSocket {
+        LiveSocket {
+            xpub,
+            subscriptions: Default::default(),
+        }
+    }
+
+    /// Takes the subscription changes XPUB reports.
+    fn read_subscriptions(&mut self) {
+        while let Ok(message) = self.xpub.recv_bytes(zmq::DONTWAIT) {
+            match message.split_first() {
+                Some((1, prefix)) => {
+                    self.subscriptions.insert(prefix.to_vec());
+                }
+                Some((0, prefix)) => {
+                    self.subscriptions.remove(prefix);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn wanted(&self, topic: &[u8]) -> bool {
+        self.subscriptions
+            .iter()
+            .any(|prefix| topic.starts_with(prefix))
+    }
+}
+
+/// The live thread's sockets: the XPUBs and the doorbell.
+pub struct LivePublisher {
+    /// One message per record.
+    plain: Option<LiveSocket>,
+    /// Packed messages.
+    packed: Option<LiveSocket>,
     doorbell: zmq::Socket,
     rx: Receiver<LiveBatch>,
     metrics: Arc<LogdMetrics>,
 }
 
 impl LivePublisher {
-    /// Binds the live XPUB at `endpoint` and the doorbell.
+    /// Takes the bound live XPUBs (plain and packed; at least one) and binds the doorbell.
     pub fn bind(
         ctx: &zmq::Context,
-        xpub: zmq::Socket,
+        plain: Option<zmq::Socket>,
+        packed: Option<zmq::Socket>,
         rx: Receiver<LiveBatch>,
         metrics: Arc<LogdMetrics>,
     ) -> zmq::Result<LivePublisher> {
@@ -98,8 +139,8 @@ impl LivePublisher {
         doorbell.set_linger(0)?;
         doorbell.bind(DOORBELL)?;
         Ok(LivePublisher {
-            xpub,
-            subscriptions: Default::default(),
+            plain: plain.map(LiveSocket::new),
+            packed: packed.map(LiveSocket::new),
             doorbell,
             rx,
             metrics,
@@ -109,24 +150,21 @@ impl LivePublisher {
     /// Publishes until `stop` is set, then publishes what is still queued.
     pub fn run(mut self, stop: Arc<AtomicBool>) {
         loop {
-            let mut items = [
-                self.doorbell.as_poll_item(zmq::POLLIN),
-                self.xpub.as_poll_item(zmq::POLLIN),
-            ];
-            if let Err(e) = zmq::poll(&mut items, 100) {
-                tracing::warn!(error = %e, "live: poll failed");
+            {
+                let mut items = vec![self.doorbell.as_poll_item(zmq::POLLIN)];
+                items.extend(
+                    [&self.plain, &self.packed]
+                        .into_iter()
+                        .flatten()
+                        .map(|live| live.xpub.as_poll_item(zmq::POLLIN)),
+                );
+                if let Err(e) = zmq::poll(&mut items, 100) {
+                    tracing::warn!(error = %e, "live: poll failed");
+                }
             }
             while self.doorbell.recv_bytes(zmq::DONTWAIT).is_ok() {}
-            while let Ok(message) = self.xpub.recv_bytes(zmq::DONTWAIT) {
-                match message.split_first() {
-                    Some((1, prefix)) => {
-                        self.subscriptions.insert(prefix.to_vec());
-                    }
-                    Some((0, prefix)) => {
-                        self.subscriptions.remove(prefix);
-                    }
-                    _ => {}
-                }
+            for live in [&mut self.plain, &mut self.packed].into_iter().flatten() {
+                live.read_subscriptions();
             }
             while let Ok(batch) = self.rx.try_recv() {
                 self.publish(batch);
@@ -142,13 +180,57 @@ impl LivePublisher {
 
     fn publish(&self, batch: LiveBatch) {
         let topic = protocol::live_topic(&batch.stream, batch.level);
-        if !self
-            .subscriptions
-            .iter()
-            .any(|prefix| topic.starts_with(prefix))
-        {
-            return;
+        if let Some(packed) = self.packed.as_ref().filter(|live| live.wanted(&topic)) {
+            self.publish_packed(&packed.xpub, &topic, &batch);
         }
+        if let Some(plain) = self.plain.as_ref().filter(|live| live.wanted(&topic)) {
+            self.publish_plain(&plain.xpub, topic, batch);
+        }
+    }
+
+    /// Packed messages of at most [`protocol::PACKED_LIVE_BYTES`] of bodies; a packed ingest
+    /// frame within that size is sent as it came.
+    fn publish_packed(&self, xpub: &zmq::Socket, topic: &[u8], batch: &LiveBatch) {
+        let mut seq = batch.first_seq;
+        let mut send = |bodies: &[u8], count: usize| -> bool {
+            let header = protocol::encode_header(
+                seq,
+                batch.ts_ns,
+                batch.level,
+                &batch.stream,
+                &batch.source,
+            );
+            seq += count as u64;
+            let frames: [&[u8]; 4] = [topic, &header, &(count as u32).to_be_bytes(), bodies];
+            match xpub.send_multipart(frames, zmq::DONTWAIT) {
+                Ok(()) => {
+                    add(&self.metrics.live_packed_published, 1);
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "live: packed publish failed");
+                    false
+                }
+            }
+        };
+        if batch.packed {
+            for frame in &batch.bodies {
+                let bodies = protocol::unpack_bodies(frame).unwrap_or_default();
+                if frame.len() <= protocol::PACKED_LIVE_BYTES {
+                    if !send(frame, bodies.len()) {
+                        return;
+                    }
+                } else if !pack_in_pieces(&bodies, &mut send) {
+                    return;
+                }
+            }
+        } else {
+            let bodies: Vec<&[u8]> = batch.bodies.iter().map(|b| &b[..]).collect();
+            pack_in_pieces(&bodies, &mut send);
+        }
+    }
+
+    fn publish_plain(&self, xpub: &zmq::Socket, topic: Vec<u8>, batch: LiveBatch) {
         let bodies: Vec<zmq::Message> = if batch.packed {
             batch
                 .bodies
@@ -170,16 +252,65 @@ impl LivePublisher {
             );
             // Without NODROP an XPUB drops for a full subscriber instead of failing, so these
             // sends do not block and fail only when the socket is closing.
-            let sent = self
-                .xpub
+            let sent = xpub
                 .send(&topic, zmq::SNDMORE | zmq::DONTWAIT)
-                .and_then(|()| self.xpub.send(header, zmq::SNDMORE | zmq::DONTWAIT))
-                .and_then(|()| self.xpub.send(body, zmq::DONTWAIT));
+                .and_then(|()| xpub.send(header, zmq::SNDMORE | zmq::DONTWAIT))
+                .and_then(|()| xpub.send(body, zmq::DONTWAIT));
             if let Err(e) = sent {
                 tracing::warn!(error = %e, "live: publish failed");
                 return;
             }
         }
         add(&self.metrics.live_published, count);
+    }
+}
+
+/// Packs `bodies` into frames of at most [`protocol::PACKED_LIVE_BYTES`] (a bigger body goes
+/// alone) and hands each with its record count to `send`; false when a send failed.
+fn pack_in_pieces(bodies: &[&[u8]], send: &mut impl FnMut(&[u8], usize) -> bool) -> bool {
+    let mut start = 0;
+    while start < bodies.len() {
+        let mut end = start;
+        let mut bytes = 0;
+        while end < bodies.len()
+            && (end == start || bytes + 4 + bodies[end].len() <= protocol::PACKED_LIVE_BYTES)
+        {
+            bytes += 4 + bodies[end].len();
+            end += 1;
+        }
+        if !send(&protocol::pack_bodies(&bodies[start..end]), end - start) {
+            return false;
+        }
+        start = end;
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_stay_within_the_limit_keep_order_and_count_every_record() {
+        let big = vec![7u8; protocol::PACKED_LIVE_BYTES + 10];
+        let small = vec![1u8; 1000];
+        let bodies: Vec<&[u8]> = (0..200)
+            .map(|i| if i == 70 { &big[..] } else { &small[..] })
+            .collect();
+        let mut pieces: Vec<(Vec<u8>, usize)> = Vec::new();
+        assert!(pack_in_pieces(&bodies, &mut |frame, count| {
+            pieces.push((frame.to_vec(), count));
+            true
+        }));
+        let mut unpacked = Vec::new();
+        for (frame, count) in &pieces {
+            let inner = protocol::unpack_bodies(frame).unwrap();
+            assert_eq!(inner.len(), *count);
+            assert!(frame.len() <= protocol::PACKED_LIVE_BYTES || *count == 1);
+            unpacked.extend(inner.into_iter().map(<[u8]>::len));
+        }
+        let expected: Vec<usize> = bodies.iter().map(|b| b.len()).collect();
+        assert_eq!(unpacked, expected);
+        assert!(pieces.len() >= 4, "{}", pieces.len());
     }
 }

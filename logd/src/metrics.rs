@@ -33,6 +33,8 @@ pub struct LogdMetrics {
     pub syslog_dropped: AtomicU64,
     /// Records published live.
     pub live_published: AtomicU64,
+    /// Packed messages published on the packed live XPUB.
+    pub live_packed_published: AtomicU64,
     /// Batches not published live because the live thread fell behind.
     pub live_dropped: AtomicU64,
     /// Replays started over SUB.
@@ -104,7 +106,7 @@ impl LogdMetrics {
             &[("reason", "store")],
             get(&self.store_errors),
         );
-        let singles: [(&str, &str, &AtomicU64); 10] = [
+        let singles: [(&str, &str, &AtomicU64); 11] = [
             (
                 "depot_logd_acks_sent_total",
                 "Acked batches confirmed once durable",
@@ -129,6 +131,11 @@ impl LogdMetrics {
                 "depot_logd_live_published_total",
                 "Records published live (batches nobody subscribes to are skipped)",
                 &self.live_published,
+            ),
+            (
+                "depot_logd_live_packed_published_total",
+                "Packed messages published on the packed live endpoint",
+                &self.live_packed_published,
             ),
             (
                 "depot_logd_live_dropped_batches_total",

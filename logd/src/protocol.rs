@@ -140,6 +140,17 @@ pub fn unpack_bodies(mut frame: &[u8]) -> Result<Vec<&[u8]>, ProtocolError> {
     Ok(bodies)
 }
 
+/// Counts the records of a packed body frame without splitting it.
+pub fn count_packed(mut frame: &[u8]) -> Result<usize, ProtocolError> {
+    let mut count = 0;
+    while !frame.is_empty() {
+        take_prefixed(&mut frame)
+            .ok_or_else(|| ProtocolError::Attributes("packed frame cut short".into()))?;
+        count += 1;
+    }
+    Ok(count)
+}
+
 /// Packs bodies into one frame for `packed=1`.
 pub fn pack_bodies(bodies: &[&[u8]]) -> Vec<u8> {
     let mut out = Vec::with_capacity(bodies.iter().map(|b| b.len() + 4).sum());
@@ -354,6 +365,45 @@ pub fn parse_acked<F: std::ops::Deref<Target = [u8]>>(
             packed: attributes.packed,
         },
     ))
+}
+
+/// Body bytes a packed live message carries at most (a batch above it is split).
+pub const PACKED_LIVE_BYTES: usize = 64 * 1024;
+
+/// A packed live message: consecutive records of one stream, level, source and receive time,
+/// as `[topic][header of the first][count u32 BE][bodies packed as for packed=1]`. Record `i`
+/// has sequence `header.seq + i`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackedLive<'a> {
+    /// The first record's header.
+    pub header: Header,
+    /// The records' bodies, in sequence order.
+    pub bodies: Vec<&'a [u8]>,
+}
+
+/// Decodes the frames of a packed live message (the topic is not checked).
+pub fn decode_packed_live<F: std::ops::Deref<Target = [u8]>>(
+    frames: &[F],
+) -> Result<PackedLive<'_>, ProtocolError> {
+    let [_topic, header, count, packed] = frames else {
+        return Err(ProtocolError::Header(format!(
+            "a packed live message has 4 frames, not {}",
+            frames.len()
+        )));
+    };
+    let header = decode_header(header)?;
+    let count: [u8; 4] = count[..]
+        .try_into()
+        .map_err(|_| ProtocolError::Header("the count frame is not 4 bytes".into()))?;
+    let bodies = unpack_bodies(packed)?;
+    if bodies.len() != u32::from_be_bytes(count) as usize {
+        return Err(ProtocolError::Header(format!(
+            "the count frame says {} records, the packed frame holds {}",
+            u32::from_be_bytes(count),
+            bodies.len()
+        )));
+    }
+    Ok(PackedLive { header, bodies })
 }
 
 /// Topic of a live record: `<stream> <LEVEL>`, so that a prefix selects streams by hierarchy

@@ -20,6 +20,8 @@ const REPLAY_HWM: i32 = 10_000;
 /// The live XPUB is also bound here, so in-process readers (multicast buses) skip TCP and the
 /// I/O thread.
 pub const LIVE_INPROC: &str = "inproc://depot-logd-live-xpub";
+/// The packed live XPUB's in-process endpoint, for the same reason.
+pub const LIVE_PACKED_INPROC: &str = "inproc://depot-logd-live-packed-xpub";
 /// Linger of every logd socket: bounded, so shutdown never hangs on a vanished peer.
 const LINGER_MS: i32 = 200;
 
@@ -55,6 +57,9 @@ pub struct LogdEndpoints {
     pub acked: String,
     /// Live XPUB.
     pub live: String,
+    /// Packed live XPUB.
+    #[serde(default)]
+    pub live_packed: String,
     /// Replay XPUB.
     pub replay: String,
     /// Replay API ROUTER.
@@ -157,6 +162,14 @@ impl Logd {
             Some(config.live_hwm),
             curve,
         )?;
+        let live_packed = socket(
+            ctx,
+            zmq::XPUB,
+            "live packed",
+            &config.live_packed,
+            Some(config.live_hwm),
+            curve,
+        )?;
         let replay = socket(
             ctx,
             zmq::XPUB,
@@ -178,6 +191,7 @@ impl Logd {
             sub: bound_endpoint(&sub),
             acked: bound_endpoint(&acked),
             live: bound_endpoint(&live),
+            live_packed: bound_endpoint(&live_packed),
             replay: bound_endpoint(&replay),
             replay_api: bound_endpoint(&replay_api),
             syslog_udp: None,
@@ -186,12 +200,19 @@ impl Logd {
 
         let (live_tx, live_rx) = std::sync::mpsc::sync_channel(LIVE_QUEUE);
         let mut threads = Vec::new();
-        let live_publisher = match live {
-            Some(xpub) => {
-                xpub.bind(LIVE_INPROC).map_err(setup)?;
-                Some(LivePublisher::bind(ctx, xpub, live_rx, metrics.clone()).map_err(setup)?)
-            }
-            None => None,
+        if let Some(xpub) = &live {
+            xpub.bind(LIVE_INPROC).map_err(setup)?;
+        }
+        if let Some(xpub) = &live_packed {
+            xpub.bind(LIVE_PACKED_INPROC).map_err(setup)?;
+        }
+        let live_publisher = if live.is_some() || live_packed.is_some() {
+            Some(
+                LivePublisher::bind(ctx, live, live_packed, live_rx, metrics.clone())
+                    .map_err(setup)?,
+            )
+        } else {
+            None
         };
         if let Some(publisher) = live_publisher {
             let stop = stop.clone();

@@ -133,8 +133,8 @@ impl Bridge {
         if !self.sources[source].0.count_gaps {
             return;
         }
-        if let Some((stream, seq)) = frames::sequence(frames) {
-            let observed = self.gaps.observe(stream, seq);
+        if let Some((stream, first, last)) = frames::sequence(frames) {
+            let observed = self.gaps.observe_range(stream, first, last);
             if observed.missing > 0 {
                 add(&m.gaps, 1);
                 add(&m.missing, observed.missing);

@@ -29,9 +29,17 @@ pub struct BusConfig {
     /// Multicast TTL (ZMQ_MULTICAST_HOPS): 1 keeps the bus on the local network.
     #[serde(default = "default_hops")]
     pub hops: u8,
+    /// Largest PGM packet (ZMQ_MULTICAST_MAXTPDU), bytes: the link's MTU. 1500 for Ethernet;
+    /// loopback and jumbo-frame links take more, and bigger packets cost less CPU per byte.
+    #[serde(default = "default_max_tpdu")]
+    pub max_tpdu: u32,
     /// Out: log topic prefixes to carry from logd's live XPUB (`""` carries every stream).
     #[serde(default)]
     pub logs: Vec<String>,
+    /// Out: carry the logs as logd's packed live messages (many records per message, from the
+    /// `live_packed` endpoint) rather than one message per record.
+    #[serde(default)]
+    pub packed: bool,
     /// Out: cache updates to carry: `true` for all, or a list of subtrees.
     #[serde(default)]
     pub cache: CacheCarry,
@@ -98,6 +106,15 @@ fn default_recovery() -> u32 {
 
 fn default_hops() -> u8 {
     1
+}
+
+/// Smallest `max_tpdu`: IPv4's minimum datagram every host takes.
+const MIN_TPDU: u32 = 576;
+/// Largest `max_tpdu`: a UDP datagram (EPGM) must fit in 64 KiB with its headers.
+const MAX_TPDU: u32 = 65_000;
+
+fn default_max_tpdu() -> u32 {
+    1500
 }
 
 /// Which way a bus works.
@@ -191,6 +208,12 @@ impl MulticastConfig {
             }
             if bus.recovery_ms == 0 {
                 return fail("recovery_ms must be above 0".into());
+            }
+            if !(MIN_TPDU..=MAX_TPDU).contains(&bus.max_tpdu) {
+                return fail(format!(
+                    "max_tpdu must be {MIN_TPDU} to {MAX_TPDU} bytes (the link's MTU), not {}",
+                    bus.max_tpdu
+                ));
             }
             if bus.hops == 0 {
                 return fail("hops must be 1 or more".into());

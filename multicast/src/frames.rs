@@ -8,6 +8,14 @@ use depot_logd::protocol::{self, Header};
 pub enum BusMessage {
     /// `[topic "<stream> <LEVEL>"][header][body]`, as logd's live XPUB publishes it.
     LogRecord(Header),
+    /// `[topic][header of the first][count u32 BE][packed bodies]`, as logd's packed live XPUB
+    /// publishes consecutive records.
+    LogBatch {
+        /// The first record's header.
+        header: Header,
+        /// Records in the message.
+        count: u32,
+    },
     /// A CHP KVPUB/KVSET: `[key][seq u64 BE][uuid][properties][body]`.
     CacheUpdate {
         /// The key.
@@ -33,6 +41,13 @@ pub fn classify<F: std::ops::Deref<Target = [u8]>>(frames: &[F]) -> BusMessage {
             }
             BusMessage::Other
         }
+        [topic, header, count, _packed] if count.len() == 4 => match live_header(topic, header) {
+            Some(header) => BusMessage::LogBatch {
+                header,
+                count: u32::from_be_bytes(count[..].try_into().unwrap_or_default()),
+            },
+            None => BusMessage::Other,
+        },
         [key, seq, uuid, properties, _body]
             if seq.len() == 8
                 && (uuid.is_empty() || uuid.len() == 16)
@@ -54,22 +69,34 @@ pub fn classify<F: std::ops::Deref<Target = [u8]>>(frames: &[F]) -> BusMessage {
     }
 }
 
-/// Which Depot sequence a message carries, read in place (the bridge's hot path): a live
-/// record's `(stream, seq)`, or a CHP update's `("", seq)` (the cache has one sequence).
-/// HUGZ (sequence 0) and anything else carry none.
-pub fn sequence<F: std::ops::Deref<Target = [u8]>>(frames: &[F]) -> Option<(&[u8], u64)> {
+/// Which Depot sequences a message carries, read in place (the bridge's hot path): a live
+/// record's `(stream, seq, seq)`, a packed live message's `(stream, first, last)`, or a CHP
+/// update's `("", seq, seq)` (the cache has one sequence). HUGZ (sequence 0) and anything else
+/// carry none.
+pub fn sequence<F: std::ops::Deref<Target = [u8]>>(frames: &[F]) -> Option<(&[u8], u64, u64)> {
     match frames {
-        [_topic, header, _body] if header.len() >= 18 => {
-            let seq = u64::from_be_bytes(header[0..8].try_into().ok()?);
-            let stream = header.get(18..18 + header[17] as usize)?;
-            Some((stream, seq))
+        [_topic, header, _body] => {
+            let (stream, seq) = live_sequence(header)?;
+            Some((stream, seq, seq))
+        }
+        [_topic, header, count, _packed] if count.len() == 4 => {
+            let (stream, first) = live_sequence(header)?;
+            let count = u32::from_be_bytes(count[..].try_into().ok()?);
+            (count > 0).then(|| (stream, first, first + u64::from(count) - 1))
         }
         [_key, seq, _uuid, _properties, _body] if seq.len() == 8 => {
             let seq = u64::from_be_bytes(seq[..].try_into().ok()?);
-            (seq != 0).then_some((&b""[..], seq))
+            (seq != 0).then_some((&b""[..], seq, seq))
         }
         _ => None,
     }
+}
+
+/// A live header's `(stream, seq)`, read in place.
+fn live_sequence(header: &[u8]) -> Option<(&[u8], u64)> {
+    let seq = u64::from_be_bytes(header.get(0..8)?.try_into().ok()?);
+    let stream = header.get(18..18 + *header.get(17)? as usize)?;
+    Some((stream, seq))
 }
 
 /// The header of a live record, when `topic` is `"<stream> <LEVEL>"` and `header` agrees.
@@ -132,11 +159,41 @@ mod tests {
         assert_eq!(classify(&kv("HUGZ", 0)), BusMessage::Hugz);
     }
 
+    fn packed(stream: &str, first: u64, bodies: &[&[u8]]) -> Vec<Vec<u8>> {
+        vec![
+            protocol::live_topic(stream, 6),
+            protocol::encode_header(first, 1, 6, stream, "src"),
+            (bodies.len() as u32).to_be_bytes().to_vec(),
+            protocol::pack_bodies(bodies),
+        ]
+    }
+
+    #[test]
+    fn tells_packed_live_messages_and_their_sequence_range() {
+        let message = packed("app.web", 10, &[b"a", b"b", b"c"]);
+        match classify(&message) {
+            BusMessage::LogBatch { header, count } => {
+                assert_eq!(
+                    (header.stream.as_str(), header.seq, count),
+                    ("app.web", 10, 3)
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(sequence(&message), Some((&b"app.web"[..], 10, 12)));
+        let decoded = protocol::decode_packed_live(&message).unwrap();
+        assert_eq!(decoded.bodies, vec![&b"a"[..], b"b", b"c"]);
+        // A clock tick also has four frames, and is no batch.
+        let tick: [&[u8]; 4] = [b"tick.1s", &[0; 8], &[0; 8], &[0; 8]];
+        assert_eq!(classify(&tick), BusMessage::Other);
+        assert_eq!(sequence(&tick), None);
+    }
+
     #[test]
     fn reads_sequences_in_place() {
         let record = live("app.web", 42);
-        assert_eq!(sequence(&record), Some((&b"app.web"[..], 42)));
-        assert_eq!(sequence(&kv("/k", 7)), Some((&b""[..], 7)));
+        assert_eq!(sequence(&record), Some((&b"app.web"[..], 42, 42)));
+        assert_eq!(sequence(&kv("/k", 7)), Some((&b""[..], 7, 7)));
         assert_eq!(sequence(&kv("HUGZ", 0)), None);
         let push: [&[u8]; 2] = [b"app", b"hello"];
         assert_eq!(sequence(&push), None);

@@ -31,14 +31,23 @@ impl GapTracker {
     /// Records `seq` of `stream`. The first sequence seen of a stream sets its baseline; a
     /// sequence at or below the last one (a restarted or second publisher) sets it again.
     pub fn observe(&mut self, stream: &[u8], seq: u64) -> Observed {
+        self.observe_range(stream, seq, seq)
+    }
+
+    /// Records the consecutive sequences `first..=last` of `stream` (a packed message).
+    pub fn observe_range(&mut self, stream: &[u8], first: u64, last_seq: u64) -> Observed {
         let missing = match self.last.get_mut(stream) {
             Some(last) => {
-                let missing = if seq > *last + 1 { seq - *last - 1 } else { 0 };
-                *last = seq;
+                let missing = if first > *last + 1 {
+                    first - *last - 1
+                } else {
+                    0
+                };
+                *last = last_seq;
                 missing
             }
             None => {
-                self.last.insert(stream.to_vec(), seq);
+                self.last.insert(stream.to_vec(), last_seq);
                 0
             }
         };
@@ -85,6 +94,16 @@ mod tests {
         // A restarted publisher starts again lower: a new baseline, not a gap.
         assert_eq!(t.observe(b"a", 1).missing, 0);
         assert_eq!(t.observe(b"a", 2).missing, 0);
+    }
+
+    #[test]
+    fn packed_ranges_continue_each_other_and_gaps_between_them_count() {
+        let mut t = GapTracker::new();
+        assert_eq!(t.observe_range(b"a", 1, 100).missing, 0);
+        assert_eq!(t.observe_range(b"a", 101, 150).missing, 0);
+        assert_eq!(t.observe(b"a", 151).missing, 0);
+        assert_eq!(t.observe_range(b"a", 200, 210).missing, 48);
+        assert_eq!(t.observe_range(b"a", 211, 211).missing, 0);
     }
 
     #[test]

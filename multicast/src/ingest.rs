@@ -126,6 +126,40 @@ impl BusIngest {
                     add(&m.ignored, 1);
                 }
             }
+            BusMessage::LogBatch { header, count } => {
+                let last = header.seq + u64::from(count).saturating_sub(1);
+                let observed = self
+                    .gaps
+                    .observe_range(header.stream.as_bytes(), header.seq, last);
+                if observed.missing > 0 {
+                    add(&m.gaps, 1);
+                    add(&m.missing, observed.missing);
+                    if let Some(suppressed) = self.loss_warning.allow() {
+                        tracing::warn!(bus = %self.entry.name, stream = %header.stream, missing = observed.missing, before_seq = header.seq, suppressed, "multicast: records lost on the bus (PGM could not repair)");
+                    }
+                }
+                if observed.loss_event {
+                    add(&m.data_loss, 1);
+                }
+                self.flush(stop);
+                match &self.targets.logd {
+                    // Already packed as logd ingest takes it: one message, no copy.
+                    Some(pull) => {
+                        let packed = frames.pop().unwrap_or_else(zmq::Message::new);
+                        let frames = vec![
+                            zmq::Message::from(header.stream.as_bytes()),
+                            zmq::Message::from(
+                                format!("{} packed=1", attributes(&header)).as_bytes(),
+                            ),
+                            packed,
+                        ];
+                        if hand_over(pull, frames, stop) {
+                            add(&self.entry.metrics.forwarded, u64::from(count));
+                        }
+                    }
+                    None => add(&self.entry.metrics.ignored, 1),
+                }
+            }
             BusMessage::CacheUpdate { .. } => {
                 self.gaps.whole();
                 self.flush(stop);

@@ -70,7 +70,11 @@ pub fn probe(endpoint: &PgmEndpoint) -> Result<(), OpenError> {
     Ok(())
 }
 
-fn pgm_options(socket: &zmq::Socket, bus: &BusConfig) -> zmq::Result<()> {
+fn pgm_options(socket: &mut zmq::Socket, bus: &BusConfig) -> zmq::Result<()> {
+    depot_common::sockopt::set_multicast_maxtpdu(
+        socket,
+        i32::try_from(bus.max_tpdu).unwrap_or(i32::MAX),
+    )?;
     socket.set_linger(LINGER_MS)?;
     socket.set_rate(i32::try_from(bus.rate_kbps).unwrap_or(i32::MAX))?;
     socket.set_recovery_ivl(i32::try_from(bus.recovery_ms).unwrap_or(i32::MAX))?;
@@ -85,7 +89,7 @@ pub fn sender(ctx: &zmq::Context, bus: &BusConfig) -> Result<zmq::Socket, OpenEr
     let endpoint = PgmEndpoint::parse(&bus.endpoint).map_err(OpenError::Endpoint)?;
     probe(&endpoint)?;
     let mut socket = ctx.socket(zmq::XPUB)?;
-    pgm_options(&socket, bus)?;
+    pgm_options(&mut socket, bus)?;
     socket.set_sndhwm(SEND_HWM)?;
     depot_common::sockopt::set_xpub_nodrop(&mut socket, true)?;
     socket.connect(&endpoint.to_zmq())?;
@@ -100,8 +104,8 @@ pub fn receiver(
 ) -> Result<zmq::Socket, OpenError> {
     let endpoint = PgmEndpoint::parse(&bus.endpoint).map_err(OpenError::Endpoint)?;
     probe(&endpoint)?;
-    let socket = ctx.socket(zmq::SUB)?;
-    pgm_options(&socket, bus)?;
+    let mut socket = ctx.socket(zmq::SUB)?;
+    pgm_options(&mut socket, bus)?;
     socket.set_rcvhwm(RECEIVE_HWM)?;
     for prefix in prefixes {
         socket.set_subscribe(prefix)?;

@@ -16,6 +16,8 @@ use crate::open;
 pub struct ServiceEndpoints {
     /// logd's live XPUB (out buses carrying `logs`).
     pub logd_live: Option<String>,
+    /// logd's packed live XPUB (out buses carrying `logs` with `packed`).
+    pub logd_live_packed: Option<String>,
     /// logd's PULL (in buses with `ingest`).
     pub logd_pull: Option<String>,
     /// The cache's publisher PUB (out buses carrying `cache`).
@@ -157,10 +159,17 @@ fn connect(ctx: &zmq::Context, kind: zmq::SocketType, endpoint: &str) -> zmq::Re
 fn out_sources(bus: &BusConfig, services: &ServiceEndpoints) -> Result<Vec<Source>, String> {
     let mut sources = Vec::new();
     if !bus.logs.is_empty() {
-        let endpoint = services
-            .logd_live
-            .clone()
-            .ok_or("carries logs but logd's live endpoint is off")?;
+        let endpoint = if bus.packed {
+            services
+                .logd_live_packed
+                .clone()
+                .ok_or("carries packed logs but logd's live_packed endpoint is off")?
+        } else {
+            services
+                .logd_live
+                .clone()
+                .ok_or("carries logs but logd's live endpoint is off")?
+        };
         // A prefix with a level (`"app ERROR"`) leaves holes in the stream's sequence.
         let whole = bus.logs.iter().all(|p| !p.contains(' '));
         sources.push(Source {
