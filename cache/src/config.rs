@@ -23,7 +23,8 @@ pub struct CacheConfig {
     /// Publisher silence after which HUGZ is sent.
     #[serde(deserialize_with = "duration")]
     pub hugz_interval: Duration,
-    /// How often the change log is folded into the compacted tree.
+    /// How often the change log is folded into the compacted tree (sooner when
+    /// 100,000 changes are waiting).
     #[serde(deserialize_with = "duration")]
     pub compaction_interval: Duration,
     /// Binary Star failover with a peer server; absent for a single server.
@@ -82,7 +83,7 @@ impl Default for CacheConfig {
             publisher: "tcp://127.0.0.1:5557".into(),
             collector: "tcp://127.0.0.1:5558".into(),
             max_value_size: 1024 * 1024,
-            compaction_interval: Duration::from_secs(1),
+            compaction_interval: Duration::from_secs(10),
             hugz_interval: Duration::from_secs(1),
             ha: None,
             curve: None,

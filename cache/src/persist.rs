@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use depot_common::thread::Worker;
 use depot_store::{Kv, NewRecord, Store, StoreError, Ticket, MAX_KV_VALUE};
@@ -32,6 +32,11 @@ const PIECES_MARKER: u8 = 0xB1;
 const PIECE_BYTES: usize = MAX_KV_VALUE - 64;
 /// Change-log records folded per compaction pass.
 const COMPACTION_BATCH: u64 = 200_000;
+/// Changes waiting in the log that start a compaction before its interval: every pass costs
+/// the next commits some time (latency), so passes are rare while few changes wait.
+const COMPACTION_BACKLOG: u64 = 100_000;
+/// How often the compactor looks at the backlog (and at a stop request).
+const BACKLOG_CHECK: Duration = Duration::from_millis(50);
 /// Key-value writes of a compaction per store commit, at least (a pass takes at most
 /// `COMPACTION_SLICES` commits, so a backlog of distinct keys still folds quickly).
 const COMPACTION_SLICE: usize = 128;
@@ -376,8 +381,20 @@ impl Compactor {
                 tracing::debug!("cache: compactor runs at normal priority");
             }
             let mut failures = 0u32;
+            // Where the last pass started, and when.
+            let mut passed_at = 0u64;
+            let mut last_pass: Option<Instant> = None;
             while !stop.load(Ordering::Acquire) {
-                match persist.compact(durable_log_seq.load(Ordering::Acquire)) {
+                let durable = durable_log_seq.load(Ordering::Acquire);
+                let due = last_pass.is_none_or(|at| at.elapsed() >= interval)
+                    || durable.saturating_sub(passed_at) >= COMPACTION_BACKLOG;
+                if !due {
+                    std::thread::sleep(BACKLOG_CHECK);
+                    continue;
+                }
+                passed_at = durable;
+                last_pass = Some(Instant::now());
+                match persist.compact(durable) {
                     Ok(folded) => {
                         failures = 0;
                         metrics.compacted.fetch_add(folded, Ordering::Relaxed);
@@ -392,7 +409,6 @@ impl Compactor {
                         }
                     }
                 }
-                sleep_unless_stopped(&stop, interval);
             }
         })?;
         Ok(Compactor { worker })
@@ -401,15 +417,6 @@ impl Compactor {
     /// Stops the thread after its current pass.
     pub fn stop(self) {
         self.worker.stop();
-    }
-}
-
-fn sleep_unless_stopped(stop: &AtomicBool, interval: Duration) {
-    let step = Duration::from_millis(50);
-    let mut slept = Duration::ZERO;
-    while slept < interval && !stop.load(Ordering::Acquire) {
-        std::thread::sleep(step);
-        slept += step;
     }
 }
 
