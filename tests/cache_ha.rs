@@ -348,3 +348,111 @@ fn a_curve_pair_agrees_on_roles_and_the_backup_mirrors() {
     );
     assert_eq!(primary.metric("depot_security_rejected_total"), 0.0);
 }
+
+/// An nftables table that drops TCP to and from `ports` on this host while it lives (the
+/// pair's state link, cut as a network partition would).
+struct Partition {
+    table: String,
+}
+
+impl Partition {
+    fn cut(ports: &[u16]) -> Partition {
+        let table = format!("depot_partition_{}", ports[0]);
+        let set = ports
+            .iter()
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let rules = format!(
+            "table inet {table} {{\n chain input {{\n  type filter hook input priority -10; policy accept;\n  tcp dport {{ {set} }} drop\n  tcp sport {{ {set} }} drop\n }}\n}}\n"
+        );
+        nft(&rules);
+        Partition { table }
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        nft(&format!("delete table inet {}\n", self.table));
+    }
+}
+
+fn nft(rules: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("nft (nftables) is missing: `scripts/setup.sh test` installs it");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(rules.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "nft refused:\n{rules}");
+}
+
+/// Split brain: with the state link cut, a client's vote makes the backup active beside the
+/// active primary; when the link returns, the backup yields, goes passive and mirrors the
+/// primary again.
+#[test]
+fn after_a_partition_heals_the_backup_yields_to_the_primary() {
+    let dir = tempfile::tempdir().unwrap();
+    let Pair {
+        primary: p,
+        backup: b,
+        primary_config,
+        backup_config,
+    } = pair(dir.path());
+    let (primary, backup) = start_settled(
+        (&dir.path().join("primary/data"), &primary_config),
+        (&dir.path().join("backup/data"), &backup_config),
+    );
+    let ctx = zmq::Context::new();
+    let mut client = CacheClient::connect(&ctx, &[endpoints(&p)], Duration::from_secs(10)).unwrap();
+    client
+        .set(b"/before", b"1", None, Duration::from_secs(10))
+        .unwrap();
+
+    {
+        let _cut = Partition::cut(&[p.state, b.state]);
+        // The backup sees its peer die (2 s), then a client's snapshot request is a vote.
+        let voted = poll(Duration::from_secs(15), || {
+            CacheClient::snapshot(&ctx, &[endpoints(&b)], b"", Duration::from_millis(500)).ok()
+        });
+        assert!(voted.is_some(), "the cut-off backup never took a vote");
+        assert_eq!(backup.metric("depot_cache_ha_state"), ACTIVE);
+        assert_eq!(primary.metric("depot_cache_ha_state"), ACTIVE);
+        client
+            .set(b"/during", b"2", None, Duration::from_secs(10))
+            .unwrap();
+    }
+
+    wait_metric(
+        &backup,
+        "depot_cache_ha_state",
+        PASSIVE,
+        Duration::from_secs(15),
+    );
+    assert_eq!(primary.metric("depot_cache_ha_state"), ACTIVE);
+    client
+        .set(b"/after", b"3", None, Duration::from_secs(10))
+        .unwrap();
+    // The passive backup mirrors the primary's state, including what it missed while cut off.
+    let want =
+        dump(CacheClient::snapshot(&ctx, &[endpoints(&p)], b"", Duration::from_secs(10)).unwrap());
+    let mirrored = poll(Duration::from_secs(15), || {
+        let seq = primary.metric("depot_cache_seq");
+        (backup.metric("depot_cache_seq") == seq).then_some(())
+    });
+    assert!(
+        mirrored.is_some(),
+        "the backup did not catch up:\n{}",
+        backup.stderr()
+    );
+    assert_eq!(want.get("/during").map(String::as_str), Some("2"));
+    assert_eq!(want.get("/after").map(String::as_str), Some("3"));
+    assert!(primary.stop().success());
+    assert!(backup.stop().success());
+}
