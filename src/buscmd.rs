@@ -183,7 +183,7 @@ pub fn watch(
                 }
             }
             BusMessage::LogBatch { header: h, count } => {
-                let last = h.seq + u64::from(*count).saturating_sub(1);
+                let last = h.seq.saturating_add(u64::from(*count).saturating_sub(1));
                 let observed = gaps.observe_range(h.stream.as_bytes(), h.seq, last);
                 if observed.missing > 0 {
                     gap_count += 1;

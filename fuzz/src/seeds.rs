@@ -134,6 +134,12 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
                 logd::encode_header(3, 4, 6, "app", "h"),
                 b"body".to_vec(),
             ]),
+            join(&[
+                logd::live_topic("app", 6),
+                logd::encode_header(3, 4, 6, "app", "h"),
+                2u32.to_be_bytes().to_vec(),
+                logd::pack_bodies(&[b"one", b"two"]),
+            ]),
             join(&KvMsg::new(&b"/k"[..], &b"v"[..]).encode()),
             join(&chp::hugz().encode()),
             join(&[&b"anything"[..]]),

@@ -358,6 +358,22 @@ pub fn multicast_frames(data: &[u8]) -> String {
     let frames = frames::split(data);
     let kind = classify(&frames);
     let seq = sequence(&frames);
+    // What a subscriber of a packed bus decodes: agrees with the classifier when it succeeds.
+    if let Ok(batch) = depot_logd::protocol::decode_packed_live(&frames) {
+        if let depot_multicast::frames::BusMessage::LogBatch { header, count } = &kind {
+            assert_eq!(batch.bodies.len(), *count as usize);
+            assert_eq!(&batch.header, header);
+            let last = header
+                .seq
+                .saturating_add(u64::from(*count).saturating_sub(1));
+            if *count > 0 {
+                assert_eq!(
+                    sequence(&frames),
+                    Some((header.stream.as_bytes(), header.seq, last))
+                );
+            }
+        }
+    }
     let kind = format!("{kind:?}");
     let kind = kind
         .split(['(', ' ', '{'])

@@ -82,7 +82,7 @@ pub fn sequence<F: std::ops::Deref<Target = [u8]>>(frames: &[F]) -> Option<(&[u8
         [_topic, header, count, _packed] if count.len() == 4 => {
             let (stream, first) = live_sequence(header)?;
             let count = u32::from_be_bytes(count[..].try_into().ok()?);
-            (count > 0).then(|| (stream, first, first + u64::from(count) - 1))
+            (count > 0).then(|| (stream, first, first.saturating_add(u64::from(count) - 1)))
         }
         [_key, seq, _uuid, _properties, _body] if seq.len() == 8 => {
             let seq = u64::from_be_bytes(seq[..].try_into().ok()?);

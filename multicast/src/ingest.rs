@@ -127,7 +127,9 @@ impl BusIngest {
                 }
             }
             BusMessage::LogBatch { header, count } => {
-                let last = header.seq + u64::from(count).saturating_sub(1);
+                let last = header
+                    .seq
+                    .saturating_add(u64::from(count).saturating_sub(1));
                 let observed = self
                     .gaps
                     .observe_range(header.stream.as_bytes(), header.seq, last);
