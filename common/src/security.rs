@@ -666,9 +666,8 @@ impl KeyFileWatcher {
     pub fn start(authorizer: Arc<Authorizer>) -> Result<KeyFileWatcher, notify::Error> {
         let path = authorizer.path().to_path_buf();
         // No debounce: a key file is small, and a revoked key should stop working at once.
-        let watcher = crate::watch::FileWatcher::start(&path, Duration::ZERO, move || {
-            authorizer.reload()
-        })?;
+        let watcher =
+            crate::watch::FileWatcher::start(&path, Duration::ZERO, move || authorizer.reload())?;
         Ok(KeyFileWatcher { _watcher: watcher })
     }
 }
