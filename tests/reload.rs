@@ -169,3 +169,32 @@ fn a_restart_only_edit_is_reported_as_needing_a_restart_and_nothing_breaks() {
     assert_eq!(appliance.metric("depot_config_restart_needed"), 0.0);
     assert!(appliance.stop().success());
 }
+
+#[test]
+fn a_retention_edit_applies_at_once_without_waiting_for_the_old_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = "[retention]\ninterval = \"1h\"\n";
+    let (appliance, _) = start(dir.path(), before);
+    let ctx = zmq::Context::new();
+    let mut sender = depot_logd::client::AckedSender::connect(&ctx, &appliance.logd().acked)
+        .unwrap()
+        .with_packed(true);
+    for round in 0..50 {
+        let bodies = depot_common::loadgen::lines(round, 100, 1_000);
+        let refs: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
+        sender.send_durable("trimmed", 6, "t", &refs, WAIT).unwrap();
+    }
+    assert_eq!(
+        appliance.metric("depot_retention_removed_records_total"),
+        0.0
+    );
+    replace_config(
+        dir.path(),
+        &format!("{before}[retention.streams.\"trimmed\"]\nmax_bytes = \"64KiB\"\n"),
+    );
+    wait_metric(&appliance, "depot_config_reloads_total", 1.0);
+    // The interval is still an hour: only the reload can have started this pass.
+    wait_metric(&appliance, "depot_retention_removed_records_total", 1.0);
+    assert_eq!(appliance.metric("depot_config_restart_needed"), 0.0);
+    assert!(appliance.stop().success());
+}
