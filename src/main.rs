@@ -3,6 +3,7 @@
 //! Layout:
 //! - `config`: `depot.toml`, parsed and validated.
 //! - `serve`: wiring of the store, services, admin endpoint and signals.
+//! - `reload`: live reload of `depot.toml` (what applies at once, what needs a restart).
 //! - `state`: what `/health`, `/metrics` and `/status` report.
 //! - `admin`: the HTTP admin endpoint.
 //! - `status`: `depot status`, the client side of `/status`.
@@ -24,6 +25,7 @@ mod clockcmd;
 mod logcmd;
 mod queuebench;
 mod queuecmd;
+mod reload;
 mod serve;
 mod state;
 mod status;
@@ -454,6 +456,14 @@ impl ConfigArgs {
             .unwrap_or_else(|| config.store.data_dir.clone());
         Ok((config, data_dir))
     }
+
+    /// The file a live reload watches: the one given, else `./depot.toml` when it exists.
+    fn watched_file(&self) -> Option<PathBuf> {
+        let default = Path::new("depot.toml");
+        self.config
+            .clone()
+            .or_else(|| default.exists().then(|| default.to_path_buf()))
+    }
 }
 
 #[derive(clap::Args)]
@@ -525,10 +535,9 @@ fn main() -> ExitCode {
     init_tracing(cli.log_format);
     let result = use_client_keys(&cli).and_then(|()| match &cli.command {
         Command::Keygen { out } => keygen(out),
-        Command::Serve(args) => args
-            .config
-            .load()
-            .and_then(|(config, data_dir)| serve::run(config, data_dir)),
+        Command::Serve(args) => args.config.load().and_then(|(config, data_dir)| {
+            serve::run(config, data_dir, args.config.watched_file())
+        }),
         Command::Status(args) => status(args),
         Command::Backup { config, dir } => backup(config, dir),
         Command::Restore { config, dir } => restore(config, dir),

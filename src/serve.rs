@@ -111,8 +111,13 @@ fn start_security(
     }))
 }
 
-/// Runs the appliance with `config` and data in `data_dir` until SIGINT or SIGTERM.
-pub fn run(mut config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
+/// Runs the appliance with `config` and data in `data_dir` until SIGINT or SIGTERM;
+/// `config_file`, when given, is watched and reloaded live.
+pub fn run(
+    mut config: Config,
+    data_dir: PathBuf,
+    config_file: Option<PathBuf>,
+) -> anyhow::Result<()> {
     config.check_exposure()?;
     let store = depot_store::Store::open(&data_dir, config.store_config())
         .with_context(|| format!("cannot open the data folder {}", data_dir.display()))?;
@@ -208,8 +213,24 @@ pub fn run(mut config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
     );
     state.multicast.set(multicast.buses.clone()).ok();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let (retention_stop, retention_thread) =
+    let (retention_updates, retention_thread) =
         start_retention(store.clone(), state.clone(), config.retention.clone())?;
+    let reload_watcher = config_file.map(|path| {
+        let targets = crate::reload::Targets {
+            retention: retention_updates.clone(),
+            queue: queue.as_ref().map(|q| q.reconfigurer()),
+        };
+        let reload_state = Arc::new(crate::reload::ReloadState::default());
+        state.config_reload.set(reload_state.clone()).ok();
+        let reloader = crate::reload::Reloader::new(path.clone(), targets, reload_state);
+        match crate::reload::watch(reloader) {
+            Ok(watcher) => Some(watcher),
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "cannot watch the configuration file; changes need a restart");
+                None
+            }
+        }
+    });
 
     let served = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(config.admin.listen)
@@ -246,6 +267,8 @@ pub fn run(mut config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
         anyhow::Ok(())
     });
 
+    // No reload may reach a service that is stopping.
+    drop(reload_watcher);
     // Buses first: they read from the services' publishers.
     multicast.shutdown();
     if let Some(clock) = clock {
@@ -259,7 +282,7 @@ pub fn run(mut config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
     }
     logd.shutdown();
     drop(security);
-    drop(retention_stop);
+    drop(retention_updates);
     let _ = retention_thread.join();
     runtime.shutdown_timeout(Duration::from_secs(2));
     let _ = std::fs::remove_file(data_dir.join(RUN_FILE));
@@ -329,42 +352,43 @@ async fn watch_signals((mut term, mut int): Signals, shutdown: watch::Sender<boo
 }
 
 /// Runs retention every `interval` on its own thread (it does disk I/O) until the returned
-/// sender is dropped.
+/// sender is dropped; settings sent on it replace the running ones and run a pass at once.
 fn start_retention(
     store: Arc<depot_store::Store>,
     state: Arc<AppState>,
-    retention: RetentionSection,
-) -> anyhow::Result<(mpsc::Sender<()>, std::thread::JoinHandle<()>)> {
-    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    mut retention: RetentionSection,
+) -> anyhow::Result<(mpsc::Sender<RetentionSection>, std::thread::JoinHandle<()>)> {
+    let (updates_tx, updates) = mpsc::channel::<RetentionSection>();
     let handle = std::thread::Builder::new()
         .name("retention".into())
-        .spawn(move || {
-            while let Err(mpsc::RecvTimeoutError::Timeout) =
-                stop_rx.recv_timeout(retention.interval)
-            {
-                for stream in store.log().streams() {
-                    // Services manage their own streams (the cache trims what it compacted).
-                    if depot_store::is_internal_stream(&stream) {
-                        continue;
+        .spawn(move || loop {
+            match updates.recv_timeout(retention.interval) {
+                Ok(new) => retention = new,
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+            for stream in store.log().streams() {
+                // Services manage their own streams (the cache trims what it compacted).
+                if depot_store::is_internal_stream(&stream) {
+                    continue;
+                }
+                let policy = retention.policy(&stream);
+                if policy.max_age.is_none() && policy.max_bytes.is_none() {
+                    continue;
+                }
+                match store
+                    .log()
+                    .apply_retention(&stream, policy, depot_store::now_ns())
+                {
+                    Ok(outcome) => {
+                        state
+                            .retention_removed
+                            .fetch_add(outcome.records, Ordering::Relaxed);
                     }
-                    let policy = retention.policy(&stream);
-                    if policy.max_age.is_none() && policy.max_bytes.is_none() {
-                        continue;
-                    }
-                    match store
-                        .log()
-                        .apply_retention(&stream, policy, depot_store::now_ns())
-                    {
-                        Ok(outcome) => {
-                            state
-                                .retention_removed
-                                .fetch_add(outcome.records, Ordering::Relaxed);
-                        }
-                        Err(e) => tracing::warn!(stream, error = %e, "retention failed"),
-                    }
+                    Err(e) => tracing::warn!(stream, error = %e, "retention failed"),
                 }
             }
         })
         .context("cannot start the retention thread")?;
-    Ok((stop_tx, handle))
+    Ok((updates_tx, handle))
 }

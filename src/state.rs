@@ -34,6 +34,8 @@ pub struct AppState {
     pub multicast: std::sync::OnceLock<Arc<Vec<Arc<depot_multicast::metrics::BusEntry>>>>,
     /// Who may connect, when CURVE is on.
     pub security: std::sync::OnceLock<Arc<depot_common::security::Authorizer>>,
+    /// Live reloads of the configuration file, when it is watched.
+    pub config_reload: std::sync::OnceLock<Arc<crate::reload::ReloadState>>,
 }
 
 /// `/health` body.
@@ -43,6 +45,10 @@ pub struct Health {
     pub ok: bool,
     /// "ok", or what is wrong.
     pub status: String,
+    /// The last live reload of the configuration, when there was one ("ok", or why the
+    /// file was refused); a refused file does not make the appliance unhealthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_reload: Option<String>,
 }
 
 /// `/status` body, printed by `depot status`.
@@ -76,6 +82,9 @@ pub struct StatusReport {
     /// The server's CURVE public key (Z85) when CURVE is on.
     #[serde(default)]
     pub curve_public_key: Option<String>,
+    /// The last live reload of the configuration, when there was one.
+    #[serde(default)]
+    pub config_reload: Option<crate::reload::ReloadReport>,
 }
 
 impl AppState {
@@ -93,6 +102,7 @@ impl AppState {
             clock: std::sync::OnceLock::new(),
             multicast: std::sync::OnceLock::new(),
             security: std::sync::OnceLock::new(),
+            config_reload: std::sync::OnceLock::new(),
         }
     }
 
@@ -103,11 +113,21 @@ impl AppState {
 
     /// Whether the appliance can take writes and every configured bus runs.
     pub fn health(&self) -> Health {
+        let (ok, status) = self.health_status();
+        Health {
+            ok,
+            status,
+            config_reload: self
+                .config_reload
+                .get()
+                .and_then(|r| r.last())
+                .map(|r| r.summary()),
+        }
+    }
+
+    fn health_status(&self) -> (bool, String) {
         if let Some(reason) = self.store.watermark().poisoned {
-            return Health {
-                ok: false,
-                status: format!("store poisoned: {reason}"),
-            };
+            return (false, format!("store poisoned: {reason}"));
         }
         let failed: Vec<String> = self
             .bus_statuses()
@@ -120,15 +140,9 @@ impl AppState {
             })
             .collect();
         if failed.is_empty() {
-            Health {
-                ok: true,
-                status: "ok".into(),
-            }
+            (true, "ok".into())
         } else {
-            Health {
-                ok: false,
-                status: failed.join("; "),
-            }
+            (false, failed.join("; "))
         }
     }
 
@@ -160,6 +174,7 @@ impl AppState {
             streams: self.store.log().stats(),
             buses: self.bus_statuses(),
             curve_public_key: self.security.get().map(|a| a.server_public().z85()),
+            config_reload: self.config_reload.get().and_then(|r| r.last()),
         }
     }
 
@@ -247,6 +262,9 @@ impl AppState {
         }
         if let Some(security) = self.security.get() {
             security.metrics.render(&mut m);
+        }
+        if let Some(reload) = self.config_reload.get() {
+            reload.render(&mut m);
         }
         m.finish()
     }

@@ -116,6 +116,9 @@ pub fn render(report: &StatusReport) -> String {
             .as_deref()
             .map_or("off".to_string(), |key| format!("on, server key {key}"))
     ));
+    if let Some(reload) = &report.config_reload {
+        out.push_str(&format!("config       last reload {}\n", reload.summary()));
+    }
     if !report.buses.is_empty() {
         out.push('\n');
         out.push_str(&crate::buscmd::render(&report.buses));

@@ -10,6 +10,7 @@
 //! - `thread`: scheduling helpers (background threads at low priority).
 //! - `loadgen`: synthetic log lines for benchmarks and load tools.
 //! - `security`: CURVE key files, the authorized-keys file, the ZAP handler, loopback checks.
+//! - `watch`: calling a function when one file changes (its folder is watched).
 
 pub mod config;
 pub mod frames;
@@ -20,3 +21,4 @@ pub mod security;
 pub mod size;
 pub mod sockopt;
 pub mod thread;
+pub mod watch;

@@ -658,32 +658,16 @@ fn run_zap(socket: zmq::Socket, authorizer: Arc<Authorizer>, stop: Arc<AtomicBoo
 /// Watches the authorized-keys file's folder (editors replace files by rename) and reloads
 /// the keys on any change to it. Dropping it stops watching.
 pub struct KeyFileWatcher {
-    _watcher: notify::RecommendedWatcher,
+    _watcher: crate::watch::FileWatcher,
 }
 
 impl KeyFileWatcher {
     /// Starts watching `authorizer`'s file.
     pub fn start(authorizer: Arc<Authorizer>) -> Result<KeyFileWatcher, notify::Error> {
-        use notify::Watcher;
         let path = authorizer.path().to_path_buf();
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("."));
-        let name = path.file_name().map(|n| n.to_os_string());
-        let mut watcher =
-            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                let Ok(event) = event else { return };
-                let ours = event
-                    .paths
-                    .iter()
-                    .any(|p| p.file_name().map(|n| n.to_os_string()) == name);
-                if ours && !event.kind.is_access() {
-                    authorizer.reload();
-                }
-            })?;
-        watcher.watch(&dir, notify::RecursiveMode::NonRecursive)?;
+        // No debounce: a key file is small, and a revoked key should stop working at once.
+        let watcher =
+            crate::watch::FileWatcher::start(&path, Duration::ZERO, move || authorizer.reload())?;
         Ok(KeyFileWatcher { _watcher: watcher })
     }
 }

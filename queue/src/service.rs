@@ -3,7 +3,7 @@
 
 use depot_common::frames::bound_endpoint;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 
 use depot_common::thread::Worker;
 use depot_store::Store;
@@ -57,6 +57,7 @@ pub struct QueueService {
     pub endpoints: QueueEndpoints,
     /// Its counters and figures.
     pub metrics: Arc<QueueMetrics>,
+    updates: mpsc::Sender<QueueConfig>,
     worker: Worker,
 }
 
@@ -128,6 +129,7 @@ impl QueueService {
                 .collect(),
         };
         let metrics = Arc::new(QueueMetrics::default());
+        let (updates, updates_rx) = mpsc::channel();
         tracing::info!(queues = queues.len(), router = %endpoints.router, pull = %endpoints.pull,
             "queue serving");
         let server = Server::new(
@@ -139,14 +141,22 @@ impl QueueService {
             config.clone(),
             queues,
             metrics.clone(),
+            updates_rx,
         );
         let worker = Worker::spawn("queue", move |stop| server.run(stop))
             .map_err(|e| QueueError::Setup(format!("cannot start the queue thread: {e}")))?;
         Ok(QueueService {
             endpoints,
             metrics,
+            updates,
             worker,
         })
+    }
+
+    /// Where a live reload sends new configurations; the queue thread takes them within a
+    /// tick (see `Server::reconfigure` for what applies).
+    pub fn reconfigurer(&self) -> mpsc::Sender<QueueConfig> {
+        self.updates.clone()
     }
 
     /// Stops taking requests, stores what was received and confirms what is durable.

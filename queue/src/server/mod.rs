@@ -5,7 +5,7 @@
 use depot_common::frames::recv_frames;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use depot_common::ratelimit::RateLimited;
@@ -68,6 +68,8 @@ pub(crate) struct Server {
     pub config: QueueConfig,
     pub queues: BTreeMap<String, Queue>,
     pub metrics: Arc<QueueMetrics>,
+    /// New configurations from a live reload, taken at the next tick.
+    updates: mpsc::Receiver<QueueConfig>,
     peers: HashMap<Vec<u8>, Peer>,
     confirms: VecDeque<PendingConfirm>,
     waiting: VecDeque<Waiting>,
@@ -128,6 +130,7 @@ impl Server {
         config: QueueConfig,
         queues: BTreeMap<String, Queue>,
         metrics: Arc<QueueMetrics>,
+        updates: mpsc::Receiver<QueueConfig>,
     ) -> Server {
         let mut server = Server {
             router,
@@ -138,6 +141,7 @@ impl Server {
             config,
             queues,
             metrics,
+            updates,
             peers: HashMap::new(),
             confirms: VecDeque::new(),
             waiting: VecDeque::new(),
@@ -454,10 +458,36 @@ impl Server {
         }
     }
 
+    /// Takes a reloaded configuration: the defaults, every queue's settings, auto-create and
+    /// the limits apply from now on, and declared queues that do not exist yet are created.
+    /// Endpoints are sockets bound at start: they keep their old values (a restart applies
+    /// them).
+    fn reconfigure(&mut self, mut config: QueueConfig) {
+        config.router.clone_from(&self.config.router);
+        config.pull.clone_from(&self.config.pull);
+        config.curve = self.config.curve.take();
+        for (name, overrides) in config.queues.iter_mut() {
+            overrides.push = self.config.queues.get(name).and_then(|q| q.push.clone());
+        }
+        self.config = config;
+        for (name, q) in self.queues.iter_mut() {
+            q.settings = self.config.settings(name);
+        }
+        let declared: Vec<String> = self.config.queues.keys().cloned().collect();
+        for name in declared {
+            self.queue_for(&name, true);
+        }
+        tracing::info!(queues = self.queues.len(), "queue: configuration reloaded");
+        self.publish_stats();
+    }
+
     /// Periodic work: timeouts, silent peers, stored acks, trimming, figures.
     fn tick(&mut self) {
         let now = Instant::now();
         self.last_tick = now;
+        while let Ok(config) = self.updates.try_recv() {
+            self.reconfigure(config);
+        }
         let names: Vec<String> = self.queues.keys().cloned().collect();
         for name in &names {
             let dead = match self.queues.get_mut(name) {

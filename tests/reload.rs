@@ -1,0 +1,200 @@
+//! Live reload of `depot.toml` end to end: a real `depot serve` whose configuration file is
+//! edited while it runs (in place and editor-style, by rename).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{metric_value, poll, write_config, Appliance};
+use depot_queue::client::Producer;
+
+/// Longest wait for anything that should happen promptly.
+const WAIT: Duration = Duration::from_secs(15);
+
+/// Queues exist only when declared; "small" refuses publishes beyond 64 KiB of journal.
+const QUEUES: &str = r#"auto_create = false
+[queue.queues."small"]
+swap_limit = "64KiB"
+policy = "reject"
+"#;
+
+fn start(dir: &Path, extra: &str) -> (Appliance, PathBuf) {
+    let config = write_config(dir, extra);
+    (Appliance::start(&dir.join("data"), &config), config)
+}
+
+/// Replaces the configuration as editors do: a new file renamed over the old one.
+fn replace_config(dir: &Path, extra: &str) {
+    let staged = write_config(&dir.join("staging"), extra);
+    std::fs::rename(staged, dir.join("depot.toml")).unwrap();
+}
+
+/// Waits until `/metrics` shows `sample` at `at_least` or more.
+fn wait_metric(appliance: &Appliance, sample: &str, at_least: f64) {
+    poll(WAIT, || {
+        let (_, text) = appliance.get("/metrics");
+        metric_value(&text, sample).filter(|v| *v >= at_least)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "{sample} never reached {at_least}; log:\n{}",
+            appliance.stderr()
+        )
+    });
+}
+
+/// Publishes one message to `queue`: the confirm's sequence, or the refusal.
+fn publish(producer: &mut Producer, queue: &str) -> Result<u64, String> {
+    producer
+        .publish_durable(queue, &[b"hello".as_slice()], WAIT)
+        .map(|(_, last)| last)
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn an_invalid_edit_is_refused_with_its_reason_and_the_old_configuration_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let (appliance, config) = start(dir.path(), QUEUES);
+    assert_eq!(appliance.metric("depot_config_reload_failed_total"), 0.0);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("[queue.queues.\"broken\"]\nhwm = \"many\"\n");
+    std::fs::write(&config, text).unwrap();
+    wait_metric(&appliance, "depot_config_reload_failed_total", 1.0);
+    assert_eq!(appliance.metric("depot_config_reloads_total"), 0.0);
+    let log = appliance.stderr();
+    assert!(
+        log.contains("configuration refused") && log.contains("hwm"),
+        "{log}"
+    );
+    let (code, health) = appliance.get("/health");
+    assert_eq!(code, 200, "{health}");
+    assert!(health.contains("refused"), "{health}");
+    // Still serving, on the old configuration: the broken queue was not declared.
+    let ctx = zmq::Context::new();
+    let mut producer = Producer::connect(&ctx, &appliance.queue().router).unwrap();
+    publish(&mut producer, "small").unwrap();
+    publish(&mut producer, "broken").unwrap_err();
+    assert!(appliance.stop().success());
+}
+
+#[test]
+fn queue_limits_and_new_queues_apply_live_from_an_editor_style_replace() {
+    let dir = tempfile::tempdir().unwrap();
+    let (appliance, _) = start(dir.path(), QUEUES);
+    let ctx = zmq::Context::new();
+    let mut producer = Producer::connect(&ctx, &appliance.queue().router).unwrap();
+    let refusal = publish(&mut producer, "orders").unwrap_err();
+    assert!(refusal.contains("orders"), "{refusal}");
+    // Fill "small" to its swap limit with incompressible bodies.
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let noise: Vec<Vec<u8>> = (0..16)
+        .map(|_| {
+            (0..1_000)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect()
+        })
+        .collect();
+    let batch: Vec<&[u8]> = noise.iter().map(Vec::as_slice).collect();
+    let mut published = 0;
+    let refusal = loop {
+        match producer.publish_durable("small", &batch, WAIT) {
+            Ok(_) => published += 1,
+            Err(e) => break e.to_string(),
+        }
+        assert!(published < 1_000, "never refused");
+    };
+    assert!(refusal.contains("swap limit"), "{refusal}");
+
+    replace_config(
+        dir.path(),
+        r#"auto_create = false
+[queue.queues."small"]
+swap_limit = "64MiB"
+policy = "reject"
+[queue.queues."orders"]
+"#,
+    );
+    wait_metric(&appliance, "depot_config_reloads_total", 1.0);
+    // The queue thread takes the new settings at its next tick.
+    poll(WAIT, || publish(&mut producer, "orders").ok()).expect("the new queue never appeared");
+    publish(&mut producer, "small").expect("the raised swap limit did not apply");
+    assert_eq!(appliance.metric("depot_config_restart_needed"), 0.0);
+    assert_eq!(appliance.metric("depot_config_reload_failed_total"), 0.0);
+    let log = appliance.stderr();
+    assert!(
+        log.contains("queue.queues.small.swap_limit") && log.contains("applied live"),
+        "{log}"
+    );
+    assert!(appliance.stop().success());
+}
+
+#[test]
+fn a_restart_only_edit_is_reported_as_needing_a_restart_and_nothing_breaks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (appliance, _) = start(dir.path(), QUEUES);
+    replace_config(
+        dir.path(),
+        &format!("{QUEUES}[store]\ncommit_interval = \"5ms\"\n"),
+    );
+    wait_metric(&appliance, "depot_config_reloads_total", 1.0);
+    assert_eq!(appliance.metric("depot_config_restart_needed"), 1.0);
+    let log = appliance.stderr();
+    assert!(
+        log.contains("needs a restart: store.commit_interval"),
+        "{log}"
+    );
+    let (code, status) = appliance.get("/status");
+    assert_eq!(code, 200);
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(
+        status["config_reload"]["restart_needed"],
+        serde_json::json!(["store.commit_interval"]),
+        "{status}"
+    );
+    let (code, health) = appliance.get("/health");
+    assert_eq!(code, 200, "{health}");
+    assert!(health.contains("needs a restart"), "{health}");
+    let ctx = zmq::Context::new();
+    let mut producer = Producer::connect(&ctx, &appliance.queue().router).unwrap();
+    publish(&mut producer, "small").unwrap();
+    // Back to the file it started with: nothing waits for a restart any more.
+    replace_config(dir.path(), QUEUES);
+    wait_metric(&appliance, "depot_config_reloads_total", 2.0);
+    assert_eq!(appliance.metric("depot_config_restart_needed"), 0.0);
+    assert!(appliance.stop().success());
+}
+
+#[test]
+fn a_retention_edit_applies_at_once_without_waiting_for_the_old_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = "[retention]\ninterval = \"1h\"\n";
+    let (appliance, _) = start(dir.path(), before);
+    let ctx = zmq::Context::new();
+    let mut sender = depot_logd::client::AckedSender::connect(&ctx, &appliance.logd().acked)
+        .unwrap()
+        .with_packed(true);
+    for round in 0..50 {
+        let bodies = depot_common::loadgen::lines(round, 100, 1_000);
+        let refs: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
+        sender.send_durable("trimmed", 6, "t", &refs, WAIT).unwrap();
+    }
+    assert_eq!(
+        appliance.metric("depot_retention_removed_records_total"),
+        0.0
+    );
+    replace_config(
+        dir.path(),
+        &format!("{before}[retention.streams.\"trimmed\"]\nmax_bytes = \"64KiB\"\n"),
+    );
+    wait_metric(&appliance, "depot_config_reloads_total", 1.0);
+    // The interval is still an hour: only the reload can have started this pass.
+    wait_metric(&appliance, "depot_retention_removed_records_total", 1.0);
+    assert_eq!(appliance.metric("depot_config_restart_needed"), 0.0);
+    assert!(appliance.stop().success());
+}
