@@ -112,6 +112,7 @@ fn start_security(
 /// Runs the appliance with `config` and data in `data_dir` until SIGINT or SIGTERM.
 pub fn run(mut config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
     config.check_exposure()?;
+    config.multicast.load_keys().map_err(anyhow::Error::msg)?;
     let store = depot_store::Store::open(&data_dir, config.store_config())
         .with_context(|| format!("cannot open the data folder {}", data_dir.display()))?;
     let store = Arc::new(store);
