@@ -1075,15 +1075,28 @@ fn message_limits_refuse_and_count_and_logd_serves_on() {
     // A frame beyond the cap (2 x 64 KiB + 64 KiB): libzmq drops that connection unread.
     let big = ctx.socket(zmq::PUSH).unwrap();
     big.set_linger(0).unwrap();
+    big.monitor("inproc://limits-big", zmq::SocketEvent::DISCONNECTED as i32)
+        .unwrap();
+    let events = ctx.socket(zmq::PAIR).unwrap();
+    events.connect("inproc://limits-big").unwrap();
     big.connect(&logd.pull).unwrap();
     big.send_multipart(frames(&[b"limits", &vec![b'y'; 200 * 1024]]), 0)
         .unwrap();
+    assert!(
+        events.poll(zmq::POLLIN, WAIT.as_millis() as i64).unwrap() > 0,
+        "logd kept the connection of a frame beyond the cap"
+    );
     push.send_multipart(frames(&[b"limits", b"after the big frame"]), 0)
         .unwrap();
     let records = stored("after the big frame");
     assert!(
         records.iter().all(|r| r.body.len() < 1024),
         "a frame beyond the cap was stored"
+    );
+    assert_eq!(
+        appliance.metric(OVERSIZE),
+        3.0,
+        "the frame beyond the cap reached the decoder"
     );
     assert_eq!(appliance.get("/health").0, 200);
     assert!(appliance.stop().success());
