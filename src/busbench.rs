@@ -81,6 +81,8 @@ fn bus_config(name: &str, endpoint: String, args: &BusBenchArgs) -> BusConfig {
         ticks: Vec::new(),
         ingest: true,
         ingest_cache: false,
+        key_file: None,
+        key: None,
     }
 }
 
@@ -145,6 +147,17 @@ fn receive(
                     .then(|| u64::from_be_bytes(frames[0][..8].try_into().unwrap_or_default()))
                     .filter(|&seq| seq > 0)
                     .map(|seq| (seq, seq))
+            } else if let Some(key) = &bus.key {
+                // A sealed bus: a message that does not open is not a record.
+                let Ok(rest) = key.open(&frames[..n]) else {
+                    continue;
+                };
+                let opened: Vec<&[u8]> = std::iter::once(&frames[0][..])
+                    .chain(rest.iter().map(Vec::as_slice))
+                    .collect();
+                depot_multicast::frames::sequence(&opened)
+                    .filter(|(s, _, _)| *s == stream.as_bytes())
+                    .map(|(_, first, last)| (first, last))
             } else {
                 depot_multicast::frames::sequence(&frames[..n])
                     .filter(|(s, _, _)| *s == stream.as_bytes())
@@ -201,17 +214,24 @@ pub fn run(
     multicast: &depot_multicast::MulticastConfig,
     logd: &depot_logd::LogdEndpoints,
 ) -> anyhow::Result<()> {
-    let endpoint = if args.bus.starts_with("epgm://") || args.bus.starts_with("pgm://") {
-        args.bus.clone()
+    let (endpoint, key_file) = if args.bus.starts_with("epgm://") || args.bus.starts_with("pgm://")
+    {
+        (args.bus.clone(), None)
     } else {
         multicast
             .bus
             .iter()
             .find(|b| b.name == args.bus)
-            .map(|b| b.endpoint.clone())
+            .map(|b| (b.endpoint.clone(), b.key_file.clone()))
             .with_context(|| format!("no bus {:?} in the configuration", args.bus))?
     };
-    let bus = bus_config(&args.bus, endpoint.clone(), args);
+    let mut bus = bus_config(&args.bus, endpoint.clone(), args);
+    // Raw mode measures libzmq alone: nothing is sealed.
+    if let Some(path) = key_file.filter(|_| args.mode != "raw") {
+        let key = depot_multicast::seal::BusKey::load(&path)
+            .with_context(|| format!("bus {}: key_file", args.bus))?;
+        bus.key = Some(key);
+    }
     if args.mode == "send" {
         // The subscribers are elsewhere (libzmq's PGM sender does not loop multicast back to
         // its own host except on lo).

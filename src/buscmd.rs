@@ -20,6 +20,12 @@ pub enum BusCommand {
     },
     /// Join a bus's group directly and print its messages.
     Watch(WatchArgs),
+    /// Make a key for a sealed bus: 32 random bytes as 64 hex digits, in a new file of mode
+    /// 0600. Give the same file to every member of the bus as its `key_file`.
+    Keygen {
+        /// The key file to create (never overwritten).
+        out: std::path::PathBuf,
+    },
 }
 
 /// Options of `depot bus watch`.
@@ -40,6 +46,20 @@ pub struct WatchArgs {
     /// One JSON object per line.
     #[arg(long)]
     pub json: bool,
+    /// Open sealed messages with this key file (default: the configured bus's `key_file`).
+    #[arg(long)]
+    pub key_file: Option<std::path::PathBuf>,
+}
+
+/// `depot bus keygen FILE`.
+pub fn keygen(out: &std::path::Path) -> anyhow::Result<()> {
+    depot_multicast::seal::BusKey::generate().write_new(out)?;
+    eprintln!(
+        "wrote {} (mode 0600); set key_file = {:?} in the bus's [[multicast.bus]] on every member",
+        out.display(),
+        out.display().to_string()
+    );
+    Ok(())
 }
 
 /// Prints the bus table of `buses`.
@@ -105,17 +125,18 @@ fn find_bus(
         ticks: Vec::new(),
         ingest: true,
         ingest_cache: false,
+        key_file: None,
+        key: None,
     };
     if name.starts_with("epgm://") || name.starts_with("pgm://") {
         depot_multicast::endpoint::PgmEndpoint::parse(name).map_err(anyhow::Error::msg)?;
         return Ok(receiver(name.to_string(), 100_000, 10_000));
     }
     if let Some(bus) = config.bus.iter().find(|b| b.name == name) {
-        return Ok(receiver(
-            bus.endpoint.clone(),
-            bus.rate_kbps,
-            bus.recovery_ms,
-        ));
+        return Ok(BusConfig {
+            key_file: bus.key_file.clone(),
+            ..receiver(bus.endpoint.clone(), bus.rate_kbps, bus.recovery_ms)
+        });
     }
     let report = crate::status::fetch(admin)
         .with_context(|| format!("no bus {name:?} in the configuration"))?;
@@ -136,6 +157,15 @@ pub fn watch(
     admin: &str,
 ) -> anyhow::Result<()> {
     let bus = find_bus(&args.bus, config, admin)?;
+    let key = match args.key_file.as_ref().or(bus.key_file.as_ref()) {
+        Some(path) => Some(
+            depot_multicast::seal::BusKey::load(path)
+                .with_context(|| format!("bus {}: key_file", bus.name))?,
+        ),
+        None => None,
+    };
+    let mut rejects = depot_common::ratelimit::RateLimited::default();
+    let mut rejected = 0u64;
     let ctx = zmq::Context::new();
     let prefix = args.prefix.clone().unwrap_or_default();
     let socket = depot_multicast::open::receiver(&ctx, &bus, &[prefix.as_bytes()])
@@ -160,7 +190,22 @@ pub fn watch(
             out.flush()?;
             continue;
         }
-        let frames = socket.recv_multipart(0)?;
+        let mut frames = socket.recv_multipart(0)?;
+        if let Some(key) = &key {
+            match key.open(&frames) {
+                Ok(rest) => {
+                    frames.truncate(1);
+                    frames.extend(rest);
+                }
+                Err(why) => {
+                    rejected += 1;
+                    if let Some(suppressed) = rejects.allow() {
+                        eprintln!("dropped a message that does not open: {why} ({suppressed} more not shown)");
+                    }
+                    continue;
+                }
+            }
+        }
         let message = classify(&frames);
         let line = match &message {
             BusMessage::LogRecord(h) => {
@@ -254,6 +299,9 @@ pub fn watch(
     }
     out.flush()?;
     eprintln!("{seen} messages; {gap_count} gaps ({missing} missing); {losses} data-loss events");
+    if key.is_some() {
+        eprintln!("{rejected} messages did not open with the bus key");
+    }
     Ok(())
 }
 
@@ -278,6 +326,7 @@ mod tests {
             fragments: 0,
             forwarded: 0,
             ignored: 0,
+            rejected: 0,
         };
         let text = render(&[
             bus("lan", BusState::Running),

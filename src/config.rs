@@ -177,7 +177,7 @@ impl Config {
 
     /// Refuses binds beyond loopback that nothing protects, unless `allow_insecure` is set:
     /// zmq endpoints without CURVE, and always syslog, the admin endpoint and multicast buses
-    /// (they cannot use CURVE).
+    /// without a `key_file` (they cannot use CURVE).
     pub fn check_exposure(&self) -> anyhow::Result<()> {
         if self.security.allow_insecure {
             return Ok(());
@@ -249,12 +249,16 @@ impl Config {
                 }
             }
         }
-        for bus in &self.multicast.bus {
+        // A sealed bus (key_file) is encrypted and authenticated by its key.
+        for bus in self.multicast.bus.iter().filter(|b| b.key_file.is_none()) {
             if !endpoint_is_local(&bus.endpoint) {
-                return Err(plain(
-                    &format!("multicast bus \"{}\" endpoint", bus.name),
-                    &bus.endpoint,
-                ));
+                anyhow::bail!(
+                    "multicast bus \"{}\" endpoint = \"{}\" reaches beyond loopback in clear; \
+                     give the bus a key_file (`depot bus keygen`) to seal its messages, use a \
+                     loopback interface or set [security] allow_insecure = true",
+                    bus.name,
+                    bus.endpoint
+                );
             }
         }
         Ok(())
@@ -485,6 +489,21 @@ policy = "reject"
             .unwrap_err()
             .to_string();
         assert!(err.contains("clock.publisher_extra"), "{err}");
+    }
+
+    #[test]
+    fn a_bus_beyond_loopback_needs_a_key_file() {
+        let bus = "[[multicast.bus]]\nname = \"lan\"\nendpoint = \"epgm://10.0.0.5;239.192.1.1:5555\"\nlogs = [\"\"]\n";
+        let err = parse(bus)
+            .unwrap()
+            .check_exposure()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"lan\"") && err.contains("key_file"), "{err}");
+        parse(&format!("{bus}key_file = \"/etc/depot/lan.key\"\n"))
+            .unwrap()
+            .check_exposure()
+            .unwrap();
     }
 
     #[test]

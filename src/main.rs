@@ -510,6 +510,7 @@ fn bus(config: &ConfigArgs, command: &buscmd::BusCommand) -> anyhow::Result<()> 
     match command {
         buscmd::BusCommand::Ls { json } => buscmd::ls(&admin, *json),
         buscmd::BusCommand::Watch(args) => buscmd::watch(args, &config.multicast, &admin),
+        buscmd::BusCommand::Keygen { out } => buscmd::keygen(out),
     }
 }
 

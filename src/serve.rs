@@ -119,6 +119,7 @@ pub fn run(
     config_file: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     config.check_exposure()?;
+    config.multicast.load_keys().map_err(anyhow::Error::msg)?;
     let store = depot_store::Store::open(&data_dir, config.store_config())
         .with_context(|| format!("cannot open the data folder {}", data_dir.display()))?;
     let store = Arc::new(store);

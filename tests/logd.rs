@@ -1007,6 +1007,101 @@ fn malformed_input_on_every_endpoint_never_stops_the_service() {
 
 /// SIGTERM stops the appliance while a syslog client is still connected over TCP (rsyslog and
 /// syslog-ng forwarders keep their connection open for good).
+/// `max_frames` and the frame cap (ZMQ_MAXMSGSIZE): a message of too many frames is refused
+/// and counted (with an answer on the acked path); a frame far beyond `max_message_size` costs
+/// its sender the connection before logd buffers it; logd serves everyone else throughout.
+#[test]
+fn message_limits_refuse_and_count_and_logd_serves_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let text = std::fs::read_to_string(&config).unwrap().replacen(
+        "[logd]\n",
+        "[logd]\nmax_frames = 8\nmax_message_size = \"64KiB\"\n",
+        1,
+    );
+    std::fs::write(&config, text).unwrap();
+    let appliance = Appliance::start(&dir.path().join("data"), &config);
+    let logd = appliance.logd();
+    let ctx = zmq::Context::new();
+    let stored = |body: &'static str| {
+        wait_records(&ctx, &logd.replay, "limits", body, move |records| {
+            records.iter().any(|r| body_is(r, body))
+        })
+    };
+    let with_bodies = |head: &[&[u8]], n: usize| -> Vec<Vec<u8>> {
+        let mut message = frames(head);
+        message.extend((0..n).map(|i| format!("b{i}").into_bytes()));
+        message
+    };
+
+    // PULL: 9 frames are refused, 7 stored; a frame just over the byte limit reaches
+    // the decoder and is counted too.
+    let push = ctx.socket(zmq::PUSH).unwrap();
+    push.connect(&logd.pull).unwrap();
+    push.send_multipart(with_bodies(&[b"limits", b""], 7), 0)
+        .unwrap();
+    push.send_multipart(frames(&[b"limits", &vec![b'x'; 65 * 1024]]), 0)
+        .unwrap();
+    push.send_multipart(with_bodies(&[b"limits", b""], 5), 0)
+        .unwrap();
+    push.send_multipart(frames(&[b"limits", b"pull ok"]), 0)
+        .unwrap();
+    let records = stored("pull ok");
+    assert_eq!(
+        records.len(),
+        6,
+        "the message of too many frames was stored"
+    );
+    expect_metric(&appliance, OVERSIZE, 2.0, "PULL");
+
+    // Acked: the refusal names the batch and the limit.
+    let dealer = ctx.socket(zmq::DEALER).unwrap();
+    dealer.set_linger(0).unwrap();
+    dealer.connect(&logd.acked).unwrap();
+    dealer
+        .send_multipart(with_bodies(&[b"id-many", b"limits", b""], 9), 0)
+        .unwrap();
+    assert!(dealer.poll(zmq::POLLIN, WAIT.as_millis() as i64).unwrap() > 0);
+    let reply = dealer.recv_multipart(0).unwrap();
+    assert_eq!(reply[0], b"id-many");
+    assert_eq!(reply[1], protocol::ERROR_MARKER);
+    let reason = String::from_utf8_lossy(&reply[2]);
+    assert!(
+        reason.contains("12 frames exceeds the limit of 8"),
+        "{reason}"
+    );
+    expect_metric(&appliance, OVERSIZE, 3.0, "acked");
+
+    // A frame beyond the cap (2 x 64 KiB + 64 KiB): libzmq drops that connection unread.
+    let big = ctx.socket(zmq::PUSH).unwrap();
+    big.set_linger(0).unwrap();
+    big.monitor("inproc://limits-big", zmq::SocketEvent::DISCONNECTED as i32)
+        .unwrap();
+    let events = ctx.socket(zmq::PAIR).unwrap();
+    events.connect("inproc://limits-big").unwrap();
+    big.connect(&logd.pull).unwrap();
+    big.send_multipart(frames(&[b"limits", &vec![b'y'; 200 * 1024]]), 0)
+        .unwrap();
+    assert!(
+        events.poll(zmq::POLLIN, WAIT.as_millis() as i64).unwrap() > 0,
+        "logd kept the connection of a frame beyond the cap"
+    );
+    push.send_multipart(frames(&[b"limits", b"after the big frame"]), 0)
+        .unwrap();
+    let records = stored("after the big frame");
+    assert!(
+        records.iter().all(|r| r.body.len() < 1024),
+        "a frame beyond the cap was stored"
+    );
+    assert_eq!(
+        appliance.metric(OVERSIZE),
+        3.0,
+        "the frame beyond the cap reached the decoder"
+    );
+    assert_eq!(appliance.get("/health").0, 200);
+    assert!(appliance.stop().success());
+}
+
 #[test]
 fn sigterm_stops_depot_while_a_syslog_tcp_client_is_connected() {
     let dir = tempfile::tempdir().unwrap();

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use common::{depot, free_port, poll, write_config, Appliance};
 use depot_logd::client::{replay_api, ApiQuery, PushSender};
 use depot_logd::protocol;
+use depot_multicast::seal::BusKey;
 
 /// A group and port of this test's own: `epgm://IFACE;239.192.H.L:PORT`.
 fn endpoint(scheme: &str, interface: &str) -> String {
@@ -524,6 +525,235 @@ fn bus_watch_prints_what_the_group_carries() {
     }
     assert_eq!(seqs, (1..=100).collect::<Vec<_>>());
     assert!(appliance.stop().success());
+}
+
+/// A bus key made by `depot bus keygen`, as an operator would: a new file of mode 0600.
+fn bus_key(dir: &std::path::Path) -> (std::path::PathBuf, BusKey) {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("bus.key");
+    let output = depot().args(["bus", "keygen"]).arg(&path).output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let again = depot().args(["bus", "keygen"]).arg(&path).output().unwrap();
+    assert!(!again.status.success(), "keygen overwrote a key file");
+    let key = BusKey::load(&path).unwrap();
+    (path, key)
+}
+
+#[test]
+fn a_sealed_bus_is_readable_only_with_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key_path, key) = bus_key(dir.path());
+    let bus = endpoint("epgm", "127.0.0.1");
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[[multicast.bus]]\nname = \"sec\"\nendpoint = \"{bus}\"\nlogs = [\"sec.\"]\nkey_file = {:?}\n",
+            key_path.display().to_string()
+        ),
+    );
+    let data = dir.path().join("data");
+    let appliance = Appliance::start(&data, &config);
+    // A plain SUB on the group, as anyone on the network could open one.
+    let ctx = zmq::Context::new();
+    let sub = group_subscriber(&ctx, &bus, b"sec.app");
+    let mut watcher = Watcher::spawn(
+        depot()
+            .args(["bus", "watch", "sec", "--json", "--config"])
+            .arg(&config)
+            .arg("--data")
+            .arg(&data),
+    );
+    let push = log_endpoint(&appliance);
+    let joined = poll(Duration::from_secs(20), || {
+        push.send("sec.warm", 6, "", &[b"warm"]).unwrap();
+        watcher.next(Duration::from_millis(100))
+    });
+    assert!(
+        joined.is_some(),
+        "depot bus watch (with the key) printed nothing"
+    );
+    const N: u64 = 200;
+    let sent = poll(Duration::from_secs(20), || {
+        push.send("sec.app", 6, "web", &[b"secret 0"]).unwrap();
+        recv(&sub, Duration::from_millis(100))
+    })
+    .expect("the plain SUB received nothing");
+    for i in 1..N {
+        push.send("sec.app", 6, "web", &[format!("secret {i}").as_bytes()])
+            .unwrap();
+    }
+    // The plain SUB sees the topic in clear and the rest sealed.
+    let mut wire = vec![sent];
+    while (wire.len() as u64) < N {
+        wire.push(recv(&sub, Duration::from_secs(10)).expect("sealed records stopped"));
+    }
+    let mut seqs = Vec::new();
+    for frames in &wire {
+        assert_eq!(frames.len(), 2, "a sealed message is [topic][sealed]");
+        assert_eq!(frames[0], b"sec.app INFO");
+        assert!(
+            !frames[1].windows(6).any(|w| w == b"secret"),
+            "a body travelled in clear"
+        );
+        let rest = key
+            .open(frames)
+            .expect("the bus key opens what the bus sent");
+        let header = protocol::decode_header(&rest[0]).unwrap();
+        assert_eq!(rest[1], format!("secret {}", header.seq - 1).as_bytes());
+        seqs.push(header.seq);
+    }
+    assert_eq!(seqs, (1..=N).collect::<Vec<_>>());
+    // `depot bus watch` opened them with the configured key_file.
+    let mut watched = Vec::new();
+    while (watched.len() as u64) < N {
+        let line = watcher
+            .next(Duration::from_secs(10))
+            .expect("watch stopped");
+        if line["stream"] == "sec.app" {
+            assert_eq!(line["body"], format!("secret {}", watched.len()));
+            watched.push(line["seq"].as_u64().unwrap());
+        }
+    }
+    assert_eq!(watched, seqs);
+    assert!(appliance.stop().success());
+}
+
+#[test]
+fn a_sealed_in_bus_stores_what_opens_and_rejects_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key_path, key) = bus_key(dir.path());
+    let bus = endpoint("epgm", "127.0.0.1");
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[[multicast.bus]]\nname = \"sin\"\nendpoint = \"{bus}\"\ningest = true\nrecovery_ms = 2000\nkey_file = {:?}\n",
+            key_path.display().to_string()
+        ),
+    );
+    let appliance = Appliance::start(&dir.path().join("data"), &config);
+    let ctx = zmq::Context::new();
+    let publisher = ctx.socket(zmq::PUB).unwrap();
+    publisher.set_sndhwm(100_000).unwrap();
+    publisher.set_rate(100_000).unwrap();
+    publisher.set_recovery_ivl(2_000).unwrap();
+    publisher.set_linger(1_000).unwrap();
+    publisher.connect(&bus).unwrap();
+    let send = |frames: Vec<Vec<u8>>| publisher.send_multipart(frames, 0).unwrap();
+    // logd ingest frames `[stream][body]`, sealed: `[stream][sealed body]`.
+    let sealed = |key: &BusKey, stream: &str, body: &str| -> Vec<Vec<u8>> {
+        vec![
+            stream.into(),
+            key.seal(stream.as_bytes(), &[body.as_bytes()]),
+        ]
+    };
+    let stored = |stream: &str| {
+        let (_, text) = appliance.get("/metrics");
+        common::metric_value(&text, &format!("depot_log_records{{stream=\"{stream}\"}}"))
+    };
+    let warmed = poll(Duration::from_secs(20), || {
+        send(sealed(&key, "sin.warm", "w"));
+        std::thread::sleep(Duration::from_millis(50));
+        stored("sin.warm")
+    });
+    assert!(warmed.is_some(), "nothing sealed on the group was stored");
+
+    // Good messages, each followed by a bad one of four kinds.
+    let other_key = BusKey::generate();
+    const N: usize = 400;
+    for i in 0..N {
+        send(sealed(&key, "sin.app", &format!("good {i}")));
+        let bad = match i % 4 {
+            0 => {
+                let mut altered = sealed(&key, "sin.app", &format!("forged {i}"));
+                let last = altered[1].len() - 20;
+                altered[1][last] ^= 0x40;
+                altered
+            }
+            1 => {
+                // A topic swapped onto another stream's seal.
+                let mut swapped = sealed(&key, "sin.other", &format!("forged {i}"));
+                swapped[0] = b"sin.app".to_vec();
+                swapped
+            }
+            2 => sealed(&other_key, "sin.app", &format!("forged {i}")),
+            _ => vec![b"sin.app".to_vec(), format!("forged {i}").into_bytes()],
+        };
+        send(bad);
+    }
+    let rejected = "depot_multicast_rejected_total{bus=\"sin\",reason=\"seal\"}";
+    let counted = poll(Duration::from_secs(20), || {
+        (appliance.metric(rejected) >= N as f64 && stored("sin.app") >= Some(N as f64))
+            .then_some(())
+    });
+    assert!(
+        counted.is_some(),
+        "rejected {}, stored {:?}",
+        appliance.metric(rejected),
+        stored("sin.app")
+    );
+    // Every good one stored, no forged one.
+    assert_eq!(appliance.metric(rejected), N as f64);
+    assert_eq!(stored("sin.app"), Some(N as f64));
+    assert_eq!(stored("sin.other"), None);
+    let mut bodies = Vec::new();
+    let query = ApiQuery {
+        stream: "sin.app",
+        start: "1",
+        filter: "",
+        window: 1_000,
+    };
+    let api = appliance.logd().replay_api;
+    replay_api(&ctx, &api, query, Duration::from_secs(10), |r| {
+        bodies.push(String::from_utf8_lossy(&r.body).into_owned());
+        true
+    })
+    .unwrap();
+    assert_eq!(
+        bodies,
+        (0..N).map(|i| format!("good {i}")).collect::<Vec<_>>()
+    );
+    assert!(
+        appliance
+            .stderr()
+            .contains("does not open with the bus key"),
+        "rejections are logged"
+    );
+    assert!(appliance.stop().success());
+}
+
+#[test]
+fn a_bus_key_that_cannot_be_read_stops_the_start_naming_the_bus() {
+    let dir = tempfile::tempdir().unwrap();
+    let short = dir.path().join("short.key");
+    std::fs::write(&short, "0123456789abcdef\n").unwrap();
+    for (path, why) in [
+        (dir.path().join("missing.key"), "No such file"),
+        (short, "16 characters"),
+    ] {
+        let config = write_config(
+            dir.path(),
+            &format!(
+                "[[multicast.bus]]\nname = \"keyed\"\nendpoint = \"{}\"\nlogs = [\"\"]\nkey_file = {:?}\n",
+                endpoint("epgm", "127.0.0.1"),
+                path.display().to_string()
+            ),
+        );
+        let output = depot()
+            .args(["serve", "--data"])
+            .arg(dir.path().join("data"))
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "started with {}", path.display());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("multicast bus \"keyed\": key_file") && stderr.contains(why),
+            "{stderr}"
+        );
+    }
 }
 
 /// A `depot bus watch --json` child whose lines arrive on a channel.

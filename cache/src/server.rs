@@ -216,7 +216,7 @@ fn bind(
     kind: zmq::SocketType,
     role: &'static str,
     endpoint: &str,
-    curve: Option<&depot_common::security::ServerCurve>,
+    config: &CacheConfig,
 ) -> Result<zmq::Socket, CacheError> {
     let error = |source| CacheError::Endpoint {
         role,
@@ -228,7 +228,9 @@ fn bind(
     if kind == zmq::PUB {
         socket.set_sndhwm(100_000).map_err(error)?;
     }
-    depot_common::security::apply_server(&socket, curve).map_err(error)?;
+    // A value over max_value_size is refused by the decoder; far over it, by libzmq.
+    depot_common::frames::set_frame_cap(&socket, config.max_value_size).map_err(error)?;
+    depot_common::security::apply_server(&socket, config.curve.as_ref()).map_err(error)?;
     socket.bind(endpoint).map_err(error)?;
     Ok(socket)
 }
@@ -248,24 +250,23 @@ impl Cache {
         let durable = store
             .durable_notifier()
             .map_err(|e| CacheError::Setup(format!("cannot watch the store's commits: {e}")))?;
-        let curve = config.curve.as_ref();
-        let snapshot = bind(ctx, zmq::ROUTER, "snapshot", &config.snapshot, curve)?;
+        let snapshot = bind(ctx, zmq::ROUTER, "snapshot", &config.snapshot, config)?;
         snapshot
             .set_router_mandatory(true)
             .map_err(|e| CacheError::Setup(e.to_string()))?;
-        let publisher = bind(ctx, zmq::PUB, "publisher", &config.publisher, curve)?;
-        let collector = bind(ctx, zmq::SUB, "collector", &config.collector, curve)?;
+        let publisher = bind(ctx, zmq::PUB, "publisher", &config.publisher, config)?;
+        let collector = bind(ctx, zmq::SUB, "collector", &config.collector, config)?;
         collector
             .set_subscribe(b"")
             .map_err(|e| CacheError::Setup(e.to_string()))?;
         let ha = match &config.ha {
-            Some(ha) => Some(
-                Ha::start(ctx, ha, curve).map_err(|source| CacheError::Endpoint {
+            Some(ha) => Some(Ha::start(ctx, ha, config.curve.as_ref()).map_err(|source| {
+                CacheError::Endpoint {
                     role: "ha state",
                     endpoint: ha.state.clone(),
                     source,
-                })?,
-            ),
+                }
+            })?),
             None => None,
         };
         let endpoints = CacheEndpoints {

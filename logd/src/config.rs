@@ -32,6 +32,9 @@ pub struct LogdConfig {
     /// Largest accepted message (all frames), bytes.
     #[serde(deserialize_with = "size_usize")]
     pub max_message_size: usize,
+    /// Most frames in one ingest message (a frame per body, unless packed): a message of many
+    /// empty frames is small in bytes but would store that many records.
+    pub max_frames: usize,
     /// Records a live subscriber may lag before it loses messages.
     pub live_hwm: i32,
     /// Files to tail.
@@ -55,6 +58,7 @@ impl Default for LogdConfig {
             syslog_udp: Some(SocketAddr::from(([127, 0, 0, 1], 5514))),
             syslog_tcp: Some(SocketAddr::from(([127, 0, 0, 1], 5514))),
             max_message_size: 1024 * 1024,
+            max_frames: 100_000,
             live_hwm: 100_000,
             files: Vec::new(),
             curve: None,

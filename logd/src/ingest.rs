@@ -50,19 +50,22 @@ pub struct Ingest {
     live: LiveFeed,
     metrics: Arc<LogdMetrics>,
     max_message_size: usize,
+    max_frames: usize,
     pending: VecDeque<PendingAck>,
     bad_input: RateLimited,
     store_failure: RateLimited,
 }
 
 impl Ingest {
-    /// Ingest over `sockets` into `store`, feeding `live`.
+    /// Ingest over `sockets` into `store`, feeding `live`; messages over `max_message_size`
+    /// bytes or `max_frames` frames are refused.
     pub fn new(
         sockets: IngestSockets,
         store: Arc<Store>,
         live: LiveFeed,
         metrics: Arc<LogdMetrics>,
         max_message_size: usize,
+        max_frames: usize,
     ) -> Self {
         Ingest {
             sockets,
@@ -70,6 +73,7 @@ impl Ingest {
             live,
             metrics,
             max_message_size,
+            max_frames,
             pending: VecDeque::new(),
             bad_input: RateLimited::default(),
             store_failure: RateLimited::default(),
@@ -155,6 +159,22 @@ impl Ingest {
 
     fn handle(&mut self, path: Path, mut frames: Vec<zmq::Message>) {
         let limit = self.max_message_size;
+        // The acked ROUTER adds the peer's identity frame.
+        let own = usize::from(matches!(path, Path::Acked));
+        if frames.len() - own > self.max_frames {
+            let e = ProtocolError::TooManyFrames {
+                got: frames.len() - own,
+                limit: self.max_frames,
+            };
+            self.reject(&e);
+            if let (Path::Acked, [identity, batch_id, ..]) = (path, &frames[..]) {
+                if (1..=255).contains(&batch_id.len()) {
+                    let (identity, batch_id) = (identity.to_vec(), batch_id.to_vec());
+                    self.reply_error(&identity, &batch_id, &e.to_string());
+                }
+            }
+            return;
+        }
         match path {
             Path::Pull | Path::Pub => {
                 let parsed = match path {
@@ -271,7 +291,9 @@ impl Ingest {
 
     fn reject(&mut self, e: &ProtocolError) {
         match e {
-            ProtocolError::TooLarge { .. } => inc(&self.metrics.rejected_oversize),
+            ProtocolError::TooLarge { .. } | ProtocolError::TooManyFrames { .. } => {
+                inc(&self.metrics.rejected_oversize)
+            }
             _ => inc(&self.metrics.rejected_malformed),
         }
         if let Some(suppressed) = self.bad_input.allow() {

@@ -39,6 +39,14 @@ pub enum ProtocolError {
         /// The limit.
         limit: usize,
     },
+    /// More frames than the endpoint's `max_frames`.
+    #[error("message of {got} frames exceeds the limit of {limit}")]
+    TooManyFrames {
+        /// Frames received.
+        got: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// A batch id that is empty or too long.
     #[error("batch id must be 1 to 255 bytes")]
     BatchId,

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use depot_common::security::{apply_server, ServerCurve};
+use depot_common::security::apply_server;
 use depot_store::Store;
 
 use crate::config::LogdConfig;
@@ -96,7 +96,7 @@ fn socket(
     role: &'static str,
     endpoint: &str,
     sndhwm: Option<i32>,
-    curve: Option<&ServerCurve>,
+    config: &LogdConfig,
 ) -> Result<Option<zmq::Socket>, LogdError> {
     if endpoint.is_empty() {
         return Ok(None);
@@ -111,7 +111,8 @@ fn socket(
     if let Some(hwm) = sndhwm {
         socket.set_sndhwm(hwm).map_err(error)?;
     }
-    apply_server(&socket, curve).map_err(error)?;
+    depot_common::frames::set_frame_cap(&socket, config.max_message_size).map_err(error)?;
+    apply_server(&socket, config.curve.as_ref()).map_err(error)?;
     socket.bind(endpoint).map_err(error)?;
     Ok(Some(socket))
 }
@@ -136,9 +137,8 @@ impl Logd {
         let stop = Arc::new(AtomicBool::new(false));
         let setup = |e: zmq::Error| LogdError::Setup(e.to_string());
 
-        let curve = config.curve.as_ref();
-        let pull = socket(ctx, zmq::PULL, "pull", &config.pull, None, curve)?;
-        let sub = socket(ctx, zmq::SUB, "sub", &config.sub, None, curve)?;
+        let pull = socket(ctx, zmq::PULL, "pull", &config.pull, None, config)?;
+        let sub = socket(ctx, zmq::SUB, "sub", &config.sub, None, config)?;
         if let Some(sub) = &sub {
             sub.set_subscribe(b"").map_err(setup)?;
             for publisher in &config.publishers {
@@ -150,7 +150,7 @@ impl Logd {
                     })?;
             }
         }
-        let acked = socket(ctx, zmq::ROUTER, "acked", &config.acked, None, curve)?;
+        let acked = socket(ctx, zmq::ROUTER, "acked", &config.acked, None, config)?;
         if let Some(acked) = &acked {
             acked.set_router_mandatory(true).map_err(setup)?;
         }
@@ -160,7 +160,7 @@ impl Logd {
             "live",
             &config.live,
             Some(config.live_hwm),
-            curve,
+            config,
         )?;
         let live_packed = socket(
             ctx,
@@ -168,7 +168,7 @@ impl Logd {
             "live packed",
             &config.live_packed,
             Some(config.live_hwm),
-            curve,
+            config,
         )?;
         let replay = socket(
             ctx,
@@ -176,7 +176,7 @@ impl Logd {
             "replay",
             &config.replay,
             Some(REPLAY_HWM),
-            curve,
+            config,
         )?;
         let replay_api = socket(
             ctx,
@@ -184,7 +184,7 @@ impl Logd {
             "replay api",
             &config.replay_api,
             None,
-            curve,
+            config,
         )?;
         let mut endpoints = LogdEndpoints {
             pull: bound_endpoint(&pull),
@@ -227,6 +227,7 @@ impl Logd {
             ingest_feed,
             metrics.clone(),
             config.max_message_size,
+            config.max_frames,
         );
         {
             let stop = stop.clone();

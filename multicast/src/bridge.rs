@@ -14,6 +14,7 @@ use depot_common::ratelimit::RateLimited;
 use crate::frames;
 use crate::gaps::GapTracker;
 use crate::metrics::{add, BusEntry};
+use crate::seal::BusKey;
 
 /// Messages taken from one source per loop turn, so no source starves the others.
 const MESSAGES_PER_TURN: usize = 1024;
@@ -54,15 +55,19 @@ pub struct Bridge {
     gaps: GapTracker,
     /// Falling behind is logged at most once a second.
     behind_warning: RateLimited,
+    /// A sealed bus's key: each message leaves as `[topic][sealed rest]`.
+    key: Option<BusKey>,
 }
 
 impl Bridge {
-    /// Connects a SUB to every source; `pgm` is the bus's open sender.
+    /// Connects a SUB to every source; `pgm` is the bus's open sender; with `key` every
+    /// message is sealed.
     pub fn new(
         ctx: &zmq::Context,
         entry: Arc<BusEntry>,
         pgm: zmq::Socket,
         sources: Vec<Source>,
+        key: Option<BusKey>,
     ) -> zmq::Result<Bridge> {
         pgm.set_sndtimeo(SEND_TIMEOUT_MS)?;
         let mut subs = Vec::new();
@@ -83,6 +88,7 @@ impl Bridge {
             sources: subs,
             gaps: GapTracker::new(),
             behind_warning: RateLimited::default(),
+            key,
         })
     }
 
@@ -146,8 +152,13 @@ impl Bridge {
     }
 
     /// Sends one message to the group; false when shutdown interrupted it.
-    fn forward(&self, frames: Vec<zmq::Message>, stop: &AtomicBool) -> bool {
+    fn forward(&self, mut frames: Vec<zmq::Message>, stop: &AtomicBool) -> bool {
         let m = &self.entry.metrics;
+        if let Some(key) = self.key.as_ref().filter(|_| !frames.is_empty()) {
+            let sealed = key.seal(&frames[0], &frames[1..]);
+            frames.truncate(1);
+            frames.push(zmq::Message::from(sealed));
+        }
         let bytes: usize = frames.iter().map(|f| f.len()).sum();
         match send_all(&self.pgm, frames, stop) {
             Ok(()) => {

@@ -1,8 +1,11 @@
 //! `[multicast]` in depot.toml: the buses, each either carrying streams out or ingesting.
 
+use std::path::PathBuf;
+
 use serde::Deserialize;
 
 use crate::endpoint::PgmEndpoint;
+use crate::seal::BusKey;
 
 /// `[multicast]`: zero or more `[[multicast.bus]]`.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -52,6 +55,13 @@ pub struct BusConfig {
     /// In: hand CHP updates seen on the group to the cache collector.
     #[serde(default)]
     pub ingest_cache: bool,
+    /// A file holding the bus's 32-byte key (`depot bus keygen`): every message on the bus is
+    /// sealed with it, and messages that do not open are dropped (see `seal`).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// The key read from `key_file` by [`MulticastConfig::load_keys`].
+    #[serde(skip)]
+    pub key: Option<BusKey>,
 }
 
 /// Which cache updates a bus carries.
@@ -157,6 +167,9 @@ impl BusConfig {
         if self.ingest_cache {
             parts.push("ingest into cache".into());
         }
+        if self.key_file.is_some() {
+            parts.push("sealed".into());
+        }
         parts.join(", ")
     }
 }
@@ -170,6 +183,19 @@ fn quoted(items: &[String]) -> String {
 }
 
 impl MulticastConfig {
+    /// Reads every bus's `key_file`; the error names the bus. `depot serve` calls this before
+    /// it starts, so a missing or malformed key stops it instead of leaving a bus open.
+    pub fn load_keys(&mut self) -> Result<(), String> {
+        for bus in &mut self.bus {
+            if let Some(path) = &bus.key_file {
+                let key = BusKey::load(path)
+                    .map_err(|e| format!("multicast bus {:?}: key_file {e}", bus.name))?;
+                bus.key = Some(key);
+            }
+        }
+        Ok(())
+    }
+
     /// Checks every bus; the error names the bus and what is wrong with it.
     pub fn validate(&self) -> Result<(), String> {
         let mut names = std::collections::HashSet::new();
@@ -333,5 +359,37 @@ ingest = true
         )
         .unwrap_err();
         assert!(unknown.contains("unknown field `log`"), "{unknown}");
+    }
+
+    #[test]
+    fn a_bad_key_file_is_an_error_naming_the_bus() {
+        let dir = std::env::temp_dir().join(format!("depot-mc-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let short = dir.join("short.key");
+        std::fs::write(&short, "abcd\n").unwrap();
+        let good = dir.join("good.key");
+        std::fs::write(&good, BusKey::generate().to_text()).unwrap();
+        let with_key = |path: &std::path::Path| {
+            parse(&format!(
+                "[[bus]]\nname = \"sec\"\nendpoint = \"epgm://127.0.0.1;239.192.1.1:5555\"\nlogs = [\"\"]\nkey_file = {:?}\n",
+                path.display().to_string()
+            ))
+            .unwrap()
+        };
+        let mut config = with_key(&good);
+        config.load_keys().unwrap();
+        assert!(config.bus[0].key.is_some());
+        assert!(config.bus[0].describe().contains("sealed"));
+        for (path, why) in [
+            (short, "4 characters"),
+            (dir.join("none.key"), "No such file"),
+        ] {
+            let err = with_key(&path).load_keys().unwrap_err();
+            assert!(
+                err.starts_with("multicast bus \"sec\": key_file") && err.contains(why),
+                "{err}"
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -8,6 +8,9 @@
 //!   PGM PUB: passed to the PULL unchanged (logd checks and counts them as for any PUSH).
 //! - CHP KVPUB/KVSET (5 frames): to the cache collector with `ingest_cache = true`.
 //!
+//! On a sealed bus (`key_file`) every message is opened first; one that does not open is
+//! counted as rejected and dropped, and a lone sealed frame is a fragment.
+//!
 //! Loss: a jump in a stream's sequence, or a fragment (what libzmq 4.3.4's PGM receiver
 //! delivers after unrecoverable loss: it resumes at the next frame start, which can be inside a
 //! multipart message), is counted; a burst of them is one data-loss event.
@@ -22,6 +25,7 @@ use crate::bridge::send_all;
 use crate::frames::{classify, BusMessage};
 use crate::gaps::GapTracker;
 use crate::metrics::{add, BusEntry};
+use crate::seal::{BusKey, OpenError};
 use depot_common::frames::recv_frames;
 
 /// Messages taken from the group per loop turn.
@@ -55,11 +59,20 @@ pub struct BusIngest {
     batch: Option<Batch>,
     /// Loss is logged at most once a second.
     loss_warning: RateLimited,
+    /// A sealed bus's key: messages are opened before anything else looks at them.
+    key: Option<BusKey>,
+    /// Messages that do not open are logged at most once a second.
+    reject_warning: RateLimited,
 }
 
 impl BusIngest {
-    /// Ingest from the open receiver `pgm` into `targets`.
-    pub fn new(entry: Arc<BusEntry>, pgm: zmq::Socket, targets: Targets) -> zmq::Result<Self> {
+    /// Ingest from the open receiver `pgm` into `targets`, opening each message with `key`.
+    pub fn new(
+        entry: Arc<BusEntry>,
+        pgm: zmq::Socket,
+        targets: Targets,
+        key: Option<BusKey>,
+    ) -> zmq::Result<Self> {
         for socket in [&targets.logd, &targets.cache].into_iter().flatten() {
             socket.set_sndtimeo(SEND_TIMEOUT_MS)?;
         }
@@ -70,6 +83,8 @@ impl BusIngest {
             gaps: GapTracker::new(),
             batch: None,
             loss_warning: RateLimited::default(),
+            key,
+            reject_warning: RateLimited::default(),
         })
     }
 
@@ -99,13 +114,41 @@ impl BusIngest {
         self.flush(&stop);
     }
 
-    fn handle(&mut self, mut frames: Vec<zmq::Message>, stop: &AtomicBool) {
+    fn handle(&mut self, frames: Vec<zmq::Message>, stop: &AtomicBool) {
         let m = &self.entry.metrics;
         add(&m.received, 1);
         add(
             &m.received_bytes,
             frames.iter().map(|f| f.len() as u64).sum(),
         );
+        let mut frames = match &self.key {
+            None => frames,
+            Some(key) => match key.open(&frames) {
+                Ok(rest) => {
+                    let mut opened = Vec::with_capacity(rest.len() + 1);
+                    opened.extend(frames.into_iter().take(1));
+                    opened.extend(rest.into_iter().map(zmq::Message::from));
+                    opened
+                }
+                // The sealed frame without its topic: what a PGM rejoin leaves.
+                Err(OpenError::Frames(1)) => {
+                    add(&m.fragments, 1);
+                    if self.gaps.fragment() {
+                        add(&m.data_loss, 1);
+                    }
+                    return;
+                }
+                Err(why) => {
+                    add(&m.rejected, 1);
+                    if let Some(suppressed) = self.reject_warning.allow() {
+                        let topic =
+                            String::from_utf8_lossy(frames.first().map_or(&[][..], |f| &f[..]));
+                        tracing::warn!(bus = %self.entry.name, %topic, reason = %why, suppressed, "multicast: dropped a message that does not open with the bus key");
+                    }
+                    return;
+                }
+            },
+        };
         match classify(&frames) {
             BusMessage::LogRecord(header) => {
                 let observed = self.gaps.observe(header.stream.as_bytes(), header.seq);

@@ -6,6 +6,7 @@
 //! - `endpoint`: `epgm://IP;GROUP:PORT` / `pgm://...`, parsed and checked (pure).
 //! - `config`: `[multicast]` with `[[multicast.bus]]`, validated naming the bus (pure).
 //! - `frames`: what a bus message is (live record, CHP update, fragment...) (pure).
+//! - `seal`: sealed buses: XChaCha20-Poly1305 over each message, the key file (pure).
 //! - `gaps`: loss accounting through Depot's sequence numbers (pure).
 //! - `open`: the checks libzmq would assert on, and the PGM sockets with rate/recovery/hops.
 //! - `bridge`: out buses (service publishers → group).
@@ -24,6 +25,7 @@ pub mod gaps;
 pub mod ingest;
 pub mod metrics;
 pub mod open;
+pub mod seal;
 mod service;
 
 pub use config::{BusConfig, MulticastConfig};

@@ -34,6 +34,8 @@ pub struct BusMetrics {
     pub ignored: AtomicU64,
     /// Sends that failed (the socket closing), messages lost with them.
     pub send_errors: AtomicU64,
+    /// Messages on a sealed bus that did not open (other key, altered, forged, plain), dropped.
+    pub rejected: AtomicU64,
 }
 
 /// Adds `n` to a counter.
@@ -87,6 +89,9 @@ pub struct BusStatus {
     pub forwarded: u64,
     /// See [`BusMetrics`].
     pub ignored: u64,
+    /// See [`BusMetrics`].
+    #[serde(default)]
+    pub rejected: u64,
 }
 
 /// A bus as the appliance knows it: its description, state and counters.
@@ -129,6 +134,7 @@ impl BusEntry {
             fragments: get(&m.fragments),
             forwarded: get(&m.forwarded),
             ignored: get(&m.ignored),
+            rejected: get(&m.rejected),
         }
     }
 }
@@ -208,5 +214,18 @@ pub fn render(buses: &[&BusEntry], m: &mut MetricsText) {
         for s in &statuses {
             m.sample(name, &[("bus", &s.name)], value(s) as f64);
         }
+    }
+    let name = "depot_multicast_rejected_total";
+    m.family(
+        name,
+        Kind::Counter,
+        "Messages dropped by an in bus, by reason (seal: did not open with the bus key)",
+    );
+    for s in &statuses {
+        m.sample(
+            name,
+            &[("bus", &s.name), ("reason", "seal")],
+            s.rejected as f64,
+        );
     }
 }

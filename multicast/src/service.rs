@@ -10,6 +10,7 @@ use crate::config::{BusConfig, Direction, MulticastConfig};
 use crate::ingest::{BusIngest, Targets};
 use crate::metrics::{BusEntry, BusMetrics, BusState, BusStatus};
 use crate::open;
+use crate::seal::BusKey;
 
 /// The appliance's endpoints buses connect to; `None` where a service does not run.
 #[derive(Debug, Clone, Default)]
@@ -121,7 +122,7 @@ fn open_bus(
         Direction::Out => {
             let sources = out_sources(bus, services)?;
             let pgm = open::sender(ctx, bus).map_err(|e| e.to_string())?;
-            Bridge::new(ctx, entry, pgm, sources)
+            Bridge::new(ctx, entry, pgm, sources, bus_key(bus)?)
                 .map(Worker::Out)
                 .map_err(zmq_error)
         }
@@ -139,10 +140,21 @@ fn open_bus(
                 (true, None) => return Err("ingest_cache = true but the cache is off".into()),
             };
             let pgm = open::receiver(ctx, bus, &[b""]).map_err(|e| e.to_string())?;
-            BusIngest::new(entry, pgm, Targets { logd, cache })
+            BusIngest::new(entry, pgm, Targets { logd, cache }, bus_key(bus)?)
                 .map(Worker::In)
                 .map_err(zmq_error)
         }
+    }
+}
+
+/// The key of a sealed bus, read now if `load_keys` was not called first.
+fn bus_key(bus: &BusConfig) -> Result<Option<BusKey>, String> {
+    match (&bus.key, &bus.key_file) {
+        (Some(key), _) => Ok(Some(key.clone())),
+        (None, Some(path)) => BusKey::load(path)
+            .map(Some)
+            .map_err(|e| format!("key_file {e}")),
+        (None, None) => Ok(None),
     }
 }
 

@@ -66,7 +66,7 @@ fn bind(
     kind: zmq::SocketType,
     role: &str,
     endpoint: &str,
-    curve: Option<&depot_common::security::ServerCurve>,
+    config: &QueueConfig,
 ) -> Result<zmq::Socket, QueueError> {
     let error = |source| QueueError::Endpoint {
         role: role.to_owned(),
@@ -86,7 +86,8 @@ fn bind(
         // Nothing is queued for a connection that is not complete.
         socket.set_immediate(true).map_err(error)?;
     }
-    depot_common::security::apply_server(&socket, curve).map_err(error)?;
+    depot_common::frames::set_frame_cap(&socket, config.max_message_size).map_err(error)?;
+    depot_common::security::apply_server(&socket, config.curve.as_ref()).map_err(error)?;
     socket.bind(endpoint).map_err(error)?;
     Ok(socket)
 }
@@ -104,19 +105,18 @@ impl QueueService {
             .map_err(|e| QueueError::Setup(e.to_string()))?;
         let queues = server::load_queues(&store, &kv, config)
             .map_err(|e| QueueError::Setup(format!("loading the stored queues: {e}")))?;
-        let curve = config.curve.as_ref();
-        let router = bind(ctx, zmq::ROUTER, "router", &config.router, curve)?;
+        let router = bind(ctx, zmq::ROUTER, "router", &config.router, config)?;
         let pull = if config.pull.is_empty() {
             None
         } else {
-            Some(bind(ctx, zmq::PULL, "pull", &config.pull, curve)?)
+            Some(bind(ctx, zmq::PULL, "pull", &config.pull, config)?)
         };
         let mut pushes = HashMap::new();
         for (name, overrides) in &config.queues {
             if let Some(endpoint) = &overrides.push {
                 pushes.insert(
                     name.clone(),
-                    bind(ctx, zmq::PUSH, &format!("push ({name})"), endpoint, curve)?,
+                    bind(ctx, zmq::PUSH, &format!("push ({name})"), endpoint, config)?,
                 );
             }
         }
