@@ -109,6 +109,12 @@ impl AppState {
                 status: format!("store poisoned: {reason}"),
             };
         }
+        if let Err(e @ depot_store::StoreError::DiskFull { .. }) = self.store.check_writable() {
+            return Health {
+                ok: false,
+                status: e.to_string(),
+            };
+        }
         let failed: Vec<String> = self
             .bus_statuses()
             .into_iter()
@@ -179,6 +185,12 @@ impl AppState {
             Kind::Gauge,
             "1 once a failed flush made the store refuse writes",
             f64::from(u8::from(status.poisoned.is_some())),
+        );
+        m.single(
+            "depot_store_disk_full",
+            Kind::Gauge,
+            "1 while free space is below [store] min_free and writes are refused",
+            f64::from(u8::from(self.store.disk_full())),
         );
         m.single(
             "depot_store_commits_total",
