@@ -225,6 +225,7 @@ fn bind(
     role: &'static str,
     endpoint: &str,
     curve: Option<&depot_common::security::ServerCurve>,
+    pub_hwm: i32,
 ) -> Result<zmq::Socket, CacheError> {
     let error = |source| CacheError::Endpoint {
         role,
@@ -234,7 +235,7 @@ fn bind(
     let socket = ctx.socket(kind).map_err(error)?;
     socket.set_linger(LINGER_MS).map_err(error)?;
     if kind == zmq::PUB {
-        socket.set_sndhwm(100_000).map_err(error)?;
+        socket.set_sndhwm(pub_hwm).map_err(error)?;
     }
     depot_common::security::apply_server(&socket, curve).map_err(error)?;
     socket.bind(endpoint).map_err(error)?;
@@ -257,12 +258,19 @@ impl Cache {
             .durable_notifier()
             .map_err(|e| CacheError::Setup(format!("cannot watch the store's commits: {e}")))?;
         let curve = config.curve.as_ref();
-        let snapshot = bind(ctx, zmq::ROUTER, "snapshot", &config.snapshot, curve)?;
+        let snapshot = bind(ctx, zmq::ROUTER, "snapshot", &config.snapshot, curve, 0)?;
         snapshot
             .set_router_mandatory(true)
             .map_err(|e| CacheError::Setup(e.to_string()))?;
-        let publisher = bind(ctx, zmq::PUB, "publisher", &config.publisher, curve)?;
-        let collector = bind(ctx, zmq::SUB, "collector", &config.collector, curve)?;
+        let publisher = bind(
+            ctx,
+            zmq::PUB,
+            "publisher",
+            &config.publisher,
+            curve,
+            config.publisher_hwm,
+        )?;
+        let collector = bind(ctx, zmq::SUB, "collector", &config.collector, curve, 0)?;
         collector
             .set_subscribe(b"")
             .map_err(|e| CacheError::Setup(e.to_string()))?;
