@@ -61,6 +61,9 @@ pub struct StoreSection {
     /// Memory for the storage engine's cache.
     #[serde(deserialize_with = "size")]
     pub cache_size: u64,
+    /// Free space to keep on the data folder's filesystem: below it, ingest is refused.
+    #[serde(deserialize_with = "size")]
+    pub min_free: u64,
 }
 
 impl Default for StoreSection {
@@ -71,6 +74,7 @@ impl Default for StoreSection {
             commit_interval: store.commit_interval,
             sync: store.sync,
             cache_size: store.cache_bytes,
+            min_free: store.min_free,
         }
     }
 }
@@ -270,6 +274,7 @@ impl Config {
             commit_interval: self.store.commit_interval,
             sync: self.store.sync,
             cache_bytes: self.store.cache_size,
+            min_free: self.store.min_free,
         }
     }
 }
@@ -309,6 +314,7 @@ mod tests {
 data_dir = "/var/lib/depot"
 commit_interval = "5ms"
 cache_size = "128MiB"
+min_free = "16MiB"
 
 [admin]
 listen = "127.0.0.1:19560"
@@ -331,6 +337,7 @@ policy = "reject"
         )
         .unwrap();
         assert_eq!(config.store.cache_size, 128 << 20);
+        assert_eq!(config.store.min_free, 16 << 20);
         assert_eq!(config.store.commit_interval, Duration::from_millis(5));
         let audit = config.retention.policy("audit");
         assert_eq!(audit.max_age, Some(Duration::from_secs(365 * 86_400)));

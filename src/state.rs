@@ -129,6 +129,9 @@ impl AppState {
         if let Some(reason) = self.store.watermark().poisoned {
             return (false, format!("store poisoned: {reason}"));
         }
+        if let Err(e @ depot_store::StoreError::DiskFull { .. }) = self.store.check_writable() {
+            return (false, e.to_string());
+        }
         let failed: Vec<String> = self
             .bus_statuses()
             .into_iter()
@@ -194,6 +197,12 @@ impl AppState {
             Kind::Gauge,
             "1 once a failed flush made the store refuse writes",
             f64::from(u8::from(status.poisoned.is_some())),
+        );
+        m.single(
+            "depot_store_disk_full",
+            Kind::Gauge,
+            "1 while free space is below [store] min_free and writes are refused",
+            f64::from(u8::from(self.store.disk_full())),
         );
         m.single(
             "depot_store_commits_total",

@@ -27,6 +27,9 @@ pub struct CacheConfig {
     /// 100,000 changes are waiting).
     #[serde(deserialize_with = "duration")]
     pub compaction_interval: Duration,
+    /// Updates queued per subscriber that does not keep up; beyond it, that subscriber loses
+    /// updates (the others do not), so it bounds the memory one stalled subscriber costs.
+    pub publisher_hwm: i32,
     /// Binary Star failover with a peer server; absent for a single server.
     pub ha: Option<HaConfig>,
     /// CURVE for the server sockets, set by `depot serve` from `[security]` (not a config key).
@@ -85,6 +88,7 @@ impl Default for CacheConfig {
             max_value_size: 1024 * 1024,
             compaction_interval: Duration::from_secs(10),
             hugz_interval: Duration::from_secs(1),
+            publisher_hwm: 100_000,
             ha: None,
             curve: None,
         }

@@ -88,6 +88,8 @@ pub struct CacheMetrics {
     pub resyncs: AtomicU64,
     /// Change-log records folded into the compacted tree.
     pub compacted: AtomicU64,
+    /// Client updates refused because the store refuses writes (disk full, store failed).
+    pub unstored: AtomicU64,
 }
 
 impl CacheMetrics {
@@ -117,6 +119,12 @@ impl CacheMetrics {
             Kind::Counter,
             "Messages refused",
             get(&self.rejected),
+        );
+        m.single(
+            "depot_cache_unstored_total",
+            Kind::Counter,
+            "Client updates refused because the store refuses writes (disk full)",
+            get(&self.unstored),
         );
         m.single(
             "depot_cache_keys",
@@ -226,7 +234,7 @@ fn bind(
     let socket = ctx.socket(kind).map_err(error)?;
     socket.set_linger(LINGER_MS).map_err(error)?;
     if kind == zmq::PUB {
-        socket.set_sndhwm(100_000).map_err(error)?;
+        socket.set_sndhwm(config.publisher_hwm).map_err(error)?;
     }
     // A value over max_value_size is refused by the decoder; far over it, by libzmq.
     depot_common::frames::set_frame_cap(&socket, config.max_value_size).map_err(error)?;
@@ -304,6 +312,7 @@ impl Cache {
             // The first turn sweeps: keys whose deadline passed while Depot was down go at once.
             last_expiry: Instant::now() - EXPIRY_CHECK,
             bad_input: RateLimited::default(),
+            store_refusals: RateLimited::default(),
             recent: VecDeque::new(),
             recent_set: Default::default(),
             published_seq: 0,
@@ -384,6 +393,8 @@ struct Server {
     last_sent: Instant,
     last_expiry: Instant,
     bad_input: RateLimited,
+    /// Rate limit of the log lines about updates the store refused.
+    store_refusals: RateLimited,
     /// Uuids of recent updates, oldest first, and the same as a set.
     recent: VecDeque<Vec<u8>>,
     recent_set: std::collections::HashSet<Vec<u8>>,
@@ -487,7 +498,15 @@ impl Server {
                     self.reject("update", &"reserved key");
                 }
                 Ok(msg) if self.active() => {
-                    if self.first_sight(&msg.uuid) {
+                    // Checked before applying: an update the store cannot keep must not reach
+                    // the state, the snapshots or the subscribers (nor count as seen, so that
+                    // the client's resend is taken once space is back).
+                    if let Err(e) = self.store.check_writable() {
+                        self.metrics.unstored.fetch_add(1, Ordering::Relaxed);
+                        if let Some(suppressed) = self.store_refusals.allow() {
+                            tracing::error!(error = %e, suppressed, "cache: update refused, the store refuses writes");
+                        }
+                    } else if self.first_sight(&msg.uuid) {
                         applied.push(self.state.apply_set(msg, now_ms()));
                     } else {
                         self.metrics.duplicates.fetch_add(1, Ordering::Relaxed);

@@ -185,7 +185,7 @@ impl Ingest {
                     Ok(owned) => {
                         let bodies = frames.split_off(owned.body_index);
                         let stored = self.store_batch(&owned, bodies);
-                        if let Some((_, n)) = stored {
+                        if let Ok((_, n)) = stored {
                             match path {
                                 Path::Pull => add(&self.metrics.stored_pull, n),
                                 _ => add(&self.metrics.stored_pub, n),
@@ -215,7 +215,7 @@ impl Ingest {
             Ok((batch_id, owned)) => {
                 let bodies = frames.split_off(owned.body_index);
                 match self.store_batch(&owned, bodies) {
-                    Some((appended, n)) => {
+                    Ok((appended, n)) => {
                         add(&self.metrics.stored_acked, n);
                         self.pending.push_back(PendingAck {
                             ticket: appended.ticket,
@@ -225,9 +225,9 @@ impl Ingest {
                             last: appended.last,
                         });
                     }
-                    None => {
-                        let reason = "store refused the batch (see the appliance log)";
-                        self.reply_error(&identity, &batch_id, reason);
+                    Err(e) => {
+                        let reason = format!("not stored: {e}");
+                        self.reply_error(&identity, &batch_id, &reason);
                     }
                 }
             }
@@ -245,7 +245,7 @@ impl Ingest {
         &mut self,
         owned: &Owned,
         bodies: Vec<zmq::Message>,
-    ) -> Option<(depot_store::Appended, u64)> {
+    ) -> Result<(depot_store::Appended, u64), depot_store::StoreError> {
         let slices: Vec<&[u8]> = if owned.packed {
             // Checked when the message was parsed.
             bodies
@@ -277,14 +277,14 @@ impl Ingest {
                     bodies,
                     packed: owned.packed,
                 });
-                Some((appended, n))
+                Ok((appended, n))
             }
             Err(e) => {
                 inc(&self.metrics.store_errors);
                 if let Some(suppressed) = self.store_failure.allow() {
                     tracing::error!(error = %e, stream = %owned.stream, suppressed, "ingest: store refused records");
                 }
-                None
+                Err(e)
             }
         }
     }

@@ -8,6 +8,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLock
 use std::time::Duration;
 
 use crate::error::{Result, StoreError};
+use crate::space::SpaceGuard;
 
 /// How far a write has come, from weakest to strongest.
 #[derive(
@@ -72,6 +73,8 @@ pub(crate) struct CommitState {
     notifiers: Mutex<Vec<UnixStream>>,
     /// Writers hold it shared while they write; a backup holds it exclusively.
     gate: RwLock<()>,
+    /// Refuses growing writes while the disk is below the free-space reserve.
+    space: SpaceGuard,
 }
 
 /// A file descriptor that becomes readable when the durable watermark moves, for a service's
@@ -99,7 +102,7 @@ fn next_instance() -> u64 {
 }
 
 impl CommitState {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(space: SpaceGuard) -> Self {
         CommitState {
             issued: AtomicU64::new(0),
             instance: next_instance(),
@@ -112,6 +115,7 @@ impl CommitState {
             watch: tokio::sync::watch::channel(Watermark::default()).0,
             notifiers: Mutex::new(Vec::new()),
             gate: RwLock::new(()),
+            space,
         }
     }
 
@@ -121,13 +125,33 @@ impl CommitState {
         self.watermark.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Starts a write: refuses once poisoned or closed, and otherwise returns a guard to hold
-    /// until the write is in place, so a backup (which takes the gate exclusively) sees either
-    /// all of a write or none of it.
-    pub(crate) fn begin_write(&self) -> Result<RwLockReadGuard<'_, ()>> {
+    /// Starts a write: refuses once poisoned or closed, or when it `grows` the store while the
+    /// disk is below the free-space reserve (removals go ahead: they are how space comes back),
+    /// and otherwise returns a guard to hold until the write is in place, so a backup (which
+    /// takes the gate exclusively) sees either all of a write or none of it.
+    pub(crate) fn begin_write(&self, grows: bool) -> Result<RwLockReadGuard<'_, ()>> {
         let gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
         self.check_writable()?;
+        if grows {
+            self.space.check()?;
+        }
         Ok(gate)
+    }
+
+    /// Whether a growing write would be accepted now, without writing.
+    pub(crate) fn check_growth(&self) -> Result<()> {
+        self.check_writable()?;
+        self.space.check()
+    }
+
+    /// True while growing writes are refused for lack of disk space.
+    pub(crate) fn disk_full(&self) -> bool {
+        self.space.is_full()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn space(&self) -> &SpaceGuard {
+        &self.space
     }
 
     /// Holds every write off until the guard is dropped.

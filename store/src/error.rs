@@ -33,6 +33,17 @@ pub enum StoreError {
     /// A flush or sync failed earlier; the store refuses writes from then on.
     #[error("store poisoned after a failed flush ({0}); restart Depot once the disk is healthy: nothing acknowledged was lost")]
     Poisoned(String),
+    /// The data folder's filesystem is below the free-space reserve; growing writes are
+    /// refused until space is freed (nothing is poisoned: they resume by themselves).
+    #[error("disk full: {free} bytes free in {path}, below the reserve of {min_free} ([store] min_free); writes are refused until space is freed")]
+    DiskFull {
+        /// The data folder.
+        path: PathBuf,
+        /// Free bytes at the last measurement.
+        free: u64,
+        /// The reserve.
+        min_free: u64,
+    },
     /// The store was closed.
     #[error("store is closed")]
     Closed,

@@ -25,7 +25,7 @@ impl Kv {
 
     /// Sets `key` to `value`; durable once the ticket is.
     pub fn put(&self, key: &[u8], value: &[u8]) -> Result<Ticket> {
-        let _gate = self.commit.begin_write()?;
+        let _gate = self.commit.begin_write(true)?;
         if value.len() > MAX_KV_VALUE {
             return Err(StoreError::Invalid(format!(
                 "value of {} bytes exceeds the limit of {MAX_KV_VALUE}",
@@ -41,7 +41,7 @@ impl Kv {
 
     /// Removes `key`; durable once the ticket is.
     pub fn remove(&self, key: &[u8]) -> Result<Ticket> {
-        let _gate = self.commit.begin_write()?;
+        let _gate = self.commit.begin_write(false)?;
         if let Err(e) = self.tree.remove(key) {
             self.commit.poison(format!("writing a key-value tree: {e}"));
             return Err(e.into());

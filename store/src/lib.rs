@@ -7,6 +7,7 @@
 //! - `block`: how records are packed, compressed and checksummed into blocks (pure code).
 //! - `kv`: named key-value trees under the same group commit.
 //! - `backup`: a consistent copy of the whole store while it runs, and restoring one.
+//! - `space`: the free-space reserve that refuses growing writes before the disk is full.
 //! - `keys`: big-endian key layout.
 //! - `record`: the record types.
 //! - `error`: [`StoreError`].
@@ -24,6 +25,7 @@ mod keys;
 mod kv;
 pub mod log;
 mod record;
+mod space;
 mod store;
 
 pub use backup::{restore, BackupStats, BACKUP_FILE};

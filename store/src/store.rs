@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use crate::durability::{CommitState, Durability, Ticket, Watermark};
 use crate::error::{Result, StoreError};
 use crate::log::Log;
+use crate::space::SpaceGuard;
 
 /// How the store commits.
 #[derive(Debug, Clone)]
@@ -22,6 +23,9 @@ pub struct StoreConfig {
     pub sync: bool,
     /// Memory sled may use for its page cache.
     pub cache_bytes: u64,
+    /// Free space the data folder's filesystem keeps: below it, writes that grow the store are
+    /// refused with [`StoreError::DiskFull`] (0 turns the check off).
+    pub min_free: u64,
 }
 
 impl Default for StoreConfig {
@@ -30,6 +34,7 @@ impl Default for StoreConfig {
             commit_interval: Duration::from_millis(2),
             sync: true,
             cache_bytes: 64 * 1024 * 1024,
+            min_free: 64 * 1024 * 1024,
         }
     }
 }
@@ -200,7 +205,7 @@ impl Store {
         check_identity(&dir, &db)?;
         let db_path = db_dir.join("db");
         let db_file = File::open(&db_path).map_err(|e| StoreError::io(&db_path, e))?;
-        let commit = Arc::new(CommitState::new());
+        let commit = Arc::new(CommitState::new(SpaceGuard::new(&dir, config.min_free)));
         let log = Log::open(&db, commit.clone())?;
         db.flush()?;
         let inner = Arc::new(Inner {
@@ -288,6 +293,17 @@ impl Store {
     /// A descriptor that becomes readable whenever the durable watermark moves.
     pub fn durable_notifier(&self) -> std::io::Result<crate::DurableNotifier> {
         self.inner.commit.notifier()
+    }
+
+    /// Refuses as a growing write would now (poisoned, closed, or disk full), writing nothing:
+    /// for services that must decide before they change their own state.
+    pub fn check_writable(&self) -> Result<()> {
+        self.inner.commit.check_growth()
+    }
+
+    /// True while growing writes are refused for lack of disk space (last measurement).
+    pub fn disk_full(&self) -> bool {
+        self.inner.commit.disk_full()
     }
 
     /// The committer's watermark now.
@@ -385,9 +401,25 @@ impl Inner {
                     .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
                 self.commit.publish_durable(upto);
             }
+            Err(e) if is_disk_full(&e) => self.commit.poison(format!(
+                "commit failed: {e}: the disk filled up past the free-space reserve \
+                 (raise [store] min_free)"
+            )),
             Err(e) => self.commit.poison(format!("commit failed: {e}")),
         }
     }
+}
+
+/// ENOSPC or EDQUOT, from sled or from the sync.
+fn is_disk_full(e: &StoreError) -> bool {
+    const ENOSPC: i32 = 28;
+    const EDQUOT: i32 = 122;
+    let io = match e {
+        StoreError::Io { source, .. } => source,
+        StoreError::Engine(sled::Error::Io(source)) => source,
+        _ => return false,
+    };
+    matches!(io.raw_os_error(), Some(ENOSPC | EDQUOT))
 }
 
 #[cfg(test)]
@@ -420,6 +452,50 @@ mod tests {
         assert_eq!(store.durability_of(durable.ticket), Durability::PowerLoss);
         assert_eq!(store.log().read("s", 1, u64::MAX, 10).unwrap().len(), 1);
         assert!(store.close().is_err(), "closing reports the poisoning");
+    }
+
+    /// Below the free-space reserve, growing writes are refused with `DiskFull` and nothing is
+    /// poisoned: reads, removals and commits go on, and writes resume once space is back.
+    #[test]
+    fn below_the_reserve_growing_writes_are_refused_without_poisoning_and_resume_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        let record = NewRecord {
+            level: 6,
+            source: "t",
+            body: b"before",
+        };
+        let kv = store.kv("k").unwrap();
+        let before = store.log().append("s", &[record]).unwrap();
+        kv.put(b"a", b"1").unwrap();
+        store.wait_durable(before.ticket).unwrap();
+
+        store.inner.commit.space().set_min_free(u64::MAX);
+        let refused = store.log().append("s", &[record]).unwrap_err();
+        assert!(matches!(refused, StoreError::DiskFull { .. }), "{refused}");
+        assert!(matches!(
+            kv.put(b"b", b"2").unwrap_err(),
+            StoreError::DiskFull { .. }
+        ));
+        assert!(store.check_writable().is_err());
+        assert!(store.disk_full());
+        // Removals free space, so they go ahead and become durable.
+        let removed = kv.remove(b"a").unwrap();
+        store.wait_durable(removed).unwrap();
+        assert!(store.watermark().poisoned.is_none());
+        assert_eq!(store.log().read("s", 1, u64::MAX, 10).unwrap().len(), 1);
+
+        store.inner.commit.space().set_min_free(1);
+        store.check_writable().unwrap();
+        let after = store.log().append("s", &[record]).unwrap();
+        store.wait_durable(after.ticket).unwrap();
+        assert_eq!(
+            after.first,
+            before.first + 1,
+            "no sequence lost to the refusal"
+        );
+        assert!(!store.disk_full());
+        store.close().unwrap();
     }
 
     #[test]

@@ -161,7 +161,7 @@ impl Log {
         records: &[NewRecord<'_>],
         cursor: Option<(&str, &[u8])>,
     ) -> Result<Appended> {
-        let _gate = self.commit.begin_write()?;
+        let _gate = self.commit.begin_write(true)?;
         if records.is_empty() {
             return Err(StoreError::Invalid("empty batch".into()));
         }

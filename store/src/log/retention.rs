@@ -67,7 +67,7 @@ impl Log {
             return Ok(outcome);
         };
         loop {
-            let _gate = self.commit.begin_write()?;
+            let _gate = self.commit.begin_write(false)?;
             let mut s = lock(&handle);
             let mut removed = 0;
             while removed < BLOCKS_PER_STEP {
