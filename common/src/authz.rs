@@ -203,7 +203,12 @@ pub enum Service {
 
 impl Service {
     /// Every service, in counter order.
-    pub const ALL: [Service; 4] = [Service::Logd, Service::Cache, Service::Queue, Service::Clock];
+    pub const ALL: [Service; 4] = [
+        Service::Logd,
+        Service::Cache,
+        Service::Queue,
+        Service::Clock,
+    ];
 
     /// The label value.
     pub fn name(self) -> &'static str {
@@ -246,6 +251,28 @@ impl Guard {
         self.authorizer.is_some()
     }
 
+    /// What `user` may do: everything without CURVE, for the server's key and for keys
+    /// without a name; nothing for a name no longer in the file.
+    pub fn grants(&self, user: &str) -> Arc<Permissions> {
+        match &self.authorizer {
+            Some(authorizer) if !user.is_empty() => {
+                authorizer.permissions(user).unwrap_or_default()
+            }
+            _ => Arc::new(Permissions::everything()),
+        }
+    }
+
+    /// Counts and logs a refusal decided elsewhere (e.g. with `grants`); returns the reason.
+    pub fn refused(&mut self, user: &str, op: Op<'_>) -> String {
+        if let Some(authorizer) = &self.authorizer {
+            authorizer.metrics.denied[self.service as usize].fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(suppressed) = self.log.allow() {
+            tracing::warn!(user, service = self.service.name(), %op, suppressed, "security: operation not authorized");
+        }
+        format!("not authorized: key {user:?} may not {op}")
+    }
+
     /// Asks whether `user` may do `op`: on refusal counts it, logs it (rate-limited) and
     /// returns the reason for an error reply.
     pub fn check(&mut self, user: &str, op: Op<'_>) -> Result<(), String> {
@@ -265,15 +292,10 @@ impl Guard {
         if user.is_empty() || user == SERVER_USER {
             return Ok(());
         }
-        let granted = authorizer.permissions(user).is_some_and(|p| allowed(&p));
-        if granted {
+        if authorizer.permissions(user).is_some_and(|p| allowed(&p)) {
             return Ok(());
         }
-        authorizer.metrics.denied[self.service as usize].fetch_add(1, Ordering::Relaxed);
-        if let Some(suppressed) = self.log.allow() {
-            tracing::warn!(user, service = self.service.name(), %op, suppressed, "security: operation not authorized");
-        }
-        Err(format!("not authorized: key {user:?} may not {op}"))
+        Err(self.refused(user, op))
     }
 
     /// `check` for the sender of `frame`.
@@ -376,7 +398,10 @@ mod tests {
         let mut guard = Guard::new(Some(authorizer.clone()), Service::Clock);
         assert!(guard.check("alice", Op::LogWrite("app.x")).is_ok());
         let e = guard.check("alice", Op::Timers).unwrap_err();
-        assert!(e.starts_with("not authorized") && e.contains("alice"), "{e}");
+        assert!(
+            e.starts_with("not authorized") && e.contains("alice"),
+            "{e}"
+        );
         // The server's own key, and connections without a user id, have everything.
         assert!(guard.check(SERVER_USER, Op::Timers).is_ok());
         assert!(guard.check("", Op::Timers).is_ok());

@@ -291,7 +291,9 @@ pub fn parse_authorized_keys(text: &str) -> (Vec<AuthorizedKey>, Vec<String>) {
                     return Err(format!("the name {name:?} is used by an earlier key"));
                 }
                 if name == SERVER_USER {
-                    return Err(format!("the name {SERVER_USER:?} is reserved for the server"));
+                    return Err(format!(
+                        "the name {SERVER_USER:?} is reserved for the server"
+                    ));
                 }
                 let grants = Permissions::parse(&permissions)?;
                 Ok(AuthorizedKey {
@@ -852,7 +854,9 @@ mod tests {
 
     #[test]
     fn duplicate_names_bad_permission_words_and_nameless_words_are_bad_lines() {
-        let k: Vec<Key> = (0..5).map(|_| KeyPair::generate().unwrap().public).collect();
+        let k: Vec<Key> = (0..5)
+            .map(|_| KeyPair::generate().unwrap().public)
+            .collect();
         let text = format!(
             "{} alice timers\n{} alice all\n{} bob logd.wirte=x\n{} logd.write=x\n{} carol\n",
             k[0].z85(),

@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 
+use depot_common::authz::{user_id, Guard, Op};
+
 use crate::metrics::{add, inc, LogdMetrics};
 use crate::protocol;
 
@@ -78,9 +80,14 @@ impl LiveFeed {
 /// The live thread's sockets: the XPUB and the doorbell.
 pub struct LivePublisher {
     xpub: zmq::Socket,
-    /// Topic prefixes someone subscribes to (XPUB reports each one's first subscribe and last
-    /// unsubscribe): batches nobody wants are not published at all.
-    subscriptions: std::collections::HashSet<Vec<u8>>,
+    /// Topic prefixes someone subscribes to, with a count (XPUB reports each one's first
+    /// subscribe and last unsubscribe; in manual mode, every one): batches nobody wants are not
+    /// published at all. Refused subscriptions count too (their unsubscribes on disconnect
+    /// cannot be told apart), which only costs a send libzmq then filters.
+    subscriptions: std::collections::HashMap<Vec<u8>, u64>,
+    /// With CURVE the XPUB is manual: a subscription is applied only when the subscriber's
+    /// key may read every stream its prefix covers.
+    guard: Guard,
     doorbell: zmq::Socket,
     rx: Receiver<LiveBatch>,
     metrics: Arc<LogdMetrics>,
@@ -90,10 +97,14 @@ impl LivePublisher {
     /// Binds the live XPUB at `endpoint` and the doorbell.
     pub fn bind(
         ctx: &zmq::Context,
-        xpub: zmq::Socket,
+        mut xpub: zmq::Socket,
         rx: Receiver<LiveBatch>,
         metrics: Arc<LogdMetrics>,
+        guard: Guard,
     ) -> zmq::Result<LivePublisher> {
+        if guard.active() {
+            depot_common::sockopt::set_xpub_manual(&mut xpub, true)?;
+        }
         let doorbell = ctx.socket(zmq::PULL)?;
         doorbell.set_linger(0)?;
         doorbell.bind(DOORBELL)?;
@@ -103,6 +114,7 @@ impl LivePublisher {
             doorbell,
             rx,
             metrics,
+            guard,
         })
     }
 
@@ -117,17 +129,7 @@ impl LivePublisher {
                 tracing::warn!(error = %e, "live: poll failed");
             }
             while self.doorbell.recv_bytes(zmq::DONTWAIT).is_ok() {}
-            while let Ok(message) = self.xpub.recv_bytes(zmq::DONTWAIT) {
-                match message.split_first() {
-                    Some((1, prefix)) => {
-                        self.subscriptions.insert(prefix.to_vec());
-                    }
-                    Some((0, prefix)) => {
-                        self.subscriptions.remove(prefix);
-                    }
-                    _ => {}
-                }
-            }
+            self.take_subscriptions();
             while let Ok(batch) = self.rx.try_recv() {
                 self.publish(batch);
             }
@@ -140,11 +142,62 @@ impl LivePublisher {
         }
     }
 
+    fn take_subscriptions(&mut self) {
+        loop {
+            let mut message = zmq::Message::new();
+            if self.xpub.recv(&mut message, zmq::DONTWAIT).is_err() {
+                return;
+            }
+            let manual = self.guard.active();
+            let user = if manual {
+                user_id(&mut message)
+            } else {
+                String::new()
+            };
+            match message.split_first() {
+                Some((1, prefix)) => {
+                    *self.subscriptions.entry(prefix.to_vec()).or_default() += 1;
+                    if manual {
+                        let text = String::from_utf8_lossy(prefix);
+                        // A topic is `stream level`: a prefix covers every stream it starts.
+                        let stream = text.split(' ').next().unwrap_or_default();
+                        let whole = text.contains(' ');
+                        let allowed = self.guard.decide(&user, Op::LogRead(stream), |p| {
+                            if whole {
+                                p.allows(&Op::LogRead(stream))
+                            } else {
+                                p.allows_read_prefix(stream)
+                            }
+                        });
+                        // In manual mode this applies to the pipe whose message was just read.
+                        if allowed.is_ok() {
+                            if let Err(e) = self.xpub.set_subscribe(prefix) {
+                                tracing::warn!(error = %e, "live: cannot apply subscription");
+                            }
+                        }
+                    }
+                }
+                Some((0, prefix)) => {
+                    if let Some(count) = self.subscriptions.get_mut(prefix) {
+                        *count = count.saturating_sub(1);
+                        if *count == 0 {
+                            self.subscriptions.remove(prefix);
+                        }
+                    }
+                    if manual {
+                        let _ = self.xpub.set_unsubscribe(prefix);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
     fn publish(&self, batch: LiveBatch) {
         let topic = protocol::live_topic(&batch.stream, batch.level);
         if !self
             .subscriptions
-            .iter()
+            .keys()
             .any(|prefix| topic.starts_with(prefix))
         {
             return;

@@ -132,6 +132,13 @@ impl Logd {
         let setup = |e: zmq::Error| LogdError::Setup(e.to_string());
 
         let curve = config.curve.as_ref();
+        // One guard per thread that serves clients (a guard logs with its own rate limit).
+        let guard = || {
+            depot_common::authz::Guard::new(
+                curve.map(|c| c.authorizer.clone()),
+                depot_common::authz::Service::Logd,
+            )
+        };
         let pull = socket(ctx, zmq::PULL, "pull", &config.pull, None, curve)?;
         let sub = socket(ctx, zmq::SUB, "sub", &config.sub, None, curve)?;
         if let Some(sub) = &sub {
@@ -189,7 +196,10 @@ impl Logd {
         let live_publisher = match live {
             Some(xpub) => {
                 xpub.bind(LIVE_INPROC).map_err(setup)?;
-                Some(LivePublisher::bind(ctx, xpub, live_rx, metrics.clone()).map_err(setup)?)
+                Some(
+                    LivePublisher::bind(ctx, xpub, live_rx, metrics.clone(), guard())
+                        .map_err(setup)?,
+                )
             }
             None => None,
         };
@@ -206,6 +216,7 @@ impl Logd {
             ingest_feed,
             metrics.clone(),
             config.max_message_size,
+            guard(),
         );
         {
             let stop = stop.clone();
@@ -213,14 +224,16 @@ impl Logd {
         }
 
         if let Some(xpub) = replay {
-            let server = ReplayServer::new(xpub, store.clone(), metrics.clone()).map_err(setup)?;
+            let server =
+                ReplayServer::new(xpub, store.clone(), metrics.clone(), guard()).map_err(setup)?;
             let stop = stop.clone();
             threads.push(spawn("logd-replay", move || server.run(stop))?);
         }
 
         if let Some(router) = replay_api {
-            let api = crate::replay_api::ReplayApi::new(router, store.clone(), metrics.clone())
-                .map_err(setup)?;
+            let api =
+                crate::replay_api::ReplayApi::new(router, store.clone(), metrics.clone(), guard())
+                    .map_err(setup)?;
             let stop = stop.clone();
             threads.push(spawn("logd-replay-api", move || api.run(stop))?);
         }
