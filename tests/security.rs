@@ -553,3 +553,48 @@ fn a_key_sets_and_snapshots_only_its_cache_subtrees() {
     assert!(counted.is_some(), "the forbidden update was not counted");
     assert_eq!(appliance.metric("depot_cache_keys"), 1.0);
 }
+
+#[test]
+fn live_subscriptions_outside_a_keys_read_prefixes_are_not_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let (reader, _) = named_key(dir.path(), "reader");
+    let (admin, admin_file) = named_key(dir.path(), "admin");
+    let (appliance, _) = curve_appliance_with(
+        dir.path(),
+        &format!(
+            "{} reader logd.read=app.\n{} admin\n",
+            reader.public.z85(),
+            admin.public.z85()
+        ),
+    );
+    let ctx = zmq::Context::new();
+    let sub = ctx.socket(zmq::SUB).unwrap();
+    sub.set_linger(0).unwrap();
+    client_keys(&appliance, &reader).apply(&sub).unwrap();
+    sub.connect(&appliance.logd().live).unwrap();
+    // In this order: once the refused one is counted, the allowed one (read before it from the
+    // same connection) is in place.
+    sub.set_subscribe(b"app.").unwrap();
+    sub.set_subscribe(b"sys.").unwrap();
+    assert!(
+        poll(Duration::from_secs(10), || (denied(&appliance, "logd")
+            >= 1.0)
+            .then_some(()))
+        .is_some(),
+        "the refused subscription was not counted"
+    );
+    // Both sent in this order: were the refused one applied, its record would come first.
+    for stream in ["sys.kernel", "app.web"] {
+        let args = ["log", "send", "--stream", stream, "record"];
+        let (ok, _, err) = cli_as(&appliance, dir.path(), &admin_file, &args);
+        assert!(ok, "{err}");
+    }
+    assert_eq!(sub.poll(zmq::POLLIN, 10_000).unwrap(), 1, "nothing live");
+    let topic = sub.recv_bytes(0).unwrap();
+    assert!(
+        topic.starts_with(b"app.web"),
+        "{:?}",
+        String::from_utf8_lossy(&topic)
+    );
+    assert_eq!(denied(&appliance, "logd"), 1.0);
+}
