@@ -598,3 +598,56 @@ fn live_subscriptions_outside_a_keys_read_prefixes_are_not_applied() {
     );
     assert_eq!(denied(&appliance, "logd"), 1.0);
 }
+
+#[test]
+fn the_replay_api_and_fire_and_forget_ingest_follow_a_keys_permissions() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, _) = named_key(dir.path(), "app");
+    let (appliance, _) = curve_appliance_with(
+        dir.path(),
+        &format!("{} app logd.write=app. logd.read=app.\n", app.public.z85()),
+    );
+    let keys = client_keys(&appliance, &app);
+    let endpoints = appliance.logd();
+    let ctx = zmq::Context::new();
+    let push = ctx.socket(zmq::PUSH).unwrap();
+    push.set_linger(1_000).unwrap();
+    keys.apply(&push).unwrap();
+    push.connect(&endpoints.pull).unwrap();
+    push.send_multipart([&b"sys.kernel"[..], b"dropped"], 0)
+        .unwrap();
+    push.send_multipart([&b"app.web"[..], b"kept"], 0).unwrap();
+    assert!(
+        poll(Duration::from_secs(10), || {
+            let (_, text) = appliance.get("/metrics");
+            common::metric_value(&text, "depot_log_records{stream=\"app.web\"}")
+        })
+        .is_some(),
+        "the allowed push was not stored"
+    );
+    // Sent before it on the same connection: refused by then.
+    assert_eq!(denied(&appliance, "logd"), 1.0);
+
+    let dealer = ctx.socket(zmq::DEALER).unwrap();
+    dealer.set_linger(0).unwrap();
+    keys.apply(&dealer).unwrap();
+    dealer.connect(&endpoints.replay_api).unwrap();
+    let credit = 100u32.to_be_bytes();
+    let mut replay = |id: &[u8], stream: &[u8]| {
+        dealer
+            .send_multipart([&b"REPLAY"[..], id, stream, b"1", &credit], 0)
+            .unwrap();
+        assert_eq!(dealer.poll(zmq::POLLIN, 10_000).unwrap(), 1, "no answer");
+        dealer.recv_multipart(0).unwrap()
+    };
+    let refused = replay(b"r1", b"sys.kernel");
+    assert_eq!(refused[1], b"ERR");
+    let reason = String::from_utf8_lossy(&refused[2]).into_owned();
+    assert!(reason.contains("not authorized"), "{reason}");
+    let allowed = replay(b"r2", b"app.web");
+    assert_eq!(
+        (allowed[0].as_slice(), allowed[1].as_slice()),
+        (&b"r2"[..], &b"RECS"[..])
+    );
+    assert_eq!(denied(&appliance, "logd"), 2.0);
+}
