@@ -633,7 +633,7 @@ fn the_replay_api_and_fire_and_forget_ingest_follow_a_keys_permissions() {
     keys.apply(&dealer).unwrap();
     dealer.connect(&endpoints.replay_api).unwrap();
     let credit = 100u32.to_be_bytes();
-    let mut replay = |id: &[u8], stream: &[u8]| {
+    let replay = |id: &[u8], stream: &[u8]| {
         dealer
             .send_multipart([&b"REPLAY"[..], id, stream, b"1", &credit], 0)
             .unwrap();
