@@ -327,3 +327,327 @@ fn the_cache_queue_and_timers_serve_a_known_key_through_the_cli() {
     let accepted = appliance.metric("depot_security_accepted_total");
     assert!(accepted >= 6.0, "{accepted}");
 }
+
+/// An appliance with CURVE on whose authorized-keys file is `keys_text`.
+fn curve_appliance_with(dir: &Path, keys_text: &str) -> (Appliance, PathBuf) {
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let keys_file = data.join("authorized_keys");
+    std::fs::write(&keys_file, keys_text).unwrap();
+    let config = write_config(dir, "\n[security]\ncurve = true\n");
+    (Appliance::start(&data, &config), keys_file)
+}
+
+/// A key pair written as `dir/NAME.key`, returning the pair and the secret file.
+fn named_key(dir: &Path, name: &str) -> (KeyPair, PathBuf) {
+    let pair = KeyPair::generate().unwrap();
+    let stem = dir.join(name);
+    pair.write(&stem).unwrap();
+    (pair, KeyPair::secret_path(&stem))
+}
+
+/// Runs the CLI against `appliance` with `key`; returns (success, stdout, stderr).
+fn cli_as(appliance: &Appliance, dir: &Path, key: &Path, args: &[&str]) -> (bool, String, String) {
+    let output = depot()
+        .args(args)
+        .arg("--data")
+        .arg(&appliance.data)
+        .arg("--config")
+        .arg(dir.join("depot.toml"))
+        .arg("--key")
+        .arg(key)
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn denied(appliance: &Appliance, service: &str) -> f64 {
+    appliance.metric(&format!(
+        "depot_security_denied_total{{service=\"{service}\"}}"
+    ))
+}
+
+#[test]
+fn a_key_writes_and_reads_only_its_log_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app_key, app_file) = named_key(dir.path(), "app");
+    let (admin_key, admin_file) = named_key(dir.path(), "admin");
+    let (appliance, _) = curve_appliance_with(
+        dir.path(),
+        &format!(
+            "{} app logd.write=app. logd.read=app.\n{} admin\n",
+            app_key.public.z85(),
+            admin_key.public.z85()
+        ),
+    );
+    let cli = |key: &Path, args: &[&str]| cli_as(&appliance, dir.path(), key, args);
+    let (ok, _, err) = cli(
+        &app_file,
+        &["log", "send", "--stream", "app.web", "allowed"],
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = cli(&app_file, &["log", "send", "--stream", "sys.kernel", "no"]);
+    assert!(!ok);
+    assert!(err.contains("not authorized"), "{err}");
+    assert_eq!(
+        appliance.metric("depot_log_records{stream=\"app.web\"}"),
+        1.0
+    );
+    let (_, metrics) = appliance.get("/metrics");
+    assert!(!metrics.contains("stream=\"sys.kernel\""), "{metrics}");
+    assert_eq!(denied(&appliance, "logd"), 1.0);
+
+    // A key without permission words keeps full access.
+    let (ok, _, err) = cli(&admin_file, &["log", "send", "--stream", "sys.kernel", "x"]);
+    assert!(ok, "{err}");
+
+    let (ok, out, err) = cli(&app_file, &["log", "tail", "--stream", "app.web"]);
+    assert!(ok && out.contains("allowed"), "{out}{err}");
+    let (ok, out, err) = cli(&app_file, &["log", "tail", "--stream", "sys.kernel"]);
+    assert!(!ok && !out.contains('x'), "{out}");
+    assert!(err.contains("not authorized"), "{err}");
+    assert_eq!(denied(&appliance, "logd"), 2.0);
+    let log = appliance.stderr();
+    assert!(
+        log.contains("operation not authorized") && log.contains("app"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_key_produces_and_consumes_only_its_queues() {
+    let dir = tempfile::tempdir().unwrap();
+    let (worker, worker_file) = named_key(dir.path(), "worker");
+    let (appliance, _) = curve_appliance_with(
+        dir.path(),
+        &format!(
+            "{} worker queue.produce=jobs queue.consume=jobs\n",
+            worker.public.z85()
+        ),
+    );
+    let cli = |args: &[&str]| cli_as(&appliance, dir.path(), &worker_file, args);
+    let (ok, _, err) = cli(&["queue", "push", "jobs", "job-1"]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = cli(&["queue", "push", "payroll", "raise"]);
+    assert!(!ok && err.contains("not authorized"), "{err}");
+    let (ok, out, err) = cli(&["queue", "pop", "jobs", "--wait", "5s"]);
+    assert!(ok && out.contains("job-1"), "{out}{err}");
+    let (ok, out, err) = cli(&["queue", "pop", "payroll", "--wait", "1s"]);
+    assert!(!ok && !out.contains("raise"), "{out}");
+    assert!(err.contains("not authorized"), "{err}");
+    assert_eq!(denied(&appliance, "queue"), 2.0);
+}
+
+#[test]
+fn timers_need_the_timers_permission() {
+    let dir = tempfile::tempdir().unwrap();
+    let (plain, plain_file) = named_key(dir.path(), "plain");
+    let (timed, timed_file) = named_key(dir.path(), "timed");
+    let (appliance, _) = curve_appliance_with(
+        dir.path(),
+        &format!(
+            "{} plain logd.write\n{} timed clock.timers\n",
+            plain.public.z85(),
+            timed.public.z85()
+        ),
+    );
+    let add = ["timer", "add", "--in", "1h", "--topic", "t.authz", "p"];
+    let (ok, _, err) = cli_as(&appliance, dir.path(), &plain_file, &add);
+    assert!(!ok && err.contains("not authorized"), "{err}");
+    let (ok, _, err) = cli_as(&appliance, dir.path(), &plain_file, &["timer", "ls"]);
+    assert!(!ok && err.contains("not authorized"), "{err}");
+    assert_eq!(denied(&appliance, "clock"), 2.0);
+    let (ok, _, err) = cli_as(&appliance, dir.path(), &timed_file, &add);
+    assert!(ok, "{err}");
+    let (ok, out, err) = cli_as(&appliance, dir.path(), &timed_file, &["timer", "ls"]);
+    assert!(ok && out.contains("t.authz"), "{out}{err}");
+}
+
+#[test]
+fn editing_a_keys_permissions_takes_effect_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, app_file) = named_key(dir.path(), "app");
+    let (appliance, keys_file) = curve_appliance_with(
+        dir.path(),
+        &format!("{} app logd.write=app.\n", app.public.z85()),
+    );
+    let send = || {
+        cli_as(
+            &appliance,
+            dir.path(),
+            &app_file,
+            &["log", "send", "--stream", "ops.deploy", "hello"],
+        )
+    };
+    let (ok, _, err) = send();
+    assert!(!ok && err.contains("not authorized"), "{err}");
+
+    // Widened as an editor would: a new file renamed over the old one.
+    let tmp = keys_file.with_extension("new");
+    std::fs::write(
+        &tmp,
+        format!("{} app logd.write=app. logd.write=ops.\n", app.public.z85()),
+    )
+    .unwrap();
+    std::fs::rename(&tmp, &keys_file).unwrap();
+    assert!(
+        poll(Duration::from_secs(10), || send().0.then_some(())).is_some(),
+        "the widened permission was not applied without a restart"
+    );
+
+    // Narrowed again (an unknown word makes the line bad: the key loses access entirely).
+    std::fs::write(
+        &keys_file,
+        format!("{} app logd.wirte=ops.\n", app.public.z85()),
+    )
+    .unwrap();
+    assert!(
+        poll(Duration::from_secs(10), || (!send().0).then_some(())).is_some(),
+        "the narrowed permission was not applied without a restart"
+    );
+    assert_eq!(appliance.metric("depot_security_key_file_bad_lines"), 1.0);
+    assert!(appliance.stderr().contains("unknown permission"));
+}
+
+#[test]
+fn a_key_sets_and_snapshots_only_its_cache_subtrees() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, app_file) = named_key(dir.path(), "app");
+    let (appliance, _) = curve_appliance_with(
+        dir.path(),
+        &format!(
+            "{} app cache.write=/app/ cache.read=/app/\n",
+            app.public.z85()
+        ),
+    );
+    let cli = |args: &[&str]| cli_as(&appliance, dir.path(), &app_file, args);
+    let (ok, _, err) = cli(&["cache", "set", "/app/a", "one"]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = cli(&["cache", "get", "/app/a"]);
+    assert!(ok && out == "one\n", "{out}{err}");
+    // A snapshot outside the key's subtrees: refused with the reason.
+    let (ok, _, err) = cli(&["cache", "dump", "/"]);
+    assert!(!ok && err.contains("not authorized"), "{err}");
+    assert_eq!(denied(&appliance, "cache"), 1.0);
+
+    // An update outside them: CHP has no reply, so it is dropped and counted.
+    let text = std::fs::read_to_string(appliance.data.join("run.json")).unwrap();
+    let info: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let collector = info["cache"]["collector"].as_str().unwrap().to_string();
+    let ctx = zmq::Context::new();
+    let publisher = ctx.socket(zmq::PUB).unwrap();
+    publisher.set_linger(0).unwrap();
+    client_keys(&appliance, &app).apply(&publisher).unwrap();
+    publisher.connect(&collector).unwrap();
+    let mut forbidden = depot_cache::protocol::KvMsg::new(&b"/secret/x"[..], &b"no"[..]);
+    forbidden.uuid = vec![7; 16];
+    // PUB drops until the connection is up: repeated (same uuid) until one is counted.
+    let counted = poll(Duration::from_secs(10), || {
+        forbidden.send(&publisher, 0).unwrap();
+        (denied(&appliance, "cache") >= 2.0).then_some(())
+    });
+    assert!(counted.is_some(), "the forbidden update was not counted");
+    assert_eq!(appliance.metric("depot_cache_keys"), 1.0);
+}
+
+#[test]
+fn live_subscriptions_outside_a_keys_read_prefixes_are_not_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let (reader, _) = named_key(dir.path(), "reader");
+    let (admin, admin_file) = named_key(dir.path(), "admin");
+    let (appliance, _) = curve_appliance_with(
+        dir.path(),
+        &format!(
+            "{} reader logd.read=app.\n{} admin\n",
+            reader.public.z85(),
+            admin.public.z85()
+        ),
+    );
+    let ctx = zmq::Context::new();
+    let sub = ctx.socket(zmq::SUB).unwrap();
+    sub.set_linger(0).unwrap();
+    client_keys(&appliance, &reader).apply(&sub).unwrap();
+    sub.connect(&appliance.logd().live).unwrap();
+    // In this order: once the refused one is counted, the allowed one (read before it from the
+    // same connection) is in place.
+    sub.set_subscribe(b"app.").unwrap();
+    sub.set_subscribe(b"sys.").unwrap();
+    assert!(
+        poll(Duration::from_secs(10), || (denied(&appliance, "logd")
+            >= 1.0)
+            .then_some(()))
+        .is_some(),
+        "the refused subscription was not counted"
+    );
+    // Both sent in this order: were the refused one applied, its record would come first.
+    for stream in ["sys.kernel", "app.web"] {
+        let args = ["log", "send", "--stream", stream, "record"];
+        let (ok, _, err) = cli_as(&appliance, dir.path(), &admin_file, &args);
+        assert!(ok, "{err}");
+    }
+    assert_eq!(sub.poll(zmq::POLLIN, 10_000).unwrap(), 1, "nothing live");
+    let topic = sub.recv_bytes(0).unwrap();
+    assert!(
+        topic.starts_with(b"app.web"),
+        "{:?}",
+        String::from_utf8_lossy(&topic)
+    );
+    assert_eq!(denied(&appliance, "logd"), 1.0);
+}
+
+#[test]
+fn the_replay_api_and_fire_and_forget_ingest_follow_a_keys_permissions() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, _) = named_key(dir.path(), "app");
+    let (appliance, _) = curve_appliance_with(
+        dir.path(),
+        &format!("{} app logd.write=app. logd.read=app.\n", app.public.z85()),
+    );
+    let keys = client_keys(&appliance, &app);
+    let endpoints = appliance.logd();
+    let ctx = zmq::Context::new();
+    let push = ctx.socket(zmq::PUSH).unwrap();
+    push.set_linger(1_000).unwrap();
+    keys.apply(&push).unwrap();
+    push.connect(&endpoints.pull).unwrap();
+    push.send_multipart([&b"sys.kernel"[..], b"dropped"], 0)
+        .unwrap();
+    push.send_multipart([&b"app.web"[..], b"kept"], 0).unwrap();
+    assert!(
+        poll(Duration::from_secs(10), || {
+            let (_, text) = appliance.get("/metrics");
+            common::metric_value(&text, "depot_log_records{stream=\"app.web\"}")
+        })
+        .is_some(),
+        "the allowed push was not stored"
+    );
+    // Sent before it on the same connection: refused by then.
+    assert_eq!(denied(&appliance, "logd"), 1.0);
+
+    let dealer = ctx.socket(zmq::DEALER).unwrap();
+    dealer.set_linger(0).unwrap();
+    keys.apply(&dealer).unwrap();
+    dealer.connect(&endpoints.replay_api).unwrap();
+    let credit = 100u32.to_be_bytes();
+    let replay = |id: &[u8], stream: &[u8]| {
+        dealer
+            .send_multipart([&b"REPLAY"[..], id, stream, b"1", &credit], 0)
+            .unwrap();
+        assert_eq!(dealer.poll(zmq::POLLIN, 10_000).unwrap(), 1, "no answer");
+        dealer.recv_multipart(0).unwrap()
+    };
+    let refused = replay(b"r1", b"sys.kernel");
+    assert_eq!(refused[1], b"ERR");
+    let reason = String::from_utf8_lossy(&refused[2]).into_owned();
+    assert!(reason.contains("not authorized"), "{reason}");
+    let allowed = replay(b"r2", b"app.web");
+    assert_eq!(
+        (allowed[0].as_slice(), allowed[1].as_slice()),
+        (&b"r2"[..], &b"RECS"[..])
+    );
+    assert_eq!(denied(&appliance, "logd"), 2.0);
+}

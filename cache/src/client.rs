@@ -41,6 +41,9 @@ pub enum CacheClientError {
     /// No server was given.
     #[error("no cache server given")]
     NoServer,
+    /// The server refused the request (the client's key may not read the subtree).
+    #[error("refused: {0}")]
+    Refused(String),
 }
 
 /// The three endpoints of one cache server.
@@ -144,6 +147,9 @@ fn take_snapshot(
         }
         let msg = KvMsg::decode(&frames, usize::MAX)?;
         if msg.key == KTHXBAI {
+            if let Some((_, reason)) = msg.properties.iter().find(|(n, _)| n == protocol::DENIED) {
+                return Err(CacheClientError::Refused(reason.clone()));
+            }
             return Ok(Some((entries.into_iter().collect(), msg.seq)));
         }
         entries.push((msg.key.clone(), msg));

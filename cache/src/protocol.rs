@@ -325,6 +325,10 @@ pub fn unpack_entries(mut batch: &[u8]) -> Result<Vec<KvMsg>, ChpError> {
     Ok(out)
 }
 
+/// The property of a KTHXBAI that ends a refused snapshot (the key may not read the subtree):
+/// its value says why, and the snapshot before it is empty.
+pub const DENIED: &str = "denied";
+
 /// The message ending a snapshot: key `KTHXBAI`, the snapshot's sequence, the subtree as body.
 pub fn kthxbai(seq: u64, subtree: &[u8]) -> KvMsg {
     KvMsg {

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use depot_common::authz::{user_id, Guard, Op, Service};
 use depot_common::metrics::{Kind, MetricsText};
 use depot_common::ratelimit::RateLimited;
 use depot_common::thread::Worker;
@@ -317,6 +318,10 @@ impl Cache {
             recent_set: Default::default(),
             published_seq: 0,
             ha,
+            guard: Guard::new(
+                config.curve.as_ref().map(|c| c.authorizer.clone()),
+                Service::Cache,
+            ),
         };
         let compactor = Compactor::start(
             persist.clone(),
@@ -403,6 +408,8 @@ struct Server {
     published_seq: u64,
     /// The pair link, when this server is one of a Binary Star pair.
     ha: Option<Ha>,
+    /// Read/write permissions of the sender's key (CURVE only).
+    guard: Guard,
 }
 
 impl Server {
@@ -490,10 +497,23 @@ impl Server {
     fn take_updates(&mut self) {
         let mut applied = Vec::new();
         for _ in 0..1_024 {
-            let Ok(frames) = self.collector.recv_multipart(zmq::DONTWAIT) else {
+            let Ok(mut frames) = depot_common::frames::recv_frames(&self.collector) else {
                 break;
             };
-            match KvMsg::decode_owned(frames, self.max_value) {
+            let user = match frames.last_mut() {
+                Some(last) if self.guard.active() => user_id(last),
+                _ => String::new(),
+            };
+            let frames = frames.iter().map(|f| f.to_vec()).collect();
+            let decoded = KvMsg::decode_owned(frames, self.max_value);
+            // No reply path on the collector: a refused update is dropped, counted by the guard.
+            if let Ok(msg) = &decoded {
+                let key = String::from_utf8_lossy(&msg.key);
+                if self.guard.check(&user, Op::CacheWrite(&key)).is_err() {
+                    continue;
+                }
+            }
+            match decoded {
                 Ok(msg) if msg.key == protocol::HUGZ || msg.key == KTHXBAI => {
                     self.reject("update", &"reserved key");
                 }
@@ -769,9 +789,14 @@ impl Server {
 
     fn take_snapshot_requests(&mut self) {
         for _ in 0..64 {
-            let Ok(frames) = self.snapshot.recv_multipart(zmq::DONTWAIT) else {
+            let Ok(mut frames) = depot_common::frames::recv_frames(&self.snapshot) else {
                 break;
             };
+            let user = match frames.last_mut() {
+                Some(last) if self.guard.active() => user_id(last),
+                _ => String::new(),
+            };
+            let frames: Vec<Vec<u8>> = frames.iter().map(|f| f.to_vec()).collect();
             let Some((identity, request)) = frames.split_first() else {
                 continue;
             };
@@ -782,6 +807,20 @@ impl Server {
                     continue;
                 }
             };
+            let subtree = String::from_utf8_lossy(&request.subtree).into_owned();
+            let op = Op::CacheRead(&subtree);
+            if let Err(reason) = self
+                .guard
+                .decide(&user, op, |p| p.allows_cache_subtree(&subtree))
+            {
+                // CHP has no error reply: an empty snapshot whose KTHXBAI says why.
+                let mut end = protocol::kthxbai(self.state.seq(), &request.subtree);
+                end.properties.push((protocol::DENIED.into(), reason));
+                let [key, seq, uuid, properties, body] = end.encode();
+                let message: [&[u8]; 6] = [identity, &key, &seq, &uuid, &properties, &body];
+                let _ = self.snapshot.send_multipart(message, zmq::DONTWAIT);
+                continue;
+            }
             // A snapshot request is a client's vote for this server.
             if let Some(ha) = self.ha.as_mut() {
                 let (serve, transition) = ha.vote();

@@ -195,6 +195,10 @@ impl Clock {
                         precision: tick.precision.name().into(),
                     })
                     .collect(),
+                guard: depot_common::authz::Guard::new(
+                    curve.map(|c| c.authorizer.clone()),
+                    depot_common::authz::Service::Clock,
+                ),
             };
             let server = TimerServer::load(router, firings_out, store, settings, metrics.clone())
                 .map_err(ClockError::Load)?;

@@ -69,6 +69,8 @@ pub(crate) struct TimerSettings {
     pub late_after_ns: u64,
     pub restart_grace_ns: u64,
     pub streams: Vec<StreamInfo>,
+    /// The `timers` permission of the sender's key (CURVE only).
+    pub guard: depot_common::authz::Guard,
 }
 
 /// The timers thread's state.
@@ -208,13 +210,29 @@ impl TimerServer {
 
     fn take_requests(&mut self) {
         for _ in 0..REQUEST_BUDGET {
-            let Ok(frames) = self.router.recv_multipart(zmq::DONTWAIT) else {
+            let Ok(mut frames) = depot_common::frames::recv_frames(&self.router) else {
                 break;
             };
+            let user = match frames.last_mut() {
+                Some(last) if self.settings.guard.active() => depot_common::authz::user_id(last),
+                _ => String::new(),
+            };
+            let frames: Vec<Vec<u8>> = frames.iter().map(|f| f.to_vec()).collect();
             let Some((envelope, body)) = protocol::split_envelope(&frames) else {
                 continue;
             };
-            match Request::decode(body, self.settings.max_payload) {
+            let request = Request::decode(body, self.settings.max_payload);
+            if matches!(
+                request,
+                Ok(Request::Add(_) | Request::Cancel(_) | Request::List { .. })
+            ) {
+                let op = depot_common::authz::Op::Timers;
+                if let Err(reason) = self.settings.guard.check(&user, op) {
+                    self.queue_reply(None, envelope, Reply::Error(reason));
+                    continue;
+                }
+            }
+            match request {
                 Ok(Request::Add(add)) => self.add(envelope, add),
                 Ok(Request::Cancel(id)) => self.cancel(envelope, id),
                 Ok(Request::List { after }) => self.list(envelope, after),

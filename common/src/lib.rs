@@ -9,9 +9,11 @@
 //! - `sockopt`: socket options the `zmq` 0.9 crate does not wrap (XPUB NODROP and MANUAL).
 //! - `thread`: scheduling helpers (background threads at low priority).
 //! - `loadgen`: synthetic log lines for benchmarks and load tools.
+//! - `authz`: permission words of the authorized-keys file, and the guard services ask.
 //! - `security`: CURVE key files, the authorized-keys file, the ZAP handler, loopback checks.
 //! - `watch`: calling a function when one file changes (its folder is watched).
 
+pub mod authz;
 pub mod config;
 pub mod frames;
 pub mod loadgen;

@@ -13,6 +13,7 @@ use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::authz::{Permissions, Service};
 use crate::metrics::{Kind, MetricsText};
 use crate::ratelimit::RateLimited;
 
@@ -24,6 +25,8 @@ const ZAP_ENDPOINT: &str = "inproc://zeromq.zap.01";
 const ZAP_POLL_MS: i64 = 200;
 /// The server key pair's files in the data folder.
 pub const SERVER_KEY_STEM: &str = "server";
+/// The ZAP user id of the server's own key (in-process clients): it may do everything.
+pub const SERVER_USER: &str = "depot-server";
 
 /// Why a key or key file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -248,14 +251,16 @@ pub struct AuthorizedKey {
     pub key: Key,
     /// A name for logs and the ZAP user id (empty when not given).
     pub name: String,
-    /// Permission words after the name (`logd.write=app.` …): parsed and kept, not yet
-    /// enforced (per-key authorization is a later step).
+    /// Permission words after the name (`logd.write=app.` …), as written.
     pub permissions: Vec<String>,
+    /// What the words allow (everything when there are none; see `authz`).
+    pub grants: Permissions,
 }
 
 /// Parses the authorized-keys file: one Z85 key per line, then an optional name and optional
-/// permission words; `#` at the start of a line or after whitespace starts a comment. Bad lines are returned as errors with their number
-/// and skipped; the good ones still count.
+/// permission words; `#` at the start of a line or after whitespace starts a comment. Bad lines
+/// (not a key, an unknown permission word, a name used twice, permission words without a name
+/// before them) are returned as errors with their number and skipped; the good ones still count.
 pub fn parse_authorized_keys(text: &str) -> (Vec<AuthorizedKey>, Vec<String>) {
     let mut keys = Vec::new();
     let mut errors = Vec::new();
@@ -271,12 +276,35 @@ pub fn parse_authorized_keys(text: &str) -> (Vec<AuthorizedKey>, Vec<String>) {
         }
         let mut words = line.split_whitespace();
         let key_text = words.next().unwrap_or_default();
-        match Key::from_z85(key_text) {
-            Ok(key) => keys.push(AuthorizedKey {
-                key,
-                name: words.next().unwrap_or_default().to_string(),
-                permissions: words.map(String::from).collect(),
-            }),
+        let name = words.next().unwrap_or_default().to_string();
+        let permissions: Vec<String> = words.map(String::from).collect();
+        let parsed = Key::from_z85(key_text)
+            .map_err(|e| e.to_string())
+            .and_then(|key| {
+                if name.contains('=') {
+                    return Err(format!(
+                        "{name:?} is not a name: permission words need a name before them"
+                    ));
+                }
+                // Names are how services find a sender's permissions: one name, one key.
+                if !name.is_empty() && keys.iter().any(|k: &AuthorizedKey| k.name == name) {
+                    return Err(format!("the name {name:?} is used by an earlier key"));
+                }
+                if name == SERVER_USER {
+                    return Err(format!(
+                        "the name {SERVER_USER:?} is reserved for the server"
+                    ));
+                }
+                let grants = Permissions::parse(&permissions)?;
+                Ok(AuthorizedKey {
+                    key,
+                    name: name.clone(),
+                    permissions: permissions.clone(),
+                    grants,
+                })
+            });
+        match parsed {
+            Ok(key) => keys.push(key),
             Err(e) => errors.push(format!("line {}: {e}", index + 1)),
         }
     }
@@ -296,6 +324,8 @@ pub struct SecurityMetrics {
     pub reloads: AtomicU64,
     /// Lines of the authorized-keys file that were not a key.
     pub bad_lines: AtomicU64,
+    /// Operations refused by authorization, per `authz::Service`.
+    pub denied: [AtomicU64; 4],
 }
 
 impl SecurityMetrics {
@@ -332,6 +362,19 @@ impl SecurityMetrics {
             "Lines of the authorized-keys file that are not a key (skipped)",
             get(&self.bad_lines),
         );
+        let name = "depot_security_denied_total";
+        m.family(
+            name,
+            Kind::Counter,
+            "Operations refused because the sender's key lacks the permission",
+        );
+        for service in Service::ALL {
+            m.sample(
+                name,
+                &[("service", service.name())],
+                get(&self.denied[service as usize]),
+            );
+        }
     }
 }
 
@@ -340,10 +383,17 @@ impl SecurityMetrics {
 pub struct Authorizer {
     path: PathBuf,
     server_public: Key,
-    keys: RwLock<HashMap<Key, AuthorizedKey>>,
+    keys: RwLock<KeyTable>,
     signature: std::sync::Mutex<Option<FileSignature>>,
     /// Its counters.
     pub metrics: SecurityMetrics,
+}
+
+/// The keys, and their permissions by name (the ZAP user id services see).
+#[derive(Debug, Default)]
+struct KeyTable {
+    by_key: HashMap<Key, AuthorizedKey>,
+    by_name: HashMap<String, Arc<Permissions>>,
 }
 
 /// What tells a changed file apart without reading it.
@@ -361,7 +411,7 @@ impl Authorizer {
         let authorizer = Authorizer {
             path,
             server_public,
-            keys: RwLock::new(HashMap::new()),
+            keys: RwLock::new(KeyTable::default()),
             signature: std::sync::Mutex::new(None),
             metrics: SecurityMetrics::default(),
         };
@@ -399,8 +449,13 @@ impl Authorizer {
             tracing::warn!(file = %self.path.display(), "authorized keys: {error}; line skipped");
         }
         let count = keys.len();
-        let map: HashMap<Key, AuthorizedKey> = keys.into_iter().map(|k| (k.key, k)).collect();
-        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = map;
+        let by_name = keys
+            .iter()
+            .filter(|k| !k.name.is_empty())
+            .map(|k| (k.name.clone(), Arc::new(k.grants.clone())))
+            .collect();
+        let by_key = keys.into_iter().map(|k| (k.key, k)).collect();
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = KeyTable { by_key, by_name };
         *self.signature.lock().unwrap_or_else(|e| e.into_inner()) = seen;
         self.metrics
             .authorized_keys
@@ -424,13 +479,28 @@ impl Authorizer {
     /// The ZAP user id for `key`, or None when it may not connect.
     pub fn check(&self, key: &Key) -> Option<String> {
         if *key == self.server_public {
-            return Some("depot-server".into());
+            return Some(SERVER_USER.into());
         }
         self.keys
             .read()
             .unwrap_or_else(|e| e.into_inner())
+            .by_key
             .get(key)
             .map(|k| k.name.clone())
+    }
+
+    /// The permissions of the key named `user` (a ZAP user id), as the file says now; None
+    /// when no key has that name any more. The server's own key has everything.
+    pub fn permissions(&self, user: &str) -> Option<Arc<Permissions>> {
+        if user == SERVER_USER {
+            return Some(Arc::new(Permissions::everything()));
+        }
+        self.keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_name
+            .get(user)
+            .cloned()
     }
 }
 
@@ -764,6 +834,32 @@ mod tests {
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(keys[0].key.z85(), hashed);
         assert_eq!(keys[0].name, "bob");
+    }
+
+    #[test]
+    fn duplicate_names_bad_permission_words_and_nameless_words_are_bad_lines() {
+        let k: Vec<Key> = (0..5)
+            .map(|_| KeyPair::generate().unwrap().public)
+            .collect();
+        let text = format!(
+            "{} alice timers\n{} alice all\n{} bob logd.wirte=x\n{} logd.write=x\n{} carol\n",
+            k[0].z85(),
+            k[1].z85(),
+            k[2].z85(),
+            k[3].z85(),
+            k[4].z85()
+        );
+        let (keys, errors) = parse_authorized_keys(&text);
+        let names: Vec<&str> = keys.iter().map(|k| k.name.as_str()).collect();
+        assert_eq!(names, vec!["alice", "carol"]);
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors[0].starts_with("line 2") && errors[0].contains("earlier key"));
+        assert!(errors[1].starts_with("line 3") && errors[1].contains("unknown permission"));
+        assert!(errors[2].starts_with("line 4") && errors[2].contains("need a name"));
+        assert!(keys[0].grants.allows(&crate::authz::Op::Timers));
+        assert!(!keys[0].grants.allows(&crate::authz::Op::LogWrite("a")));
+        // No words: everything, as before permissions were enforced.
+        assert_eq!(keys[1].grants, Permissions::everything());
     }
 
     fn request<'a>(mechanism: &'a [u8], key: Option<Key>) -> ZapRequest<'a> {

@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use depot_common::authz::{Guard, Op};
 use depot_common::ratelimit::RateLimited;
 use depot_store::{NewRecord, Store, Ticket};
 
@@ -54,6 +55,7 @@ pub struct Ingest {
     pending: VecDeque<PendingAck>,
     bad_input: RateLimited,
     store_failure: RateLimited,
+    guard: Guard,
 }
 
 impl Ingest {
@@ -66,6 +68,7 @@ impl Ingest {
         metrics: Arc<LogdMetrics>,
         max_message_size: usize,
         max_frames: usize,
+        guard: Guard,
     ) -> Self {
         Ingest {
             sockets,
@@ -77,6 +80,7 @@ impl Ingest {
             pending: VecDeque::new(),
             bad_input: RateLimited::default(),
             store_failure: RateLimited::default(),
+            guard,
         }
     }
 
@@ -183,6 +187,14 @@ impl Ingest {
                 };
                 match parsed.map(|batch| Owned::from(&batch, frames.len())) {
                     Ok(owned) => {
+                        // No reply path: a refused batch is dropped (counted by the guard).
+                        if self.guard.active() {
+                            let last = frames.len() - 1;
+                            let op = Op::LogWrite(&owned.stream);
+                            if self.guard.check_frame(&mut frames[last], op).is_err() {
+                                return;
+                            }
+                        }
                         let bodies = frames.split_off(owned.body_index);
                         let stored = self.store_batch(&owned, bodies);
                         if let Ok((_, n)) = stored {
@@ -213,6 +225,14 @@ impl Ingest {
         let identity = frames[0].to_vec();
         match parsed {
             Ok((batch_id, owned)) => {
+                if self.guard.active() {
+                    let last = frames.len() - 1;
+                    let op = Op::LogWrite(&owned.stream);
+                    if let Err(reason) = self.guard.check_frame(&mut frames[last], op) {
+                        self.reply_error(&identity, &batch_id, &reason);
+                        return;
+                    }
+                }
                 let bodies = frames.split_off(owned.body_index);
                 match self.store_batch(&owned, bodies) {
                     Ok((appended, n)) => {

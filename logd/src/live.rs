@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 
+use depot_common::authz::{user_id, Guard, Op};
+
 use crate::metrics::{add, inc, LogdMetrics};
 use crate::protocol;
 
@@ -80,28 +82,72 @@ impl LiveFeed {
 /// One live XPUB and what its subscribers want.
 struct LiveSocket {
     xpub: zmq::Socket,
-    /// Topic prefixes someone subscribes to (XPUB reports each one's first subscribe and last
-    /// unsubscribe): batches nobody wants are not published at all.
-    subscriptions: std::collections::HashSet<Vec<u8>>,
+    /// Topic prefixes someone subscribes to, with a count (XPUB reports each one's first
+    /// subscribe and last unsubscribe; in manual mode, every one): batches nobody wants are not
+    /// published at all. Refused subscriptions count too (their unsubscribes on disconnect
+    /// cannot be told apart), which only costs a send libzmq then filters.
+    subscriptions: std::collections::HashMap<Vec<u8>, u64>,
 }
 
 impl LiveSocket {
-    fn new(xpub: zmq::Socket) -> LiveSocket {
-        LiveSocket {
+    /// With CURVE (`guard` active) the XPUB is manual: a subscription is applied only when the
+    /// subscriber's key may read every stream its prefix covers.
+    fn new(mut xpub: zmq::Socket, guard: &Guard) -> zmq::Result<LiveSocket> {
+        if guard.active() {
+            depot_common::sockopt::set_xpub_manual(&mut xpub, true)?;
+        }
+        Ok(LiveSocket {
             xpub,
             subscriptions: Default::default(),
-        }
+        })
     }
 
-    /// Takes the subscription changes XPUB reports.
-    fn read_subscriptions(&mut self) {
-        while let Ok(message) = self.xpub.recv_bytes(zmq::DONTWAIT) {
+    /// Takes the subscription changes XPUB reports, applying the allowed ones in manual mode.
+    fn take_subscriptions(&mut self, guard: &mut Guard) {
+        loop {
+            let mut message = zmq::Message::new();
+            if self.xpub.recv(&mut message, zmq::DONTWAIT).is_err() {
+                return;
+            }
+            let manual = guard.active();
+            let user = if manual {
+                user_id(&mut message)
+            } else {
+                String::new()
+            };
             match message.split_first() {
                 Some((1, prefix)) => {
-                    self.subscriptions.insert(prefix.to_vec());
+                    *self.subscriptions.entry(prefix.to_vec()).or_default() += 1;
+                    if manual {
+                        let text = String::from_utf8_lossy(prefix);
+                        // A topic is `stream level`: a prefix covers every stream it starts.
+                        let stream = text.split(' ').next().unwrap_or_default();
+                        let whole = text.contains(' ');
+                        let allowed = guard.decide(&user, Op::LogRead(stream), |p| {
+                            if whole {
+                                p.allows(&Op::LogRead(stream))
+                            } else {
+                                p.allows_read_prefix(stream)
+                            }
+                        });
+                        // In manual mode this applies to the pipe whose message was just read.
+                        if allowed.is_ok() {
+                            if let Err(e) = self.xpub.set_subscribe(prefix) {
+                                tracing::warn!(error = %e, "live: cannot apply subscription");
+                            }
+                        }
+                    }
                 }
                 Some((0, prefix)) => {
-                    self.subscriptions.remove(prefix);
+                    if let Some(count) = self.subscriptions.get_mut(prefix) {
+                        *count = count.saturating_sub(1);
+                        if *count == 0 {
+                            self.subscriptions.remove(prefix);
+                        }
+                    }
+                    if manual {
+                        let _ = self.xpub.set_unsubscribe(prefix);
+                    }
                 }
                 _ => {}
             }
@@ -110,7 +156,7 @@ impl LiveSocket {
 
     fn wanted(&self, topic: &[u8]) -> bool {
         self.subscriptions
-            .iter()
+            .keys()
             .any(|prefix| topic.starts_with(prefix))
     }
 }
@@ -121,6 +167,8 @@ pub struct LivePublisher {
     plain: Option<LiveSocket>,
     /// Packed messages.
     packed: Option<LiveSocket>,
+    /// Decides subscriptions with CURVE on.
+    guard: Guard,
     doorbell: zmq::Socket,
     rx: Receiver<LiveBatch>,
     metrics: Arc<LogdMetrics>,
@@ -134,16 +182,24 @@ impl LivePublisher {
         packed: Option<zmq::Socket>,
         rx: Receiver<LiveBatch>,
         metrics: Arc<LogdMetrics>,
+        guard: Guard,
     ) -> zmq::Result<LivePublisher> {
+        let plain = plain
+            .map(|xpub| LiveSocket::new(xpub, &guard))
+            .transpose()?;
+        let packed = packed
+            .map(|xpub| LiveSocket::new(xpub, &guard))
+            .transpose()?;
         let doorbell = ctx.socket(zmq::PULL)?;
         doorbell.set_linger(0)?;
         doorbell.bind(DOORBELL)?;
         Ok(LivePublisher {
-            plain: plain.map(LiveSocket::new),
-            packed: packed.map(LiveSocket::new),
+            plain,
+            packed,
             doorbell,
             rx,
             metrics,
+            guard,
         })
     }
 
@@ -164,7 +220,7 @@ impl LivePublisher {
             }
             while self.doorbell.recv_bytes(zmq::DONTWAIT).is_ok() {}
             for live in [&mut self.plain, &mut self.packed].into_iter().flatten() {
-                live.read_subscriptions();
+                live.take_subscriptions(&mut self.guard);
             }
             while let Ok(batch) = self.rx.try_recv() {
                 self.publish(batch);

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use depot_common::authz::{user_id, Guard, Op};
 use depot_common::ratelimit::RateLimited;
 use depot_store::{Record, Store};
 
@@ -42,6 +43,7 @@ pub struct ReplayServer {
     metrics: Arc<LogdMetrics>,
     replays: Vec<Replay>,
     bad_topic: RateLimited,
+    guard: Guard,
 }
 
 /// What one replay did in a turn.
@@ -60,6 +62,7 @@ impl ReplayServer {
         mut xpub: zmq::Socket,
         store: Arc<Store>,
         metrics: Arc<LogdMetrics>,
+        guard: Guard,
     ) -> zmq::Result<Self> {
         depot_common::sockopt::set_xpub_manual(&mut xpub, true)?;
         depot_common::sockopt::set_xpub_nodrop(&mut xpub, true)?;
@@ -69,6 +72,7 @@ impl ReplayServer {
             metrics,
             replays: Vec::new(),
             bad_topic: RateLimited::default(),
+            guard,
         })
     }
 
@@ -91,19 +95,29 @@ impl ReplayServer {
     }
 
     fn take_subscriptions(&mut self) {
-        while let Ok(message) = self.xpub.recv_bytes(zmq::DONTWAIT) {
+        loop {
+            let mut message = zmq::Message::new();
+            if self.xpub.recv(&mut message, zmq::DONTWAIT).is_err() {
+                break;
+            }
+            // The subscriber's key name travels with its subscription message.
+            let user = if self.guard.active() {
+                user_id(&mut message)
+            } else {
+                String::new()
+            };
             let Some((&kind, topic)) = message.split_first() else {
                 continue;
             };
             match kind {
-                1 => self.subscribe(topic),
+                1 => self.subscribe(topic, &user),
                 0 => self.unsubscribe(topic),
                 _ => {}
             }
         }
     }
 
-    fn subscribe(&mut self, topic: &[u8]) {
+    fn subscribe(&mut self, topic: &[u8], user: &str) {
         let request = match protocol::parse_replay_topic(topic) {
             Ok(request) => request,
             Err(e) => {
@@ -121,6 +135,13 @@ impl ReplayServer {
         // In manual mode this applies to the pipe whose message was just read: the subscriber.
         if let Err(e) = self.xpub.set_subscribe(topic) {
             tracing::warn!(error = %e, "replay: cannot apply subscription");
+            return;
+        }
+        if let Err(reason) = self.guard.check(user, Op::LogRead(&request.stream)) {
+            // Applied above so the refusal reaches the subscriber, then taken back.
+            let message: [&[u8]; 3] = [topic, protocol::ERROR_MARKER, reason.as_bytes()];
+            let _ = self.xpub.send_multipart(message, zmq::DONTWAIT);
+            let _ = self.xpub.set_unsubscribe(topic);
             return;
         }
         let log = self.store.log();

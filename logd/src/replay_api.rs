@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use depot_common::authz::{user_id, Guard, Op};
 use depot_common::ratelimit::RateLimited;
 use depot_store::Store;
 
@@ -54,6 +55,7 @@ pub struct ReplayApi {
     /// Keyed by (client identity, request id).
     replays: HashMap<(Vec<u8>, Vec<u8>), ApiReplay>,
     bad_request: RateLimited,
+    guard: Guard,
 }
 
 enum Outcome {
@@ -68,6 +70,7 @@ impl ReplayApi {
         router: zmq::Socket,
         store: Arc<Store>,
         metrics: Arc<LogdMetrics>,
+        guard: Guard,
     ) -> zmq::Result<Self> {
         router.set_router_mandatory(true)?;
         Ok(ReplayApi {
@@ -76,6 +79,7 @@ impl ReplayApi {
             metrics,
             replays: HashMap::new(),
             bad_request: RateLimited::default(),
+            guard,
         })
     }
 
@@ -96,8 +100,16 @@ impl ReplayApi {
                 tracing::warn!(error = %e, "replay api: poll failed");
             }
             for _ in 0..256 {
-                match self.router.recv_multipart(zmq::DONTWAIT) {
-                    Ok(frames) => self.handle(frames),
+                match depot_common::frames::recv_frames(&self.router) {
+                    Ok(mut frames) => {
+                        // The sender's key name, for read permissions (CURVE only).
+                        let user = match frames.last_mut() {
+                            Some(last) if self.guard.active() => user_id(last),
+                            _ => String::new(),
+                        };
+                        let frames = frames.iter().map(|f| f.to_vec()).collect();
+                        self.handle(frames, &user)
+                    }
                     Err(_) => break,
                 }
             }
@@ -126,7 +138,7 @@ impl ReplayApi {
         self.router.send_multipart(message, zmq::DONTWAIT)
     }
 
-    fn handle(&mut self, frames: Vec<Vec<u8>>) {
+    fn handle(&mut self, frames: Vec<Vec<u8>>, user: &str) {
         let Some((identity, request)) = frames.split_first() else {
             return;
         };
@@ -138,6 +150,10 @@ impl ReplayApi {
                 credit,
                 filter,
             }) => {
+                if let Err(reason) = self.guard.check(user, Op::LogRead(&stream)) {
+                    let _ = self.reply(identity, &id, protocol::ERROR_MARKER, reason.as_bytes());
+                    return;
+                }
                 let log = self.store.log();
                 let next = match start {
                     ReplayStart::Seq(seq) => Ok(seq.max(1)),
@@ -179,12 +195,15 @@ impl ReplayApi {
                 self.replays.remove(&(identity.clone(), id));
             }
             Ok(ApiRequest::Streams { id, prefix }) => {
+                // A key lists only the streams it may read.
+                let grants = self.guard.grants(user);
                 let names: Vec<String> = self
                     .store
                     .log()
                     .streams()
                     .into_iter()
                     .filter(|s| s.starts_with(&prefix) && !depot_store::is_internal_stream(s))
+                    .filter(|s| grants.allows(&Op::LogRead(s)))
                     .collect();
                 let _ = self.reply(
                     identity,

@@ -137,6 +137,14 @@ impl Logd {
         let stop = Arc::new(AtomicBool::new(false));
         let setup = |e: zmq::Error| LogdError::Setup(e.to_string());
 
+        let curve = config.curve.as_ref();
+        // One guard per thread that serves clients (a guard logs with its own rate limit).
+        let guard = || {
+            depot_common::authz::Guard::new(
+                curve.map(|c| c.authorizer.clone()),
+                depot_common::authz::Service::Logd,
+            )
+        };
         let pull = socket(ctx, zmq::PULL, "pull", &config.pull, None, config)?;
         let sub = socket(ctx, zmq::SUB, "sub", &config.sub, None, config)?;
         if let Some(sub) = &sub {
@@ -208,7 +216,7 @@ impl Logd {
         }
         let live_publisher = if live.is_some() || live_packed.is_some() {
             Some(
-                LivePublisher::bind(ctx, live, live_packed, live_rx, metrics.clone())
+                LivePublisher::bind(ctx, live, live_packed, live_rx, metrics.clone(), guard())
                     .map_err(setup)?,
             )
         } else {
@@ -228,6 +236,7 @@ impl Logd {
             metrics.clone(),
             config.max_message_size,
             config.max_frames,
+            guard(),
         );
         {
             let stop = stop.clone();
@@ -235,14 +244,16 @@ impl Logd {
         }
 
         if let Some(xpub) = replay {
-            let server = ReplayServer::new(xpub, store.clone(), metrics.clone()).map_err(setup)?;
+            let server =
+                ReplayServer::new(xpub, store.clone(), metrics.clone(), guard()).map_err(setup)?;
             let stop = stop.clone();
             threads.push(spawn("logd-replay", move || server.run(stop))?);
         }
 
         if let Some(router) = replay_api {
-            let api = crate::replay_api::ReplayApi::new(router, store.clone(), metrics.clone())
-                .map_err(setup)?;
+            let api =
+                crate::replay_api::ReplayApi::new(router, store.clone(), metrics.clone(), guard())
+                    .map_err(setup)?;
             let stop = stop.clone();
             threads.push(spawn("logd-replay-api", move || api.run(stop))?);
         }

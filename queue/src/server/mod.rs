@@ -82,6 +82,8 @@ pub(crate) struct Server {
     last_tick: Instant,
     last_trim: Instant,
     last_stats: Instant,
+    /// Produce/consume permissions of the sender's key (CURVE only).
+    guard: depot_common::authz::Guard,
 }
 
 /// Loads every queue: those with stored acks, those with a journal, those configured.
@@ -138,7 +140,7 @@ impl Server {
             pushes,
             store,
             kv,
-            config,
+            config: config.clone(),
             queues,
             metrics,
             updates,
@@ -153,6 +155,10 @@ impl Server {
             last_tick: Instant::now(),
             last_trim: Instant::now(),
             last_stats: Instant::now() - STATS_EVERY,
+            guard: depot_common::authz::Guard::new(
+                config.curve.as_ref().map(|c| c.authorizer.clone()),
+                depot_common::authz::Service::Queue,
+            ),
         };
         let names: Vec<String> = server.pushes.keys().cloned().collect();
         for name in names {

@@ -10,9 +10,15 @@ use crate::config::FullPolicy;
 use crate::metrics::{add, inc};
 use crate::protocol::{self, Request};
 use crate::queue::Consumer;
+use depot_common::authz::{user_id, Op};
 
 impl Server {
-    pub(super) fn handle_request(&mut self, frames: Vec<zmq::Message>) {
+    pub(super) fn handle_request(&mut self, mut frames: Vec<zmq::Message>) {
+        // The sender's key name (CURVE only), read before the frames are borrowed.
+        let user = match frames.last_mut() {
+            Some(last) if self.guard.active() => user_id(last),
+            _ => String::new(),
+        };
         let Some((identity, _)) = frames.split_first() else {
             return;
         };
@@ -32,6 +38,23 @@ impl Server {
                 return;
             }
         };
+        let denied = match request {
+            Request::Publish { tag, queue, .. } => self
+                .guard
+                .check(&user, Op::QueueProduce(queue))
+                .err()
+                .map(|reason| ("PUB", tag, reason)),
+            Request::Subscribe { queue, .. } => self
+                .guard
+                .check(&user, Op::QueueConsume(queue))
+                .err()
+                .map(|reason| ("SUB", queue.as_bytes(), reason)),
+            _ => None,
+        };
+        if let Some((command, context, reason)) = denied {
+            self.reply(&identity, protocol::err(command, context, &reason));
+            return;
+        }
         match request {
             Request::Publish { .. } => {
                 drop(views);
@@ -300,7 +323,11 @@ impl Server {
         }
     }
 
-    pub(super) fn handle_push(&mut self, frames: Vec<zmq::Message>) {
+    pub(super) fn handle_push(&mut self, mut frames: Vec<zmq::Message>) {
+        let user = match frames.last_mut() {
+            Some(last) if self.guard.active() => user_id(last),
+            _ => String::new(),
+        };
         let views: Vec<&[u8]> = frames.iter().map(|f| &f[..]).collect();
         let queue = match protocol::parse_push(&views, self.config.max_message_size) {
             Ok(queue) => queue.to_owned(),
@@ -309,6 +336,10 @@ impl Server {
                 return;
             }
         };
+        // No reply path: dropped, counted by the guard.
+        if self.guard.check(&user, Op::QueueProduce(&queue)).is_err() {
+            return;
+        }
         let store = self.store.clone();
         let Some(q) = self.queue_for(&queue, false) else {
             inc(&self.metrics.unknown_queue);
