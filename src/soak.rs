@@ -58,15 +58,19 @@ pub struct SoakArgs {
     /// How often the memory is sampled with --no-kill.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     rss_every: Duration,
-    /// Acked log records per second.
+    /// Acked log records per second; 0 for none.
     #[arg(long, default_value_t = 2_000)]
     log_rate: u64,
-    /// Confirmed queue messages per second.
+    /// Confirmed queue messages per second; 0 for none.
     #[arg(long, default_value_t = 2_000)]
     queue_rate: u64,
-    /// Confirmed cache sets per second (each waits for its publication).
+    /// Confirmed cache sets per second (each waits for its publication); 0 for none.
     #[arg(long, default_value_t = 200)]
     cache_rate: u64,
+    /// The appliance's storage engine cache (`[store] cache_size`, e.g. "8MiB"; default: the
+    /// configuration's default).
+    #[arg(long)]
+    store_cache: Option<String>,
 }
 
 const STREAM: &str = "soak";
@@ -580,6 +584,10 @@ struct LoadReport {
 
 /// Waits until `done` units are due at `rate` per second since `started`.
 fn pace(started: Instant, done: u64, rate: u64) {
+    if rate == 0 {
+        std::thread::sleep(TURN);
+        return;
+    }
     let due = started + Duration::from_secs_f64(done as f64 / rate.max(1) as f64);
     let now = Instant::now();
     if due > now {
@@ -655,7 +663,7 @@ fn cache_load(
     let mut rng = Rng(seed);
     let started = Instant::now();
     let mut done = 0u64;
-    while !stop.load(Ordering::Relaxed) {
+    while rate > 0 && !stop.load(Ordering::Relaxed) {
         let key = format!("{CACHE_PREFIX}k{}", rng.below(CACHE_KEYS));
         let counter = next;
         next += 1;
@@ -798,15 +806,25 @@ impl RssTrend {
         };
         let max = self.0.iter().map(|(_, r)| *r).max().unwrap_or(0);
         let mib = |kib: u64| kib as f64 / 1024.0;
+        // Caches fill during the first minutes; the second half shows the trend after that.
+        let middle = (first.0 + last.0) / 2.0;
+        let second_half = RssTrend(
+            self.0
+                .iter()
+                .filter(|(t, _)| *t >= middle)
+                .copied()
+                .collect(),
+        );
         format!(
             "rss: {} samples over {:.0} s: first {:.1} MiB, last {:.1} MiB, max {:.1} MiB, \
-             slope {:+.1} KiB/min (least squares)",
+             slope {:+.1} KiB/min (least squares), {:+.1} KiB/min over the second half",
             self.0.len(),
             last.0 - first.0,
             mib(first.1),
             mib(last.1),
             mib(max),
-            self.slope_kib_per_min()
+            self.slope_kib_per_min(),
+            second_half.slope_kib_per_min()
         )
     }
 }
@@ -836,7 +854,11 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<()> {
         );
     }
     std::fs::create_dir_all(&data)?;
-    std::fs::write(dir.join("depot.toml"), CONFIG)?;
+    let mut config = CONFIG.to_string();
+    if let Some(size) = &args.store_cache {
+        config.push_str(&format!("\n[store]\ncache_size = {size:?}\n"));
+    }
+    std::fs::write(dir.join("depot.toml"), config)?;
     let exe = std::env::current_exe().context("cannot find the depot binary")?;
     let budget = Duration::from_secs_f64(args.minutes * 60.0);
     let max_rounds = if args.no_kill {
