@@ -14,6 +14,7 @@
 //! - `queuecmd`: `depot queue ...`, the command-line queue client.
 //! - `clockcmd`: `depot clock watch` and `depot timer ...`, the command-line clock client.
 //! - `buscmd`: `depot bus ...`, list buses and watch one.
+//! - `soak`: `depot bench soak`, the crash soak (kills and restarts a child appliance).
 
 mod admin;
 mod bench;
@@ -27,6 +28,7 @@ mod queuebench;
 mod queuecmd;
 mod reload;
 mod serve;
+mod soak;
 mod state;
 mod status;
 
@@ -149,7 +151,9 @@ fn command_config(command: &Command) -> Option<&ConfigArgs> {
         | Command::Bench(BenchCommand::Cache { config, .. })
         | Command::Bench(BenchCommand::Queue { config, .. })
         | Command::Bench(BenchCommand::Clock { config, .. }) => Some(config),
-        Command::Bench(BenchCommand::Store(_)) | Command::Keygen { .. } => None,
+        Command::Bench(BenchCommand::Store(_))
+        | Command::Bench(BenchCommand::Soak(_))
+        | Command::Keygen { .. } => None,
     }
 }
 
@@ -432,6 +436,9 @@ enum BenchCommand {
         #[command(flatten)]
         args: clockbench::ClockBenchArgs,
     },
+    /// Crash soak: mixed load on a child appliance killed and restarted at random moments,
+    /// checking after each restart that nothing acknowledged was lost.
+    Soak(soak::SoakArgs),
 }
 
 #[derive(clap::Args)]
@@ -564,6 +571,7 @@ fn main() -> ExitCode {
         }
         Command::Bus { config, command } => bus(config, command),
         Command::Bench(BenchCommand::Store(args)) => bench::store(args),
+        Command::Bench(BenchCommand::Soak(args)) => soak::run(args),
         Command::Bench(BenchCommand::Bus { config, args }) => config
             .load()
             .and_then(|(c, _)| run_info(config).map(|(logd, _)| (c, logd)))

@@ -1,0 +1,57 @@
+//! The short crash soak of `make test`: `depot bench soak` kills and restarts its child
+//! appliance a few times under mixed load and must find every acknowledged log record, cache
+//! update and queue message after each restart (it exits non-zero on any violation).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::depot;
+
+#[test]
+fn a_short_crash_soak_finds_everything_acknowledged_after_every_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let output = depot()
+        .args([
+            "bench",
+            "soak",
+            "--rounds",
+            "4",
+            "--minutes",
+            "5",
+            "--min-round",
+            "500ms",
+            "--max-round",
+            "2s",
+            "--seed",
+            "3",
+            "--data",
+        ])
+        .arg(dir.path().join("soak"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "soak failed ({}):\n{stdout}\n{stderr}\nappliance log:\n{}",
+        output.status,
+        std::fs::read_to_string(dir.path().join("soak/appliance.log")).unwrap_or_default()
+    );
+    let last = stdout.lines().last().unwrap_or_default();
+    assert!(last.starts_with("soak: 4 rounds"), "{stdout}");
+    assert!(last.ends_with("violations = 0"), "{stdout}");
+    // Each round checked something of every service after its restart.
+    assert_eq!(stdout.matches("SIGKILL after").count(), 4, "{stdout}");
+    for line in stdout.lines().filter(|l| l.contains("SIGKILL after")) {
+        assert!(!line.contains(": 0 log records acked"), "{line}");
+        assert!(!line.contains(", 0 queue messages confirmed"), "{line}");
+        assert!(!line.contains(", 0 cache sets confirmed"), "{line}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+}
