@@ -207,18 +207,22 @@ pub fn watch(
             }
         }
         let message = classify(&frames);
+        // Gaps in a log stream's sequence before records `h.seq..=last`.
+        let mut note_gap = |h: &depot_logd::protocol::Header, last: u64| {
+            let observed = gaps.observe_range(h.stream.as_bytes(), h.seq, last);
+            if observed.missing > 0 {
+                gap_count += 1;
+                missing += observed.missing;
+                eprintln!(
+                    "gap in {}: {} missing before #{}",
+                    h.stream, observed.missing, h.seq
+                );
+            }
+            losses += u64::from(observed.loss_event);
+        };
         let line = match &message {
             BusMessage::LogRecord(h) => {
-                let observed = gaps.observe(h.stream.as_bytes(), h.seq);
-                if observed.missing > 0 {
-                    gap_count += 1;
-                    missing += observed.missing;
-                    eprintln!(
-                        "gap in {}: {} missing before #{}",
-                        h.stream, observed.missing, h.seq
-                    );
-                }
-                losses += u64::from(observed.loss_event);
+                note_gap(h, h.seq);
                 let body = text(frames.last().map_or(&[][..], |f| &f[..]));
                 let level = depot_logd::protocol::level_name(h.level);
                 if args.json {
@@ -228,17 +232,7 @@ pub fn watch(
                 }
             }
             BusMessage::LogBatch { header: h, count } => {
-                let last = h.seq.saturating_add(u64::from(*count).saturating_sub(1));
-                let observed = gaps.observe_range(h.stream.as_bytes(), h.seq, last);
-                if observed.missing > 0 {
-                    gap_count += 1;
-                    missing += observed.missing;
-                    eprintln!(
-                        "gap in {}: {} missing before #{}",
-                        h.stream, observed.missing, h.seq
-                    );
-                }
-                losses += u64::from(observed.loss_event);
+                note_gap(h, h.seq.saturating_add(u64::from(*count).saturating_sub(1)));
                 let level = depot_logd::protocol::level_name(h.level);
                 let Ok(batch) = depot_logd::protocol::decode_packed_live(&frames) else {
                     eprintln!("a packed message of {} that does not decode", h.stream);

@@ -9,11 +9,8 @@ use std::time::{Duration, Instant};
 use common::{poll, write_config, write_config_with_cache, Appliance, CACHE_EPHEMERAL};
 
 fn endpoints(appliance: &Appliance) -> (String, String, String) {
-    let run: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(appliance.data.join("run.json")).unwrap())
-            .unwrap();
-    let get = |name: &str| run["cache"][name].as_str().unwrap().to_string();
-    (get("snapshot"), get("publisher"), get("collector"))
+    let cache = appliance.cache();
+    (cache.snapshot, cache.publisher, cache.collector)
 }
 
 fn kvset(key: &str, body: &str, props: &str) -> Vec<Vec<u8>> {

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{poll, write_config, Appliance};
-use depot_cache::client::{CacheClient, ServerEndpoints};
+use depot_cache::client::CacheClient;
 use depot_logd::client::{self, AckedSender, ClientError};
 use depot_queue::client::{Consumer, Producer};
 
@@ -89,18 +89,6 @@ fn check_replay(ctx: &zmq::Context, endpoint: &str, stream: &str, at_least: u64)
     count
 }
 
-fn cache_endpoints(appliance: &Appliance) -> ServerEndpoints {
-    let run: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(appliance.data.join("run.json")).unwrap())
-            .unwrap();
-    let get = |name: &str| run["cache"][name].as_str().unwrap().to_string();
-    ServerEndpoints {
-        snapshot: get("snapshot"),
-        publisher: get("publisher"),
-        collector: get("collector"),
-    }
-}
-
 #[test]
 fn a_full_disk_refuses_writes_with_a_reason_keeps_reads_and_resumes_when_space_returns() {
     // SAFETY: geteuid has no preconditions.
@@ -118,7 +106,7 @@ fn a_full_disk_refuses_writes_with_a_reason_keeps_reads_and_resumes_when_space_r
     let ctx = zmq::Context::new();
     let logd = appliance.logd();
     let queue = appliance.queue();
-    let cache = cache_endpoints(&appliance);
+    let cache = appliance.cache();
 
     // Before: a queue message and a cache key, both confirmed.
     // A new subscription starts at the queue's end: subscribe first. With a window of one,
@@ -222,7 +210,7 @@ fn a_full_disk_refuses_writes_with_a_reason_keeps_reads_and_resumes_when_space_r
     let appliance = Appliance::start(&data, &config);
     let logd = appliance.logd();
     check_replay(&ctx, &logd.replay, "fill", acked);
-    let reader = CacheClient::connect(&ctx, &[cache_endpoints(&appliance)], WAIT).unwrap();
+    let reader = CacheClient::connect(&ctx, &[appliance.cache()], WAIT).unwrap();
     assert_eq!(reader.get(b"/disk/before"), Some(&b"1"[..]));
     assert_eq!(reader.get(b"/disk/after"), Some(&b"3"[..]));
     drop(reader);

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{poll, write_config, Appliance};
-use depot_cache::client::{CacheClient, ServerEndpoints};
+use depot_cache::client::CacheClient;
 use depot_logd::client::AckedSender;
 use depot_queue::client::{Consumer, Producer};
 
@@ -157,18 +157,6 @@ fn live_logs_a_stalled_and_a_vanished_subscriber_neither_stall_the_reader_nor_gr
     assert!(appliance.stop().success());
 }
 
-fn cache_endpoints(appliance: &Appliance) -> ServerEndpoints {
-    let run: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(appliance.data.join("run.json")).unwrap())
-            .unwrap();
-    let get = |name: &str| run["cache"][name].as_str().unwrap().to_string();
-    ServerEndpoints {
-        snapshot: get("snapshot"),
-        publisher: get("publisher"),
-        collector: get("collector"),
-    }
-}
-
 #[test]
 fn cache_updates_a_stalled_and_a_vanished_subscriber_do_not_hold_back_the_others() {
     const UPDATES: usize = 40_000;
@@ -187,7 +175,7 @@ fn cache_updates_a_stalled_and_a_vanished_subscriber_do_not_hold_back_the_others
     );
     let appliance = Appliance::start(&dir.path().join("data"), &config);
     let ctx = zmq::Context::new();
-    let endpoints = cache_endpoints(&appliance);
+    let endpoints = appliance.cache();
     let mut writer = CacheClient::connect(&ctx, std::slice::from_ref(&endpoints), WAIT).unwrap();
     let _stalled = stalled(&ctx, &endpoints.publisher, b"");
     vanish(&endpoints.publisher, b"", |sub| {

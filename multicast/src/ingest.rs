@@ -151,41 +151,19 @@ impl BusIngest {
         };
         match classify(&frames) {
             BusMessage::LogRecord(header) => {
-                let observed = self.gaps.observe(header.stream.as_bytes(), header.seq);
-                if observed.missing > 0 {
-                    add(&m.gaps, 1);
-                    add(&m.missing, observed.missing);
-                    if let Some(suppressed) = self.loss_warning.allow() {
-                        tracing::warn!(bus = %self.entry.name, stream = %header.stream, missing = observed.missing, before_seq = header.seq, suppressed, "multicast: records lost on the bus (PGM could not repair)");
-                    }
-                }
-                if observed.loss_event {
-                    add(&m.data_loss, 1);
-                }
+                self.account_records(&header, header.seq);
                 if self.targets.logd.is_some() {
                     let body = frames.pop().unwrap_or_else(zmq::Message::new);
                     self.batch_record(&header, body, stop);
                 } else {
-                    add(&m.ignored, 1);
+                    add(&self.entry.metrics.ignored, 1);
                 }
             }
             BusMessage::LogBatch { header, count } => {
                 let last = header
                     .seq
                     .saturating_add(u64::from(count).saturating_sub(1));
-                let observed = self
-                    .gaps
-                    .observe_range(header.stream.as_bytes(), header.seq, last);
-                if observed.missing > 0 {
-                    add(&m.gaps, 1);
-                    add(&m.missing, observed.missing);
-                    if let Some(suppressed) = self.loss_warning.allow() {
-                        tracing::warn!(bus = %self.entry.name, stream = %header.stream, missing = observed.missing, before_seq = header.seq, suppressed, "multicast: records lost on the bus (PGM could not repair)");
-                    }
-                }
-                if observed.loss_event {
-                    add(&m.data_loss, 1);
-                }
+                self.account_records(&header, last);
                 self.flush(stop);
                 match &self.targets.logd {
                     // Already packed as logd ingest takes it: one message, no copy.
@@ -237,6 +215,24 @@ impl BusIngest {
                     _ => add(&self.entry.metrics.ignored, 1),
                 }
             }
+        }
+    }
+
+    /// Counts the gap (and loss event) before records `header.seq..=last` of the stream.
+    fn account_records(&mut self, header: &Header, last: u64) {
+        let m = &self.entry.metrics;
+        let observed = self
+            .gaps
+            .observe_range(header.stream.as_bytes(), header.seq, last);
+        if observed.missing > 0 {
+            add(&m.gaps, 1);
+            add(&m.missing, observed.missing);
+            if let Some(suppressed) = self.loss_warning.allow() {
+                tracing::warn!(bus = %self.entry.name, stream = %header.stream, missing = observed.missing, before_seq = header.seq, suppressed, "multicast: records lost on the bus (PGM could not repair)");
+            }
+        }
+        if observed.loss_event {
+            add(&m.data_loss, 1);
         }
     }
 

@@ -234,6 +234,23 @@ impl Appliance {
             .unwrap_or_else(|e| panic!("run.json has no usable logd endpoints ({e}): {text}"))
     }
 
+    /// Where the cache serves, as `run.json` reports it.
+    pub fn cache(&self) -> depot_cache::client::ServerEndpoints {
+        let text = std::fs::read_to_string(self.data.join("run.json")).unwrap();
+        let info: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let get = |name: &str| {
+            info["cache"][name]
+                .as_str()
+                .unwrap_or_else(|| panic!("run.json has no cache {name} endpoint: {text}"))
+                .to_string()
+        };
+        depot_cache::client::ServerEndpoints {
+            snapshot: get("snapshot"),
+            publisher: get("publisher"),
+            collector: get("collector"),
+        }
+    }
+
     /// Where the queue service listens, as `run.json` reports it.
     pub fn queue(&self) -> depot_queue::QueueEndpoints {
         let text = std::fs::read_to_string(self.data.join("run.json")).unwrap();
