@@ -234,7 +234,7 @@ fn bind(
     };
     let socket = ctx.socket(kind).map_err(error)?;
     socket.set_linger(LINGER_MS).map_err(error)?;
-    if kind == zmq::PUB {
+    if kind == zmq::XPUB {
         socket.set_sndhwm(config.publisher_hwm).map_err(error)?;
     }
     // A value over max_value_size is refused by the decoder; far over it, by libzmq.
@@ -263,7 +263,13 @@ impl Cache {
         snapshot
             .set_router_mandatory(true)
             .map_err(|e| CacheError::Setup(e.to_string()))?;
-        let publisher = bind(ctx, zmq::PUB, "publisher", &config.publisher, config)?;
+        // An XPUB so that, with CURVE, subscriptions are applied only within the subscriber's
+        // cache.read subtrees (manual mode); without CURVE it behaves as a PUB.
+        let mut publisher = bind(ctx, zmq::XPUB, "publisher", &config.publisher, config)?;
+        if config.curve.is_some() {
+            depot_common::sockopt::set_xpub_manual(&mut publisher, true)
+                .map_err(|e| CacheError::Setup(e.to_string()))?;
+        }
         let collector = bind(ctx, zmq::SUB, "collector", &config.collector, config)?;
         collector
             .set_subscribe(b"")
@@ -449,6 +455,7 @@ impl Server {
                 let mut items = vec![
                     self.snapshot.as_poll_item(zmq::POLLIN),
                     self.collector.as_poll_item(zmq::POLLIN),
+                    self.publisher.as_poll_item(zmq::POLLIN),
                     zmq::PollItem::from_fd(self.durable.fd(), zmq::POLLIN),
                 ];
                 if let Some(ha) = &self.ha {
@@ -460,6 +467,7 @@ impl Server {
             }
             self.durable.drain();
             self.pair_turn();
+            self.take_subscriptions();
             self.take_updates();
             self.take_snapshot_requests();
             self.note_durable();
@@ -785,6 +793,44 @@ impl Server {
             tracing::warn!(error = %e, "cache: publish failed");
         }
         self.last_sent = Instant::now();
+    }
+
+    /// Subscriptions to the publisher: without CURVE only drained (libzmq applies them);
+    /// with CURVE applied when the key may read the subtree (HUGZ is everyone's), otherwise
+    /// refused and counted.
+    fn take_subscriptions(&mut self) {
+        loop {
+            let mut message = zmq::Message::new();
+            if self.publisher.recv(&mut message, zmq::DONTWAIT).is_err() {
+                return;
+            }
+            if !self.guard.active() {
+                continue;
+            }
+            let user = user_id(&mut message);
+            match message.split_first() {
+                Some((1, prefix)) => {
+                    let subtree = String::from_utf8_lossy(prefix).into_owned();
+                    let allowed = prefix == protocol::HUGZ
+                        || self
+                            .guard
+                            .decide(&user, Op::CacheRead(&subtree), |p| {
+                                p.allows_cache_subtree(&subtree)
+                            })
+                            .is_ok();
+                    // In manual mode this applies to the pipe whose message was just read.
+                    if allowed {
+                        if let Err(e) = self.publisher.set_subscribe(prefix) {
+                            tracing::warn!(error = %e, "cache: cannot apply a subscription");
+                        }
+                    }
+                }
+                Some((0, prefix)) => {
+                    let _ = self.publisher.set_unsubscribe(prefix);
+                }
+                _ => {}
+            }
+        }
     }
 
     fn take_snapshot_requests(&mut self) {
