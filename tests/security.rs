@@ -698,3 +698,65 @@ fn cache_update_subscriptions_outside_a_keys_subtrees_are_not_applied() {
     assert_eq!(key, b"/app/k", "{:?}", String::from_utf8_lossy(&key));
     assert_eq!(denied(&appliance, "cache"), 1.0);
 }
+
+/// Simple-mode PUSH endpoints cannot refuse a connected consumer, so ZAP checks
+/// `queue.consume` for the endpoint's queue at the handshake.
+#[test]
+fn a_simple_mode_push_endpoint_takes_only_keys_that_may_consume_its_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let (worker, worker_file) = named_key(dir.path(), "worker");
+    std::fs::write(
+        data.join("authorized_keys"),
+        format!(
+            "{} worker queue.produce queue.consume=jobs\n",
+            worker.public.z85()
+        ),
+    )
+    .unwrap();
+    let config = write_config(
+        dir.path(),
+        "\n[security]\ncurve = true\n\n[queue.queues.\"jobs\"]\npush = \"tcp://127.0.0.1:*\"\n\n[queue.queues.\"payroll\"]\npush = \"tcp://127.0.0.1:*\"\n",
+    );
+    let appliance = Appliance::start(&data, &config);
+    for (queue, body) in [("jobs", "job-1"), ("payroll", "raise")] {
+        let (ok, _, err) = cli_as(
+            &appliance,
+            dir.path(),
+            &worker_file,
+            &["queue", "push", queue, body],
+        );
+        assert!(ok, "{err}");
+    }
+    let endpoints = appliance.queue();
+    let ctx = zmq::Context::new();
+    let pull = |queue: &str| {
+        let socket = ctx.socket(zmq::PULL).unwrap();
+        socket.set_linger(0).unwrap();
+        client_keys(&appliance, &worker).apply(&socket).unwrap();
+        socket.connect(&endpoints.push[queue]).unwrap();
+        socket
+    };
+    let payroll = pull("payroll");
+    assert!(
+        poll(Duration::from_secs(10), || (denied(&appliance, "queue")
+            >= 1.0)
+            .then_some(()))
+        .is_some(),
+        "the handshake on payroll's endpoint was not refused"
+    );
+    let jobs = pull("jobs");
+    assert_eq!(
+        jobs.poll(zmq::POLLIN, 10_000).unwrap(),
+        1,
+        "nothing from jobs"
+    );
+    assert!(jobs.recv_bytes(0).unwrap().ends_with(b"job-1"));
+    assert_eq!(
+        payroll.poll(zmq::POLLIN, 500).unwrap(),
+        0,
+        "payroll delivered"
+    );
+    assert_eq!(denied(&appliance, "queue"), 1.0);
+}

@@ -19,6 +19,10 @@ use crate::ratelimit::RateLimited;
 
 /// The ZAP domain every Depot server socket announces.
 pub const ZAP_DOMAIN: &str = "depot";
+/// The ZAP domain of a simple-mode queue PUSH endpoint, followed by the queue's name: a key
+/// connects there only with `queue.consume` for that queue (the socket has no other place to
+/// refuse a consumer).
+pub const ZAP_QUEUE_CONSUME: &str = "depot/queue.consume/";
 /// Where libzmq looks for the ZAP handler in a context (RFC 27).
 const ZAP_ENDPOINT: &str = "inproc://zeromq.zap.01";
 /// How often the ZAP loop looks at its stop flag and at the key file's metadata.
@@ -569,6 +573,8 @@ pub struct ZapDecision {
 pub struct ZapRequest<'a> {
     /// Request id, echoed.
     pub request_id: &'a [u8],
+    /// The ZAP domain of the socket connected to.
+    pub domain: String,
     /// The peer's address.
     pub address: String,
     /// "NULL", "PLAIN" or "CURVE".
@@ -588,6 +594,7 @@ pub fn parse_zap_request(frames: &[Vec<u8>]) -> Option<ZapRequest<'_>> {
         .map(Key);
     Some(ZapRequest {
         request_id: &frames[1],
+        domain: String::from_utf8_lossy(&frames[2]).into_owned(),
         address: String::from_utf8_lossy(&frames[3]).into_owned(),
         mechanism: &frames[5],
         client_key,
@@ -600,11 +607,28 @@ pub fn parse_zap_request(frames: &[Vec<u8>]) -> Option<ZapRequest<'_>> {
 pub fn decide(request: &ZapRequest<'_>, authorizer: &Authorizer) -> ZapDecision {
     match request.mechanism {
         b"CURVE" => match request.client_key.and_then(|key| authorizer.check(&key)) {
-            Some(user) => ZapDecision {
-                code: "200",
-                text: "OK".into(),
-                user,
-            },
+            Some(user) => {
+                if let Some(queue) = request.domain.strip_prefix(ZAP_QUEUE_CONSUME) {
+                    let op = crate::authz::Op::QueueConsume(queue);
+                    let allowed = authorizer
+                        .permissions(&user)
+                        .is_none_or(|grants| grants.allows(&op));
+                    if !allowed {
+                        authorizer.metrics.denied[Service::Queue as usize]
+                            .fetch_add(1, Ordering::Relaxed);
+                        return ZapDecision {
+                            code: "400",
+                            text: format!("not authorized: key {user:?} may not {op}"),
+                            user: String::new(),
+                        };
+                    }
+                }
+                ZapDecision {
+                    code: "200",
+                    text: "OK".into(),
+                    user,
+                }
+            }
             None => ZapDecision {
                 code: "400",
                 text: "unknown client key".into(),
@@ -865,6 +889,7 @@ mod tests {
     fn request<'a>(mechanism: &'a [u8], key: Option<Key>) -> ZapRequest<'a> {
         ZapRequest {
             request_id: b"1",
+            domain: ZAP_DOMAIN.into(),
             address: "127.0.0.1".into(),
             mechanism,
             client_key: key,

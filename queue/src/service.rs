@@ -67,6 +67,7 @@ fn bind(
     role: &str,
     endpoint: &str,
     config: &QueueConfig,
+    push_queue: Option<&str>,
 ) -> Result<zmq::Socket, QueueError> {
     let error = |source| QueueError::Endpoint {
         role: role.to_owned(),
@@ -88,6 +89,13 @@ fn bind(
     }
     depot_common::frames::set_frame_cap(&socket, config.max_message_size).map_err(error)?;
     depot_common::security::apply_server(&socket, config.curve.as_ref()).map_err(error)?;
+    if let (Some(queue), Some(_)) = (push_queue, &config.curve) {
+        // A PUSH cannot refuse a consumer once connected: ZAP checks `queue.consume` for its
+        // queue at the handshake. Set before bind: a listener keeps the options it was bound
+        // with.
+        let domain = format!("{}{queue}", depot_common::security::ZAP_QUEUE_CONSUME);
+        socket.set_zap_domain(&domain).map_err(error)?;
+    }
     socket.bind(endpoint).map_err(error)?;
     Ok(socket)
 }
@@ -105,19 +113,18 @@ impl QueueService {
             .map_err(|e| QueueError::Setup(e.to_string()))?;
         let queues = server::load_queues(&store, &kv, config)
             .map_err(|e| QueueError::Setup(format!("loading the stored queues: {e}")))?;
-        let router = bind(ctx, zmq::ROUTER, "router", &config.router, config)?;
+        let router = bind(ctx, zmq::ROUTER, "router", &config.router, config, None)?;
         let pull = if config.pull.is_empty() {
             None
         } else {
-            Some(bind(ctx, zmq::PULL, "pull", &config.pull, config)?)
+            Some(bind(ctx, zmq::PULL, "pull", &config.pull, config, None)?)
         };
         let mut pushes = HashMap::new();
         for (name, overrides) in &config.queues {
             if let Some(endpoint) = &overrides.push {
-                pushes.insert(
-                    name.clone(),
-                    bind(ctx, zmq::PUSH, &format!("push ({name})"), endpoint, config)?,
-                );
+                let role = format!("push ({name})");
+                let push = bind(ctx, zmq::PUSH, &role, endpoint, config, Some(name))?;
+                pushes.insert(name.clone(), push);
             }
         }
         let endpoints = QueueEndpoints {
