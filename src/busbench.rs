@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use depot_common::loadgen;
-use depot_multicast::config::{BusConfig, CacheCarry};
+use depot_multicast::config::BusConfig;
 use depot_multicast::gaps::GapTracker;
 
 /// Options of `depot bench bus`.
@@ -69,20 +69,10 @@ struct Received {
 
 fn bus_config(name: &str, endpoint: String, args: &BusBenchArgs) -> BusConfig {
     BusConfig {
-        name: name.into(),
-        endpoint,
         rate_kbps: args.rate_kbps,
         recovery_ms: args.recovery_ms,
-        hops: 1,
         max_tpdu: args.max_tpdu,
-        logs: Vec::new(),
-        packed: false,
-        cache: CacheCarry::default(),
-        ticks: Vec::new(),
-        ingest: true,
-        ingest_cache: false,
-        key_file: None,
-        key: None,
+        ..BusConfig::receiver(name, endpoint)
     }
 }
 

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use depot_multicast::config::{BusConfig, CacheCarry};
+use depot_multicast::config::BusConfig;
 use depot_multicast::frames::{classify, BusMessage};
 use depot_multicast::gaps::GapTracker;
 use depot_multicast::{BusState, BusStatus};
@@ -112,36 +112,24 @@ fn find_bus(
     config: &depot_multicast::MulticastConfig,
     admin: &str,
 ) -> anyhow::Result<BusConfig> {
-    let receiver = |endpoint: String, rate_kbps, recovery_ms| BusConfig {
-        name: name.to_string(),
-        endpoint,
-        rate_kbps,
-        recovery_ms,
-        hops: 1,
-        max_tpdu: 1500,
-        logs: Vec::new(),
-        packed: false,
-        cache: CacheCarry::default(),
-        ticks: Vec::new(),
-        ingest: true,
-        ingest_cache: false,
-        key_file: None,
-        key: None,
-    };
     if name.starts_with("epgm://") || name.starts_with("pgm://") {
         depot_multicast::endpoint::PgmEndpoint::parse(name).map_err(anyhow::Error::msg)?;
-        return Ok(receiver(name.to_string(), 100_000, 10_000));
+        return Ok(BusConfig::receiver(name, name.to_string()));
     }
     if let Some(bus) = config.bus.iter().find(|b| b.name == name) {
+        // The configured options, joined as a receiver (a packed bus's TPDU included).
         return Ok(BusConfig {
+            rate_kbps: bus.rate_kbps,
+            recovery_ms: bus.recovery_ms,
+            max_tpdu: bus.max_tpdu,
             key_file: bus.key_file.clone(),
-            ..receiver(bus.endpoint.clone(), bus.rate_kbps, bus.recovery_ms)
+            ..BusConfig::receiver(name, bus.endpoint.clone())
         });
     }
     let report = crate::status::fetch(admin)
         .with_context(|| format!("no bus {name:?} in the configuration"))?;
     match report.buses.into_iter().find(|b| b.name == name) {
-        Some(bus) => Ok(receiver(bus.endpoint, 100_000, 10_000)),
+        Some(bus) => Ok(BusConfig::receiver(name, bus.endpoint)),
         None => bail!("no bus {name:?} in the configuration or the running appliance"),
     }
 }

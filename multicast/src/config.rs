@@ -138,6 +138,27 @@ pub enum Direction {
 }
 
 impl BusConfig {
+    /// A receiver of the group at `endpoint` with default options, for tools that join a bus
+    /// (`depot bus watch`, the bench); set the sender's `max_tpdu` or more.
+    pub fn receiver(name: &str, endpoint: String) -> BusConfig {
+        BusConfig {
+            name: name.into(),
+            endpoint,
+            rate_kbps: default_rate(),
+            recovery_ms: default_recovery(),
+            hops: default_hops(),
+            max_tpdu: default_max_tpdu(),
+            logs: Vec::new(),
+            packed: false,
+            cache: CacheCarry::default(),
+            ticks: Vec::new(),
+            ingest: true,
+            ingest_cache: false,
+            key_file: None,
+            key: None,
+        }
+    }
+
     /// Out or in.
     pub fn direction(&self) -> Direction {
         if self.ingest || self.ingest_cache {
