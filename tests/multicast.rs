@@ -1277,6 +1277,38 @@ fn packed_bus_carries_batches_that_another_depot_stores_whole() {
         0.0
     );
     assert!(sender.metric("depot_multicast_sent_total{bus=\"packed\"}") < total as f64);
+
+    // `depot bus watch` joins with the bus's max_tpdu and prints every record of a batch.
+    let mut watcher = Watcher::spawn(
+        depot()
+            .args(["bus", "watch", "packed", "--json", "--config"])
+            .arg(&out_config)
+            .arg("--data")
+            .arg(dir.path().join("out/data")),
+    );
+    let joined = poll(Duration::from_secs(20), || {
+        push.send("pk.warm", 6, "", &[b"warm"]).unwrap();
+        watcher.next(Duration::from_millis(100))
+    });
+    assert!(joined.is_some(), "depot bus watch printed nothing");
+    // A batch of ~10 KB: PGM packets above 1500 bytes, which a receiver left at the default
+    // max_tpdu does not take.
+    let bodies: Vec<String> = (0..100)
+        .map(|i| format!("w{i:03} {}", "x".repeat(95)))
+        .collect();
+    let refs: Vec<&[u8]> = bodies.iter().map(|b| b.as_bytes()).collect();
+    push.send("pk.watched", 4, "h", &refs).unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < bodies.len() {
+        let line = watcher
+            .next(Duration::from_secs(10))
+            .expect("watch stopped");
+        if line["stream"] == "pk.watched" {
+            assert_eq!(line["seq"].as_u64(), Some(seen.len() as u64 + 1));
+            seen.push(line["body"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(seen, bodies);
     assert!(receiver.stop().success());
     assert!(sender.stop().success());
 }
