@@ -51,15 +51,7 @@ impl Drop for Tmpfs {
 
 /// Incompressible bodies (the log compresses blocks), the same for the same index.
 fn body(i: u64) -> Vec<u8> {
-    let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(RECORD);
-    while out.len() < RECORD {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(RECORD);
+    let mut out = common::incompressible(i, RECORD);
     out[..8].copy_from_slice(&i.to_be_bytes());
     out
 }

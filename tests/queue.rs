@@ -368,19 +368,7 @@ policy = "block"
     let mut producer = Producer::connect(&ctx, &router).unwrap();
     let body = vec![b'x'; 1_000];
     // Incompressible bodies, so the journal's size on disk grows as they come.
-    let mut x = 0x9E37_79B9_7F4A_7C15u64;
-    let noise: Vec<Vec<u8>> = (0..16)
-        .map(|_| {
-            (0..1_000)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect()
-        })
-        .collect();
+    let noise: Vec<Vec<u8>> = (0..16).map(|i| common::incompressible(i, 1_000)).collect();
     let batch: Vec<&[u8]> = noise.iter().map(Vec::as_slice).collect();
     let mut accepted = 0;
     let refusal = loop {
@@ -855,14 +843,8 @@ fn cli_pushes_pops_with_acks_and_reports_stats() {
 
 /// Incompressible 1,000-byte messages whose first 8 bytes are their id.
 fn noisy(id: u64) -> Vec<u8> {
-    let mut x = id.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut m = id.to_be_bytes().to_vec();
-    while m.len() < 1_000 {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        m.push(x as u8);
-    }
+    m.extend(common::incompressible(id, 992));
     m
 }
 

@@ -87,19 +87,7 @@ fn queue_limits_and_new_queues_apply_live_from_an_editor_style_replace() {
     let refusal = publish(&mut producer, "orders").unwrap_err();
     assert!(refusal.contains("orders"), "{refusal}");
     // Fill "small" to its swap limit with incompressible bodies.
-    let mut x = 0x9E37_79B9_7F4A_7C15u64;
-    let noise: Vec<Vec<u8>> = (0..16)
-        .map(|_| {
-            (0..1_000)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect()
-        })
-        .collect();
+    let noise: Vec<Vec<u8>> = (0..16).map(|i| common::incompressible(i, 1_000)).collect();
     let batch: Vec<&[u8]> = noise.iter().map(Vec::as_slice).collect();
     let mut published = 0;
     let refusal = loop {

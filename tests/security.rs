@@ -556,6 +556,36 @@ fn a_key_sets_and_snapshots_only_its_cache_subtrees() {
     assert_eq!(appliance.metric("depot_cache_keys"), 1.0);
 }
 
+/// Subscribes as `reader` to `endpoint` with an allowed and a refused prefix (in that order),
+/// waits until the refusal is counted for `service` (so the allowed one, read before it, is in
+/// place), runs `publish`, and returns the first frame that arrives.
+fn first_on_filtered_subscriptions(
+    appliance: &Appliance,
+    reader: &KeyPair,
+    endpoint: &str,
+    (allowed, refused): (&[u8], &[u8]),
+    service: &str,
+    publish: impl FnOnce(),
+) -> Vec<u8> {
+    let ctx = zmq::Context::new();
+    let sub = ctx.socket(zmq::SUB).unwrap();
+    sub.set_linger(0).unwrap();
+    client_keys(appliance, reader).apply(&sub).unwrap();
+    sub.connect(endpoint).unwrap();
+    sub.set_subscribe(allowed).unwrap();
+    sub.set_subscribe(refused).unwrap();
+    assert!(
+        poll(Duration::from_secs(10), || (denied(appliance, service)
+            >= 1.0)
+            .then_some(()))
+        .is_some(),
+        "the refused subscription was not counted"
+    );
+    publish();
+    assert_eq!(sub.poll(zmq::POLLIN, 10_000).unwrap(), 1, "nothing arrived");
+    sub.recv_bytes(0).unwrap()
+}
+
 #[test]
 fn live_subscriptions_outside_a_keys_read_prefixes_are_not_applied() {
     let dir = tempfile::tempdir().unwrap();
@@ -569,30 +599,21 @@ fn live_subscriptions_outside_a_keys_read_prefixes_are_not_applied() {
             admin.public.z85()
         ),
     );
-    let ctx = zmq::Context::new();
-    let sub = ctx.socket(zmq::SUB).unwrap();
-    sub.set_linger(0).unwrap();
-    client_keys(&appliance, &reader).apply(&sub).unwrap();
-    sub.connect(&appliance.logd().live).unwrap();
-    // In this order: once the refused one is counted, the allowed one (read before it from the
-    // same connection) is in place.
-    sub.set_subscribe(b"app.").unwrap();
-    sub.set_subscribe(b"sys.").unwrap();
-    assert!(
-        poll(Duration::from_secs(10), || (denied(&appliance, "logd")
-            >= 1.0)
-            .then_some(()))
-        .is_some(),
-        "the refused subscription was not counted"
+    let topic = first_on_filtered_subscriptions(
+        &appliance,
+        &reader,
+        &appliance.logd().live,
+        (b"app.", b"sys."),
+        "logd",
+        || {
+            // Both sent in this order: were the refused one applied, its record would come first.
+            for stream in ["sys.kernel", "app.web"] {
+                let args = ["log", "send", "--stream", stream, "record"];
+                let (ok, _, err) = cli_as(&appliance, dir.path(), &admin_file, &args);
+                assert!(ok, "{err}");
+            }
+        },
     );
-    // Both sent in this order: were the refused one applied, its record would come first.
-    for stream in ["sys.kernel", "app.web"] {
-        let args = ["log", "send", "--stream", stream, "record"];
-        let (ok, _, err) = cli_as(&appliance, dir.path(), &admin_file, &args);
-        assert!(ok, "{err}");
-    }
-    assert_eq!(sub.poll(zmq::POLLIN, 10_000).unwrap(), 1, "nothing live");
-    let topic = sub.recv_bytes(0).unwrap();
     assert!(
         topic.starts_with(b"app.web"),
         "{:?}",
@@ -667,34 +688,21 @@ fn cache_update_subscriptions_outside_a_keys_subtrees_are_not_applied() {
             admin.public.z85()
         ),
     );
-    let ctx = zmq::Context::new();
-    let sub = ctx.socket(zmq::SUB).unwrap();
-    sub.set_linger(0).unwrap();
-    client_keys(&appliance, &reader).apply(&sub).unwrap();
-    sub.connect(&appliance.cache().publisher).unwrap();
-    // In this order: once the refused one is counted, the allowed one (read before it from the
-    // same connection) is in place.
-    sub.set_subscribe(b"/app/").unwrap();
-    sub.set_subscribe(b"/secret/").unwrap();
-    assert!(
-        poll(Duration::from_secs(10), || (denied(&appliance, "cache")
-            >= 1.0)
-            .then_some(()))
-        .is_some(),
-        "the refused subscription was not counted"
+    let key = first_on_filtered_subscriptions(
+        &appliance,
+        &reader,
+        &appliance.cache().publisher,
+        (b"/app/", b"/secret/"),
+        "cache",
+        || {
+            // Both set in this order: were the refused one applied, its update would come first.
+            for key in ["/secret/k", "/app/k"] {
+                let args = ["cache", "set", key, "v"];
+                let (ok, _, err) = cli_as(&appliance, dir.path(), &admin_file, &args);
+                assert!(ok, "{err}");
+            }
+        },
     );
-    // Both set in this order: were the refused one applied, its update would come first.
-    for key in ["/secret/k", "/app/k"] {
-        let (ok, _, err) = cli_as(
-            &appliance,
-            dir.path(),
-            &admin_file,
-            &["cache", "set", key, "v"],
-        );
-        assert!(ok, "{err}");
-    }
-    assert_eq!(sub.poll(zmq::POLLIN, 10_000).unwrap(), 1, "no update");
-    let key = sub.recv_bytes(0).unwrap();
     assert_eq!(key, b"/app/k", "{:?}", String::from_utf8_lossy(&key));
     assert_eq!(denied(&appliance, "cache"), 1.0);
 }

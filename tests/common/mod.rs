@@ -185,6 +185,21 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     (code, body.to_string())
 }
 
+/// `len` pseudo-random bytes from `seed` (xorshift): bodies that do not compress, so what is
+/// stored grows as they come; the same for the same seed.
+pub fn incompressible(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
 /// `[logd]` with every endpoint on an ephemeral loopback port, so tests run in parallel.
 pub const LOGD_EPHEMERAL: &str = r#"[logd]
 pull = "tcp://127.0.0.1:*"
