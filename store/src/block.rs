@@ -122,7 +122,8 @@ impl BlockMeta {
     }
 }
 
-/// Records appended to a stream but not yet sealed into a block.
+/// Records appended to a stream but not yet sealed into a block. The front of it may be
+/// stored already as tail pieces (see [`OpenBlock::seal_piece`]).
 #[derive(Debug, Default)]
 pub(crate) struct OpenBlock {
     pub first_seq: u64,
@@ -130,6 +131,11 @@ pub(crate) struct OpenBlock {
     pub last_ts: u64,
     pub count: u32,
     pub raw: Vec<u8>,
+    /// Records at the front already written as tail pieces, and their raw bytes.
+    pub written_count: u32,
+    pub written_raw: usize,
+    /// Timestamp of the first record not yet written as a piece.
+    pub unwritten_first_ts: u64,
 }
 
 impl OpenBlock {
@@ -147,6 +153,9 @@ impl OpenBlock {
             self.first_seq = seq;
             self.first_ts = ts;
         }
+        if self.count == self.written_count {
+            self.unwritten_first_ts = ts;
+        }
         let stored = StoredRecord {
             ts_delta: ts - self.first_ts,
             level: record.level,
@@ -162,22 +171,7 @@ impl OpenBlock {
 
     /// Compresses the records into a block value and empties the open block.
     pub(crate) fn seal(&mut self) -> (BlockMeta, Vec<u8>) {
-        let compressed = lz4_flex::block::compress(&self.raw);
-        let header = BlockHeader {
-            count: self.count,
-            raw_len: self.raw.len() as u32,
-            first_ts: self.first_ts,
-            crc32: 0,
-        };
-        let header = BlockHeader {
-            crc32: header.checksum(&compressed),
-            ..header
-        };
-        let mut value = vec![FORMAT_VERSION];
-        // A fixed-size header of plain integers cannot fail to encode into a Vec.
-        let _ =
-            bincode::serde::encode_into_std_write(header, &mut value, bincode::config::standard());
-        value.extend_from_slice(&compressed);
+        let value = block_value(&self.raw, self.count, self.first_ts);
         let meta = BlockMeta {
             first_seq: self.first_seq,
             last_seq: self.last_seq(),
@@ -189,7 +183,39 @@ impl OpenBlock {
         };
         self.count = 0;
         self.raw.clear();
+        self.written_count = 0;
+        self.written_raw = 0;
         (meta, value)
+    }
+
+    /// Whether records were added since the last piece (or seal).
+    pub(crate) fn has_unwritten(&self) -> bool {
+        self.count > self.written_count
+    }
+
+    /// Compresses the records added since the last piece into a tail piece, a block value of
+    /// its own, and keeps them open: a commit makes a slow stream's records durable without
+    /// sealing a block of a few records each time. Its timestamps count from the open block's
+    /// first, like the records in memory. `None` when nothing was added.
+    pub(crate) fn seal_piece(&mut self) -> Option<(BlockMeta, Vec<u8>)> {
+        if !self.has_unwritten() {
+            return None;
+        }
+        let raw = &self.raw[self.written_raw..];
+        let count = self.count - self.written_count;
+        let value = block_value(raw, count, self.first_ts);
+        let meta = BlockMeta {
+            first_seq: self.first_seq + u64::from(self.written_count),
+            last_seq: self.last_seq(),
+            first_ts: self.unwritten_first_ts,
+            last_ts: self.last_ts,
+            stored_bytes: value.len() as u32,
+            raw_bytes: raw.len() as u32,
+            fragments: value.len().div_ceil(FRAGMENT_BYTES) as u16,
+        };
+        self.written_count = self.count;
+        self.written_raw = self.raw.len();
+        Some((meta, value))
     }
 
     /// Decodes the open records with sequence in `from..=to`.
@@ -208,6 +234,27 @@ impl OpenBlock {
         })
         .map_err(|e| StoreError::corrupt(format!("open block: {e}")))
     }
+}
+
+/// A block value: `count` encoded records (timestamps counted from `first_ts`), compressed and
+/// checksummed.
+fn block_value(raw: &[u8], count: u32, first_ts: u64) -> Vec<u8> {
+    let compressed = lz4_flex::block::compress(raw);
+    let header = BlockHeader {
+        count,
+        raw_len: raw.len() as u32,
+        first_ts,
+        crc32: 0,
+    };
+    let header = BlockHeader {
+        crc32: header.checksum(&compressed),
+        ..header
+    };
+    let mut value = vec![FORMAT_VERSION];
+    // A fixed-size header of plain integers cannot fail to encode into a Vec.
+    let _ = bincode::serde::encode_into_std_write(header, &mut value, bincode::config::standard());
+    value.extend_from_slice(&compressed);
+    value
 }
 
 /// Decodes a whole block value; records with sequence in `from..=to` are pushed to `out`.
@@ -411,6 +458,46 @@ mod tests {
         assert_eq!(out[0].ts_ns, 1_030);
         assert_eq!(out[0].body, b"line 10");
         assert_eq!(out[9].source, "host-a");
+    }
+
+    #[test]
+    fn pieces_hold_each_records_once_and_the_seal_holds_them_all() {
+        let mut open = OpenBlock::default();
+        assert!(open.seal_piece().is_none());
+        let mut pieces = Vec::new();
+        for i in 0..30u64 {
+            let body = format!("line {i}");
+            open.push(1 + i, 500 + i * 7, &record(body.as_bytes()))
+                .unwrap();
+            if i % 10 == 9 {
+                pieces.push(open.seal_piece().unwrap());
+                assert!(open.seal_piece().is_none(), "nothing new, no piece");
+            }
+        }
+        let mut seen = Vec::new();
+        for (meta, value) in &pieces {
+            let before = seen.len();
+            decode_block_owned(value, meta.first_seq, 0, u64::MAX, &mut seen).unwrap();
+            assert_eq!(seen.len() - before, 10);
+            assert_eq!(meta.first_ts, seen[before].ts_ns);
+            assert_eq!(meta.last_ts, seen.last().unwrap().ts_ns);
+        }
+        assert_eq!(
+            seen.iter().map(|r| (r.seq, r.ts_ns)).collect::<Vec<_>>(),
+            (0..30u64).map(|i| (1 + i, 500 + i * 7)).collect::<Vec<_>>()
+        );
+        assert_eq!(seen[29].body, b"line 29");
+        let (meta, value) = open.seal();
+        assert_eq!((meta.first_seq, meta.last_seq), (1, 30));
+        let mut all = Vec::new();
+        decode_block_owned(&value, 1, 0, u64::MAX, &mut all).unwrap();
+        assert_eq!(all, seen);
+        open.push(31, 900, &record(b"next")).unwrap();
+        let (meta, _) = open.seal_piece().unwrap();
+        assert_eq!(
+            (meta.first_seq, meta.last_seq, meta.first_ts),
+            (31, 31, 900)
+        );
     }
 
     #[test]

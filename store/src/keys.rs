@@ -23,6 +23,15 @@ pub(crate) fn cursor_key(stream: u32, name: &str) -> Vec<u8> {
     key
 }
 
+/// Set in a stream id to name the key space of the stream's tail pieces (records written at a
+/// commit before their block is full), apart from its sealed blocks. Stream ids stay below it.
+pub(crate) const TAIL_BIT: u32 = 1 << 31;
+
+/// The id under which `stream`'s tail pieces are keyed, like blocks (meta and fragments).
+pub(crate) fn tail_stream(stream: u32) -> u32 {
+    stream | TAIL_BIT
+}
+
 /// Prefix of every key of one stream.
 pub(crate) fn stream_prefix(stream: u32) -> [u8; 4] {
     stream.to_be_bytes()

@@ -369,8 +369,10 @@ impl Inner {
             last_start = Instant::now();
             self.commit_once();
         }
-        // Shutdown: one last commit for everything issued before it.
-        if self.commit.issued() > self.commit.watermark().durable {
+        // Shutdown: every open block sealed (a clean stop leaves no tail pieces to load at the
+        // next start) and one last commit for everything issued before it.
+        let sealed = self.log.seal_all_open_blocks();
+        if sealed.unwrap_or(false) || self.commit.issued() > self.commit.watermark().durable {
             self.commit_once();
         }
     }
@@ -383,7 +385,7 @@ impl Inner {
         let upto = self.commit.issued();
         let result = self
             .log
-            .seal_open_blocks()
+            .write_open_blocks()
             .and_then(|()| self.db.flush().map(|_| ()).map_err(StoreError::from))
             .and_then(|()| {
                 if self.config.sync {

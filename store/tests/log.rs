@@ -117,9 +117,11 @@ fn random_body(rng: &mut StdRng, len: usize) -> Vec<u8> {
 }
 
 /// Appends `batch` with one `append_at` and waits until it is durable (so it ends a block).
+/// Appends a batch as one sealed block and waits until it is durable.
 fn append_durable(store: &Store, stream: &str, ts: u64, batch: &[Owned]) -> (Seq, Seq) {
     let done = store.log().append_at(stream, ts, &as_new(batch)).unwrap();
-    store.wait_durable(done.ticket).unwrap();
+    let sealed = store.log().seal_open_block(stream).unwrap();
+    store.wait_durable(sealed).unwrap();
     (done.first, done.last)
 }
 
@@ -637,6 +639,9 @@ fn retention_by_bytes_while_appending_keeps_sequences_contiguous() {
     stop.store(true, Ordering::Relaxed);
     let last_ticket = writer.join().unwrap().unwrap();
     store.wait_durable(last_ticket).unwrap();
+    // Quiet now: seal the open block, so retention can remove every record.
+    let sealed = store.log().seal_open_block("r").unwrap();
+    store.wait_durable(sealed).unwrap();
     assert!(removed > 0, "retention never removed anything");
     assert_eq!(store.log().first_seq("r"), 1 + removed);
 
@@ -749,6 +754,9 @@ fn retention_by_age_while_appending_with_a_controlled_clock() {
     stop.store(true, Ordering::Relaxed);
     let last_ticket = writer.join().unwrap().unwrap();
     store.wait_durable(last_ticket).unwrap();
+    // Quiet now: seal the open block, so retention can remove every record.
+    let sealed = store.log().seal_open_block("aged").unwrap();
+    store.wait_durable(sealed).unwrap();
     assert!(removed > 0, "age retention never removed anything");
     assert_contiguous(&store, "aged", "after writer stopped");
     // Far in the future everything sealed is older than the limit.
@@ -1573,7 +1581,42 @@ fn trim_through_removes_whole_blocks_up_to_a_sequence_and_numbering_continues() 
         .unwrap();
     assert_eq!(appended.first, 10_001);
     // Everything trimmed: numbering still continues.
-    store.wait_durable(appended.ticket).unwrap();
+    let sealed = store.log().seal_open_block("trim").unwrap();
+    store.wait_durable(sealed).unwrap();
     store.log().trim_through("trim", u64::MAX).unwrap();
     assert!(store.log().read("trim", 0, 10_000, 10).unwrap().is_empty());
+}
+
+/// A slow stream committed record by record gets no block per commit (each would cost memory
+/// and sled space for as long as it is kept): its records wait, durable and readable, in tail
+/// pieces until the block is full, old, or the store closes.
+#[test]
+fn commits_of_a_slow_stream_do_not_seal_a_block_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    // About 5 KB: below the first block's size goal.
+    let model = small_batch("slow", 0, 100);
+    for record in &model {
+        let done = store
+            .log()
+            .append("slow", &as_new(std::slice::from_ref(record)))
+            .unwrap();
+        store.wait_durable(done.ticket).unwrap();
+    }
+    let stats = store.log().stream_stats("slow").unwrap();
+    assert_eq!((stats.blocks, stats.records), (0, 100));
+    assert_matches(&read_all(&store, "slow"), &model, 1, "before close");
+    store.close().unwrap();
+    drop(store);
+
+    let store = open(dir.path());
+    let stats = store.log().stream_stats("slow").unwrap();
+    assert_eq!(
+        (stats.blocks, stats.records),
+        (1, 100),
+        "sealed at the clean stop"
+    );
+    assert_matches(&read_all(&store, "slow"), &model, 1, "after reopen");
+    let next = store.log().append("slow", &as_new(&model[..1])).unwrap();
+    assert_eq!(next.first, 101);
 }

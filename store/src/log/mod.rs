@@ -1,8 +1,11 @@
 //! Named log streams stored as compressed blocks in sled.
 //!
 //! An append encodes records into the stream's open block; a block is sealed (compressed and
-//! written to sled) when it reaches its size goal, and the committer seals every partial block
-//! before each flush, so whatever was appended before a commit is durable after it.
+//! written to sled) when it reaches its size goal or its age limit. Before each flush the
+//! committer writes what each open block got since the last commit as a tail piece, so whatever
+//! was appended before a commit is durable after it; the pieces are removed when their block is
+//! sealed. A slow stream so gets one block per size goal or age limit, not one per commit: each
+//! block costs memory (its index entry) and sled space for as long as it is kept.
 
 mod recovery;
 mod retention;
@@ -11,7 +14,7 @@ mod stream;
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use retention::{Retention, RetentionOutcome};
 pub use stream::StreamStats;
@@ -22,6 +25,10 @@ use crate::error::{Result, StoreError};
 use crate::keys;
 use crate::record::{validate_stream_name, NewRecord, Record, RecordRef, Seq, MAX_RECORD_BYTES};
 use stream::{Stream, StreamInfo};
+
+/// Age at which an open block is sealed however small it is: bounds how long retention and
+/// trimming wait for a slow stream's records.
+const MAX_OPEN_AGE: Duration = Duration::from_secs(60);
 
 /// Where an append landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,6 +187,9 @@ impl Log {
         let first = s.next_seq;
         for record in records {
             let seq = s.next_seq;
+            if s.open.is_empty() {
+                s.open_since = Some(Instant::now());
+            }
             s.open.push(seq, ts, record)?;
             s.next_seq += 1;
             if s.open.raw.len() >= s.raw_target {
@@ -203,6 +213,26 @@ impl Log {
         })
     }
 
+    /// Seals `stream`'s open block now, however small: its records can then be removed by
+    /// retention and trimming. Durable once the store's watermark reaches the ticket.
+    pub fn seal_open_block(&self, stream: &str) -> Result<Ticket> {
+        let _gate = self.commit.begin_write(true)?;
+        if let Some(handle) = self.stream_handle(stream) {
+            self.seal(&mut lock(&handle))?;
+        }
+        Ok(self.commit.issue())
+    }
+
+    /// Every stream's handle.
+    fn handles(&self) -> Vec<Arc<Mutex<Stream>>> {
+        self.streams
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
     fn stream_handle(&self, name: &str) -> Option<Arc<Mutex<Stream>>> {
         self.streams
             .read()
@@ -223,6 +253,9 @@ impl Log {
         if let Some(handle) = self.stream_handle(name) {
             return Ok(handle);
         }
+        if *next_id >= keys::TAIL_BIT {
+            return Err(StoreError::Invalid("too many log streams".into()));
+        }
         let info = StreamInfo {
             id: *next_id,
             deleted_through: 0,
@@ -241,6 +274,8 @@ impl Log {
             last_ts: 0,
             blocks: Default::default(),
             open: Default::default(),
+            tail: Vec::new(),
+            open_since: None,
             stored_bytes: 0,
             raw_bytes: 0,
             raw_target: block::raw_target(None),
@@ -256,20 +291,55 @@ impl Log {
     }
 
     /// Compresses the open block and writes it: fragments first, then its metadata, so a
-    /// metadata entry implies its fragments were written before it.
+    /// metadata entry implies its fragments were written before it; then removes its tail
+    /// pieces (recovery drops pieces a sealed block covers, should a crash come between).
     fn seal(&self, s: &mut Stream) -> Result<()> {
         if !s.open.is_empty() {
             let (meta, value) = s.open.seal();
-            if let Err(e) = self.write_block(s.id, &meta, &value) {
+            let written = self.write_block(s.id, &meta, &value).and_then(|()| {
+                let tail = keys::tail_stream(s.id);
+                s.tail
+                    .iter()
+                    .try_for_each(|piece| recovery::remove_block(&self.trees, tail, piece))
+            });
+            if let Err(e) = written {
                 self.commit
                     .poison(format!("writing block of stream {}: {e}", s.name));
                 return Err(e);
             }
+            s.tail.clear();
+            s.open_since = None;
             s.stored_bytes += u64::from(meta.stored_bytes);
             s.raw_bytes += u64::from(meta.raw_bytes);
             s.raw_target = block::raw_target(Some(&meta));
             s.blocks.push_back(meta);
         }
+        self.write_cursors(s)
+    }
+
+    /// Makes the open block's new records durable with the next flush: as a tail piece, or by
+    /// sealing the block once it is old.
+    fn write_tail(&self, s: &mut Stream) -> Result<()> {
+        if !s.open.has_unwritten() {
+            return self.write_cursors(s);
+        }
+        if s.open_since
+            .is_some_and(|since| since.elapsed() >= MAX_OPEN_AGE)
+        {
+            return self.seal(s);
+        }
+        if let Some((meta, value)) = s.open.seal_piece() {
+            if let Err(e) = self.write_block(keys::tail_stream(s.id), &meta, &value) {
+                self.commit
+                    .poison(format!("writing tail of stream {}: {e}", s.name));
+                return Err(e);
+            }
+            s.tail.push(meta);
+        }
+        self.write_cursors(s)
+    }
+
+    fn write_cursors(&self, s: &mut Stream) -> Result<()> {
         // Cursors go after the blocks holding their records: a durable cursor implies durable
         // records.
         for (key, (seq, cursor)) in std::mem::take(&mut s.pending_cursors) {
@@ -298,20 +368,27 @@ impl Log {
         Ok(())
     }
 
-    /// Seals every stream's open block; the committer calls this before each flush.
-    pub(crate) fn seal_open_blocks(&self) -> Result<()> {
-        let handles: Vec<_> = self
-            .streams
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect();
+    /// Writes every stream's new records (as tail pieces, or sealed); the committer calls this
+    /// before each flush.
+    pub(crate) fn write_open_blocks(&self) -> Result<()> {
+        let handles = self.handles();
         for handle in handles {
             let mut s = lock(&handle);
-            self.seal(&mut s)?;
+            self.write_tail(&mut s)?;
         }
         Ok(())
+    }
+
+    /// Seals every stream's open block (at a clean stop); true if any had records.
+    pub(crate) fn seal_all_open_blocks(&self) -> Result<bool> {
+        let handles = self.handles();
+        let mut any = false;
+        for handle in handles {
+            let mut s = lock(&handle);
+            any |= !s.open.is_empty();
+            self.seal(&mut s)?;
+        }
+        Ok(any)
     }
 
     /// Reads a stored block's value, joining its fragments. `None` if it is gone.
@@ -567,13 +644,7 @@ impl Log {
 
     /// Figures for every stream, sorted by name.
     pub fn stats(&self) -> Vec<StreamStats> {
-        let handles: Vec<_> = self
-            .streams
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let handles = self.handles();
         let mut stats: Vec<StreamStats> = handles
             .iter()
             .map(|h| StreamStats::from(&*lock(h)))

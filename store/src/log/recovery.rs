@@ -6,12 +6,14 @@
 //! tail is real corruption and stops the open with an error naming it.
 
 use std::collections::VecDeque;
+use std::time::Instant;
 
 use super::stream::{Stream, StreamInfo};
 use super::Trees;
-use crate::block::{self, BlockMeta};
+use crate::block::{self, BlockMeta, OpenBlock};
 use crate::error::{Result, StoreError};
 use crate::keys;
+use crate::record::NewRecord;
 
 pub(super) fn recover(trees: &Trees) -> Result<Vec<Stream>> {
     let mut streams = Vec::new();
@@ -70,29 +72,109 @@ fn recover_stream(trees: &Trees, name: String, info: StreamInfo) -> Result<Strea
 
     remove_orphan_fragments(trees, info.id, blocks.front(), blocks.back())?;
 
-    let next_seq = blocks
+    let sealed_through = blocks
         .back()
         .map_or(0, |b| b.last_seq)
-        .max(info.deleted_through)
-        + 1;
+        .max(info.deleted_through);
+    let sealed_last_ts = blocks
+        .back()
+        .map_or(0, |b| b.last_ts)
+        .max(info.deleted_last_ts);
+    let (tail, open) = recover_tail(trees, &name, info.id, sealed_through)?;
     let stream = Stream {
         id: info.id,
         name,
-        next_seq,
+        next_seq: tail.last().map_or(sealed_through, |p| p.last_seq) + 1,
         deleted_through: info.deleted_through,
         deleted_last_ts: info.deleted_last_ts,
-        last_ts: blocks
-            .back()
-            .map_or(0, |b| b.last_ts)
-            .max(info.deleted_last_ts),
+        last_ts: tail.last().map_or(sealed_last_ts, |p| p.last_ts),
         stored_bytes: blocks.iter().map(|b| u64::from(b.stored_bytes)).sum(),
         raw_bytes: blocks.iter().map(|b| u64::from(b.raw_bytes)).sum(),
         raw_target: block::raw_target(blocks.back()),
         blocks,
-        open: Default::default(),
+        open_since: (!open.is_empty()).then(Instant::now),
+        open,
+        tail,
         pending_cursors: Default::default(),
     };
     Ok(stream)
+}
+
+/// Loads the stream's tail pieces (records committed after its last sealed block) back into an
+/// open block. Pieces a sealed block covers are leftovers of a crash between the seal and their
+/// removal; pieces after a gap or a torn last one were never acknowledged. All are removed.
+fn recover_tail(
+    trees: &Trees,
+    name: &str,
+    id: u32,
+    sealed_through: u64,
+) -> Result<(Vec<BlockMeta>, OpenBlock)> {
+    let tail_id = keys::tail_stream(id);
+    let mut pieces = Vec::from(load_metas(trees, name, tail_id)?);
+    let mut kept = Vec::with_capacity(pieces.len());
+    let mut open = OpenBlock::default();
+    let mut next = sealed_through + 1;
+    let last_index = pieces.len().saturating_sub(1);
+    for (index, piece) in pieces.drain(..).enumerate() {
+        if piece.last_seq < next {
+            remove_block(trees, tail_id, &piece)?;
+            continue;
+        }
+        if piece.first_seq != next {
+            tracing::warn!(
+                stream = name,
+                expected = next,
+                found = piece.first_seq,
+                "unacknowledged tail piece after a gap in the log: removing it"
+            );
+            remove_block(trees, tail_id, &piece)?;
+            continue;
+        }
+        match load_piece(trees, tail_id, &piece, &mut open) {
+            Ok(()) => {
+                next = piece.last_seq + 1;
+                kept.push(piece);
+            }
+            Err(e) if index == last_index => {
+                tracing::warn!(stream = name, first_seq = piece.first_seq, error = %e,
+                    "torn tail piece at the end of the log (never acknowledged): removing it");
+                remove_block(trees, tail_id, &piece)?;
+            }
+            Err(e) => {
+                return Err(StoreError::corrupt(format!(
+                    "log stream {name}: tail piece of sequences {}..={} is damaged ({e}); \
+                     restore the data folder from a backup",
+                    piece.first_seq, piece.last_seq
+                )))
+            }
+        }
+    }
+    remove_orphan_fragments(trees, tail_id, kept.first(), kept.last())?;
+    open.written_count = open.count;
+    open.written_raw = open.raw.len();
+    Ok((kept, open))
+}
+
+/// Decodes one tail piece into `open`; on failure `open` is as before.
+fn load_piece(trees: &Trees, tail_id: u32, piece: &BlockMeta, open: &mut OpenBlock) -> Result<()> {
+    let value = read_value(trees, tail_id, piece)?;
+    let mut records = Vec::new();
+    block::decode_block(&value, piece.first_seq, 0, u64::MAX, &mut |r| {
+        records.push(r.to_record());
+        true
+    })?;
+    if records.len() as u64 != piece.last_seq - piece.first_seq + 1 {
+        return Err(StoreError::corrupt("record count differs from the index"));
+    }
+    for r in &records {
+        let record = NewRecord {
+            level: r.level,
+            source: &r.source,
+            body: &r.body,
+        };
+        open.push(r.seq, r.ts_ns, &record)?;
+    }
+    Ok(())
 }
 
 /// Loads the stream's block index; a damaged entry is tolerated only as the last one.
@@ -121,7 +203,8 @@ fn load_metas(trees: &Trees, name: &str, id: u32) -> Result<VecDeque<BlockMeta>>
     Ok(blocks)
 }
 
-fn check_block(trees: &Trees, id: u32, meta: &BlockMeta) -> Result<()> {
+/// A block's (or piece's) value, its fragments joined.
+fn read_value(trees: &Trees, id: u32, meta: &BlockMeta) -> Result<Vec<u8>> {
     let mut value = Vec::new();
     for i in 0..meta.fragments {
         let fragment = trees
@@ -130,6 +213,11 @@ fn check_block(trees: &Trees, id: u32, meta: &BlockMeta) -> Result<()> {
             .ok_or_else(|| StoreError::corrupt(format!("fragment {i} missing")))?;
         value.extend_from_slice(&fragment);
     }
+    Ok(value)
+}
+
+fn check_block(trees: &Trees, id: u32, meta: &BlockMeta) -> Result<()> {
+    let value = read_value(trees, id, meta)?;
     let mut records = 0u64;
     block::decode_block(&value, meta.first_seq, 0, u64::MAX, &mut |_| {
         records += 1;
@@ -186,4 +274,106 @@ fn remove_orphan_fragments(
         trees.blocks.remove(key)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::block::FRAGMENT_BYTES;
+
+    fn trees(db: &sled::Db) -> Trees {
+        Trees {
+            streams: db.open_tree("log.streams").unwrap(),
+            meta: db.open_tree("log.meta").unwrap(),
+            blocks: db.open_tree("log.blocks").unwrap(),
+            cursors: db.open_tree("log.cursors").unwrap(),
+        }
+    }
+
+    fn put(trees: &Trees, id: u32, meta: &BlockMeta, value: &[u8]) {
+        for (i, fragment) in value.chunks(FRAGMENT_BYTES).enumerate() {
+            let key = keys::fragment_key(id, meta.first_seq, i as u16);
+            trees.blocks.insert(key, fragment).unwrap();
+        }
+        let key = keys::block_key(id, meta.first_seq);
+        trees.meta.insert(key, meta.encode().unwrap()).unwrap();
+    }
+
+    fn push(open: &mut OpenBlock, seqs: std::ops::RangeInclusive<u64>) {
+        for seq in seqs {
+            let body = format!("record {seq}");
+            let record = NewRecord {
+                level: 6,
+                source: "t",
+                body: body.as_bytes(),
+            };
+            open.push(seq, 1_000 + seq, &record).unwrap();
+        }
+    }
+
+    /// A crash after a block was sealed but before its tail pieces were removed leaves both;
+    /// a torn last piece was never acknowledged. Recovery keeps the block, drops the pieces
+    /// it covers and the torn one, and loads the rest into the open block.
+    #[test]
+    fn pieces_covered_by_a_sealed_block_and_a_torn_last_piece_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let trees = trees(&db);
+        let id = 1;
+        let tail = keys::tail_stream(id);
+        let info = StreamInfo {
+            id,
+            deleted_through: 0,
+            deleted_last_ts: 0,
+        };
+        trees
+            .streams
+            .insert("s", block::encode_versioned(&info).unwrap())
+            .unwrap();
+
+        let mut open = OpenBlock::default();
+        push(&mut open, 1..=5);
+        let (first_piece, value) = open.seal_piece().unwrap();
+        put(&trees, tail, &first_piece, &value);
+        push(&mut open, 6..=10);
+        let (piece, value) = open.seal_piece().unwrap();
+        put(&trees, tail, &piece, &value);
+        let (sealed, value) = open.seal();
+        put(&trees, id, &sealed, &value);
+
+        push(&mut open, 11..=12);
+        let (piece, value) = open.seal_piece().unwrap();
+        put(&trees, tail, &piece, &value);
+        push(&mut open, 13..=14);
+        let (torn, mut value) = open.seal_piece().unwrap();
+        let last = value.len() - 1;
+        value[last] ^= 0xFF;
+        put(&trees, tail, &torn, &value);
+
+        let streams = recover(&trees).unwrap();
+        let s = &streams[0];
+        assert_eq!(s.blocks.len(), 1);
+        assert_eq!(s.tail.len(), 1);
+        assert_eq!(
+            s.next_seq, 13,
+            "the torn piece's records were never acknowledged"
+        );
+        let mut records = Vec::new();
+        s.open.records(0, u64::MAX, &mut records).unwrap();
+        assert_eq!(
+            records.iter().map(|r| (r.seq, r.ts_ns)).collect::<Vec<_>>(),
+            vec![(11, 1_011), (12, 1_012)]
+        );
+        assert_eq!(records[1].body, b"record 12");
+        assert!(!s.open.has_unwritten(), "loaded records are stored already");
+        let left: Vec<_> = trees
+            .meta
+            .scan_prefix(keys::stream_prefix(tail))
+            .keys()
+            .map(|k| keys::seq_of(&k.unwrap()))
+            .collect();
+        assert_eq!(left, vec![Some(11)], "covered and torn pieces removed");
+        let fragments = trees.blocks.scan_prefix(keys::stream_prefix(tail)).count();
+        assert_eq!(fragments, 1);
+    }
 }

@@ -2,6 +2,7 @@
 //! records not yet sealed.
 
 use std::collections::VecDeque;
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
@@ -34,6 +35,12 @@ pub(crate) struct Stream {
     pub blocks: VecDeque<BlockMeta>,
     /// Records appended since the last seal.
     pub open: OpenBlock,
+    /// Tail pieces holding the front of `open`, in order, mirrored under the stream's tail key
+    /// space; removed when the open block is sealed.
+    pub tail: Vec<BlockMeta>,
+    /// When the open block got its first record: a slow stream's block is sealed when it is
+    /// this old, so retention and trimming can remove its records in time.
+    pub open_since: Option<Instant>,
     /// Bytes of the sealed blocks' values.
     pub stored_bytes: u64,
     /// Bytes of the sealed blocks' records before compression.
