@@ -846,3 +846,56 @@ fn a_key_over_its_log_rate_gets_rate_limit_errors_while_another_key_does_not() {
         "the key's rate limit stayed after it was removed from the file"
     );
 }
+
+#[test]
+fn a_confirmed_queue_publish_over_its_keys_rate_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let (producer, _) = named_key(dir.path(), "producer");
+    let (appliance, _) = curve_appliance_with(
+        dir.path(),
+        &format!("{} producer queue.rate=3/s\n", producer.public.z85()),
+    );
+    let ctx = zmq::Context::new();
+    let dealer = ctx.socket(zmq::DEALER).unwrap();
+    dealer.set_linger(0).unwrap();
+    client_keys(&appliance, &producer).apply(&dealer).unwrap();
+    dealer.connect(&appliance.queue().router).unwrap();
+    // Three messages in one publish take the whole second's worth; the next two find none.
+    dealer
+        .send_multipart([&b"PUB"[..], b"t1", b"jobs", b"a", b"b", b"c"], 0)
+        .unwrap();
+    for tag in [&b"t2"[..], b"t3"] {
+        dealer
+            .send_multipart([&b"PUB"[..], tag, b"jobs", b"d"], 0)
+            .unwrap();
+    }
+    let mut answers = std::collections::HashMap::new();
+    for _ in 0..3 {
+        assert_eq!(dealer.poll(zmq::POLLIN, 10_000).unwrap(), 1, "no answer");
+        let reply = dealer.recv_multipart(0).unwrap();
+        match reply.as_slice() {
+            [ok, tag, _, _] if ok == b"OK" => answers.insert(tag.clone(), Ok(())),
+            [err, command, tag, reason] if err == b"ERR" && command == b"PUB" => answers.insert(
+                tag.clone(),
+                Err(String::from_utf8_lossy(reason).into_owned()),
+            ),
+            other => panic!("unexpected reply {other:?}"),
+        };
+    }
+    assert_eq!(answers[&b"t1".to_vec()], Ok(()));
+    for tag in [b"t2".to_vec(), b"t3".to_vec()] {
+        let reason = answers[&tag].as_ref().unwrap_err();
+        assert!(
+            reason.starts_with("rate limit") && reason.contains("3 messages/s to queue"),
+            "{reason}"
+        );
+    }
+    assert_eq!(
+        appliance.metric("depot_rate_limited_total{service=\"queue\"}"),
+        2.0
+    );
+    assert_eq!(
+        appliance.metric("depot_rate_limited_units_total{service=\"queue\"}"),
+        2.0
+    );
+}
