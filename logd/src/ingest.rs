@@ -192,8 +192,8 @@ impl Ingest {
                         if self.guard.active() {
                             let last = frames.len() - 1;
                             let op = Op::LogWrite(&owned.stream);
-                            let guard = &mut self.guard;
-                            if guard
+                            if self
+                                .guard
                                 .check_frame_admit(&mut frames[last], op, owned.records)
                                 .is_err()
                             {
@@ -233,9 +233,9 @@ impl Ingest {
                 if self.guard.active() {
                     let last = frames.len() - 1;
                     let op = Op::LogWrite(&owned.stream);
-                    let guard = &mut self.guard;
                     if let Err(reason) =
-                        guard.check_frame_admit(&mut frames[last], op, owned.records)
+                        self.guard
+                            .check_frame_admit(&mut frames[last], op, owned.records)
                     {
                         self.reply_error(&identity, &batch_id, &reason);
                         return;
