@@ -768,3 +768,134 @@ fn a_simple_mode_push_endpoint_takes_only_keys_that_may_consume_its_queue() {
     );
     assert_eq!(denied(&appliance, "queue"), 1.0);
 }
+
+#[test]
+fn a_key_over_its_log_rate_gets_rate_limit_errors_while_another_key_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slow, _) = named_key(dir.path(), "slow");
+    let (free, _) = named_key(dir.path(), "free");
+    let (appliance, keys_file) = curve_appliance_with(
+        dir.path(),
+        &format!(
+            "{} slow logd.write=app. logd.rate=10/s\n{} free\n",
+            slow.public.z85(),
+            free.public.z85()
+        ),
+    );
+    let ctx = zmq::Context::new();
+    let records: Vec<Vec<u8>> = (0..10)
+        .map(|i| format!("record {i}").into_bytes())
+        .collect();
+    let bodies: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
+    // Four batches of one second's worth each, sent back to back; the answers by batch, in
+    // sending order (refusals are answered at once, acks only once durable).
+    let send_four = |pair: &KeyPair| -> Vec<Result<(u64, u64), String>> {
+        let keys = client_keys(&appliance, pair);
+        let mut sender =
+            AckedSender::connect_with(&ctx, &appliance.logd().acked, Some(&keys)).unwrap();
+        let ids: Vec<Vec<u8>> = (0..4)
+            .map(|_| sender.send("app.rate", 6, "test", &bodies).unwrap())
+            .collect();
+        let mut answers = std::collections::HashMap::new();
+        while answers.len() < ids.len() {
+            let ack = sender.recv_ack(Duration::from_secs(10)).unwrap();
+            answers.insert(ack.batch_id, ack.result);
+        }
+        ids.iter().map(|id| answers.remove(id).unwrap()).collect()
+    };
+
+    // The first batch empties the bucket; the next ones arrive long before it refills.
+    let answers = send_four(&slow);
+    assert!(answers[0].is_ok(), "{answers:?}");
+    for answer in &answers[1..] {
+        let reason = answer.as_ref().unwrap_err();
+        assert!(
+            reason.starts_with("rate limit") && reason.contains("\"slow\""),
+            "{reason}"
+        );
+    }
+    let answers = send_four(&free);
+    assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+    assert_eq!(
+        appliance.metric("depot_rate_limited_total{service=\"logd\"}"),
+        3.0
+    );
+    assert_eq!(
+        appliance.metric("depot_rate_limited_units_total{service=\"logd\"}"),
+        30.0
+    );
+    assert_eq!(
+        appliance.metric("depot_log_records{stream=\"app.rate\"}"),
+        50.0
+    );
+    assert_eq!(denied(&appliance, "logd"), 0.0);
+    assert!(appliance.stderr().contains("over its rate limit"));
+
+    // The limit goes with the key file's edit: four batches at once all pass.
+    std::fs::write(
+        &keys_file,
+        format!("{} slow logd.write=app.\n", slow.public.z85()),
+    )
+    .unwrap();
+    assert!(
+        poll(Duration::from_secs(10), || send_four(&slow)
+            .iter()
+            .all(Result::is_ok)
+            .then_some(()))
+        .is_some(),
+        "the key's rate limit stayed after it was removed from the file"
+    );
+}
+
+#[test]
+fn a_confirmed_queue_publish_over_its_keys_rate_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let (producer, _) = named_key(dir.path(), "producer");
+    let (appliance, _) = curve_appliance_with(
+        dir.path(),
+        &format!("{} producer queue.rate=3/s\n", producer.public.z85()),
+    );
+    let ctx = zmq::Context::new();
+    let dealer = ctx.socket(zmq::DEALER).unwrap();
+    dealer.set_linger(0).unwrap();
+    client_keys(&appliance, &producer).apply(&dealer).unwrap();
+    dealer.connect(&appliance.queue().router).unwrap();
+    // Three messages in one publish take the whole second's worth; the next two find none.
+    dealer
+        .send_multipart([&b"PUB"[..], b"t1", b"jobs", b"a", b"b", b"c"], 0)
+        .unwrap();
+    for tag in [&b"t2"[..], b"t3"] {
+        dealer
+            .send_multipart([&b"PUB"[..], tag, b"jobs", b"d"], 0)
+            .unwrap();
+    }
+    let mut answers = std::collections::HashMap::new();
+    for _ in 0..3 {
+        assert_eq!(dealer.poll(zmq::POLLIN, 10_000).unwrap(), 1, "no answer");
+        let reply = dealer.recv_multipart(0).unwrap();
+        match reply.as_slice() {
+            [ok, tag, _, _] if ok == b"OK" => answers.insert(tag.clone(), Ok(())),
+            [err, command, tag, reason] if err == b"ERR" && command == b"PUB" => answers.insert(
+                tag.clone(),
+                Err(String::from_utf8_lossy(reason).into_owned()),
+            ),
+            other => panic!("unexpected reply {other:?}"),
+        };
+    }
+    assert_eq!(answers[&b"t1".to_vec()], Ok(()));
+    for tag in [b"t2".to_vec(), b"t3".to_vec()] {
+        let reason = answers[&tag].as_ref().unwrap_err();
+        assert!(
+            reason.starts_with("rate limit") && reason.contains("3 messages/s to queue"),
+            "{reason}"
+        );
+    }
+    assert_eq!(
+        appliance.metric("depot_rate_limited_total{service=\"queue\"}"),
+        2.0
+    );
+    assert_eq!(
+        appliance.metric("depot_rate_limited_units_total{service=\"queue\"}"),
+        2.0
+    );
+}

@@ -514,10 +514,15 @@ impl Server {
             };
             let frames = frames.iter().map(|f| f.to_vec()).collect();
             let decoded = KvMsg::decode_owned(frames, self.max_value);
-            // No reply path on the collector: a refused update is dropped, counted by the guard.
+            // No reply path on the collector: a refused update, or one over its key's rate, is
+            // dropped, counted by the guard.
             if let Ok(msg) = &decoded {
                 let key = String::from_utf8_lossy(&msg.key);
-                if self.guard.check(&user, Op::CacheWrite(&key)).is_err() {
+                if self
+                    .guard
+                    .check_admit(&user, Op::CacheWrite(&key), 1)
+                    .is_err()
+                {
                     continue;
                 }
             }

@@ -16,10 +16,23 @@
 //!
 //! A word without `=VALUE` (or with `=*`) covers every stream, subtree or queue. A key with
 //! no words at all keeps full access, as before permissions were enforced.
+//!
+//! Rate words limit instead of allow (each at most once per key; a key with only rate words
+//! keeps full access):
+//!
+//! | word               | limits the key to                                       |
+//! |--------------------|---------------------------------------------------------|
+//! | `logd.rate=N/s`    | N records a second into logd (acked, PULL and SUB)      |
+//! | `queue.rate=N/s`   | N messages a second published (router `PUB` and PULL)   |
+//! | `cache.rate=N/s`   | N updates (KVSETs) a second                             |
+//!
+//! Each service thread keeps a token bucket per key holding at most one second's worth.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
+use crate::rate::Buckets;
 use crate::ratelimit::RateLimited;
 use crate::security::{Authorizer, SERVER_USER};
 
@@ -90,6 +103,24 @@ pub struct Permissions {
     queue_produce: Vec<Pattern>,
     queue_consume: Vec<Pattern>,
     timers: bool,
+    /// Units a second per `Service` (`logd.rate=N/s` …); None: unlimited.
+    rates: [Option<u32>; 4],
+}
+
+/// Reads the value of a rate word: a whole number a second, `N/s` (or plain `N`), at least 1.
+pub fn parse_rate(value: &str) -> Result<u32, String> {
+    let number = value.strip_suffix("/s").unwrap_or(value);
+    match number.parse::<u32>() {
+        Ok(0) => Err(
+            "a rate must be at least 1/s (leave out the write permission to forbid \
+                     writing)"
+                .into(),
+        ),
+        Ok(rate) => Ok(rate),
+        Err(_) => Err(format!(
+            "{value:?} is not a rate: write a whole number per second such as 5000/s"
+        )),
+    }
 }
 
 impl Permissions {
@@ -107,6 +138,7 @@ impl Permissions {
             return Ok(Permissions::everything());
         }
         let mut p = Permissions::default();
+        let mut rate_words = 0;
         for word in words {
             let word = word.as_ref();
             let (verb, value) = match word.split_once('=') {
@@ -141,6 +173,24 @@ impl Permissions {
                     },
                 },
             };
+            let rated = match verb {
+                "logd.rate" => Some(Service::Logd),
+                "queue.rate" => Some(Service::Queue),
+                "cache.rate" => Some(Service::Cache),
+                _ => None,
+            };
+            if let Some(service) = rated {
+                let Some(value) = value else {
+                    return Err(format!("{word:?} needs a rate, e.g. {verb}=1000/s"));
+                };
+                let slot = &mut p.rates[service as usize];
+                if slot.is_some() {
+                    return Err(format!("{verb:?} is given twice"));
+                }
+                *slot = Some(parse_rate(value).map_err(|e| format!("{word:?}: {e}"))?);
+                rate_words += 1;
+                continue;
+            }
             match (verb, value) {
                 ("all", None) => p.all = true,
                 ("timers" | "clock.timers", None) => p.timers = true,
@@ -156,7 +206,16 @@ impl Permissions {
                 _ => return Err(format!("unknown permission {word:?}")),
             }
         }
+        // Rate words alone limit a key that otherwise has everything.
+        if rate_words == words.len() {
+            p.all = true;
+        }
         Ok(p)
+    }
+
+    /// The key's rate limit on `service`, in units a second (None: unlimited).
+    pub fn rate(&self, service: Service) -> Option<u32> {
+        self.rates[service as usize]
     }
 
     /// Whether these permissions allow `op`.
@@ -219,6 +278,16 @@ impl Service {
             Service::Clock => "clock",
         }
     }
+
+    /// What a rate limit on this service counts.
+    fn unit(self) -> &'static str {
+        match self {
+            Service::Logd => "records",
+            Service::Cache => "updates",
+            Service::Queue => "messages",
+            Service::Clock => "requests",
+        }
+    }
 }
 
 /// The ZAP user id libzmq attached to a received frame (any frame of a message carries the
@@ -233,6 +302,10 @@ pub struct Guard {
     authorizer: Option<Arc<Authorizer>>,
     service: Service,
     log: RateLimited,
+    /// Token buckets of the keys with a rate limit on this service (this thread's share).
+    buckets: Buckets,
+    /// Warnings about rate-limited keys, apart from refusals so neither hides the other.
+    rate_log: RateLimited,
 }
 
 impl Guard {
@@ -242,6 +315,8 @@ impl Guard {
             authorizer,
             service,
             log: RateLimited::default(),
+            buckets: Buckets::default(),
+            rate_log: RateLimited::default(),
         }
     }
 
@@ -305,6 +380,70 @@ impl Guard {
         }
         let user = user_id(frame);
         self.check(&user, op)
+    }
+
+    /// `check`, then takes `units` (records, messages or updates) from the key's rate limit on
+    /// this service: over it, the refusal is counted, logged (rate-limited) and explained.
+    pub fn check_admit(&mut self, user: &str, op: Op<'_>, units: u64) -> Result<(), String> {
+        self.check_admit_at(user, op, units, Instant::now())
+    }
+
+    /// `check_admit` for the sender of `frame`.
+    pub fn check_frame_admit(
+        &mut self,
+        frame: &mut zmq::Message,
+        op: Op<'_>,
+        units: u64,
+    ) -> Result<(), String> {
+        if !self.active() {
+            return Ok(());
+        }
+        let user = user_id(frame);
+        self.check_admit(&user, op, units)
+    }
+
+    fn check_admit_at(
+        &mut self,
+        user: &str,
+        op: Op<'_>,
+        units: u64,
+        now: Instant,
+    ) -> Result<(), String> {
+        let Some(authorizer) = &self.authorizer else {
+            return Ok(());
+        };
+        if user.is_empty() || user == SERVER_USER {
+            return Ok(());
+        }
+        let Some(grants) = authorizer.permissions(user).filter(|p| p.allows(&op)) else {
+            return Err(self.refused(user, op));
+        };
+        let rate = grants.rate(self.service);
+        if self.buckets.take(user, rate, units, now) {
+            return Ok(());
+        }
+        Err(self.rate_limited(user, rate.unwrap_or_default(), units))
+    }
+
+    /// Counts and logs a message over its key's rate; returns the reason.
+    fn rate_limited(&mut self, user: &str, rate: u32, units: u64) -> String {
+        let (service, unit) = (self.service.name(), self.service.unit());
+        if let Some(authorizer) = &self.authorizer {
+            let metrics = &authorizer.metrics;
+            metrics.rate_limited[self.service as usize].fetch_add(1, Ordering::Relaxed);
+            metrics.rate_limited_units[self.service as usize].fetch_add(units, Ordering::Relaxed);
+        }
+        if let Some(suppressed) = self.rate_log.allow() {
+            tracing::warn!(
+                user,
+                service,
+                rate,
+                units,
+                suppressed,
+                "security: key over its rate limit"
+            );
+        }
+        format!("rate limit: key {user:?} may send {rate} {unit}/s to {service}")
     }
 }
 
@@ -378,6 +517,101 @@ mod tests {
             let e = Permissions::parse(words).unwrap_err();
             assert!(e.contains(needle), "{words:?}: {e}");
         }
+    }
+
+    #[test]
+    fn rate_words_parse_per_service_and_alone_keep_full_access() {
+        let p = perms(&["logd.write=app.", "logd.rate=5000/s", "cache.rate=20"]);
+        assert_eq!(p.rate(Service::Logd), Some(5000));
+        assert_eq!(p.rate(Service::Cache), Some(20));
+        assert_eq!(p.rate(Service::Queue), None);
+        assert!(p.allows(&Op::LogWrite("app.x")));
+        assert!(!p.allows(&Op::Timers));
+        let only = perms(&["queue.rate=7/s"]);
+        assert_eq!(only.rate(Service::Queue), Some(7));
+        assert!(only.allows(&Op::Timers) && only.allows(&Op::LogWrite("any")));
+        assert_eq!(Permissions::everything().rate(Service::Logd), None);
+    }
+
+    #[test]
+    fn bad_rate_words_are_refused_with_the_reason() {
+        for (word, needle) in [
+            ("logd.rate", "needs a rate"),
+            ("logd.rate=", "empty value"),
+            ("logd.rate=0/s", "at least 1/s"),
+            ("logd.rate=fast", "not a rate"),
+            ("logd.rate=5/min", "not a rate"),
+            ("cache.rate=-3/s", "not a rate"),
+            ("queue.rate=99999999999/s", "not a rate"),
+            ("clock.rate=5/s", "unknown permission"),
+        ] {
+            let e = Permissions::parse(&[word]).unwrap_err();
+            assert!(e.contains(needle), "{word}: {e}");
+        }
+        let e = Permissions::parse(&["logd.rate=1/s", "logd.rate=2/s"]).unwrap_err();
+        assert!(e.contains("given twice"), "{e}");
+    }
+
+    #[test]
+    fn a_guard_limits_each_key_at_its_rate_and_counts_what_it_refuses() {
+        use crate::security::KeyPair;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("authorized_keys");
+        let server = KeyPair::generate().unwrap();
+        let (slow, fast) = (KeyPair::generate().unwrap(), KeyPair::generate().unwrap());
+        std::fs::write(
+            &path,
+            format!(
+                "{} slow logd.write=app. logd.rate=10/s\n{} fast\n",
+                slow.public.z85(),
+                fast.public.z85()
+            ),
+        )
+        .unwrap();
+        let authorizer = Arc::new(Authorizer::new(path.clone(), server.public));
+        let mut guard = Guard::new(Some(authorizer.clone()), Service::Logd);
+        let op = Op::LogWrite("app.x");
+        let t0 = Instant::now();
+        assert!(guard.check_admit_at("slow", op, 6, t0).is_ok());
+        let e = guard.check_admit_at("slow", op, 6, t0).unwrap_err();
+        assert!(
+            e.starts_with("rate limit") && e.contains("10 records/s"),
+            "{e}"
+        );
+        assert!(guard.check_admit_at("slow", op, 4, t0).is_ok());
+        for _ in 0..100 {
+            assert!(guard.check_admit_at("fast", op, 1_000, t0).is_ok());
+        }
+        // Half a second later: five more.
+        let later = t0 + std::time::Duration::from_millis(500);
+        assert!(guard.check_admit_at("slow", op, 5, later).is_ok());
+        assert!(guard.check_admit_at("slow", op, 1, later).is_err());
+        // Authorization comes first, and is counted as a denial, not a rate refusal.
+        let e = guard
+            .check_admit_at("slow", Op::LogWrite("sys"), 1, later)
+            .unwrap_err();
+        assert!(e.starts_with("not authorized"), "{e}");
+        let m = &authorizer.metrics;
+        assert_eq!(
+            m.rate_limited[Service::Logd as usize].load(Ordering::Relaxed),
+            2
+        );
+        assert_eq!(
+            m.rate_limited_units[Service::Logd as usize].load(Ordering::Relaxed),
+            7
+        );
+        assert_eq!(m.denied[Service::Logd as usize].load(Ordering::Relaxed), 1);
+        // The limit follows the key file.
+        std::fs::write(
+            &path,
+            format!("{} slow logd.write=app.\n", slow.public.z85()),
+        )
+        .unwrap();
+        authorizer.reload();
+        assert!(guard.check_admit_at("slow", op, 1_000, later).is_ok());
+        // A guard without CURVE limits nobody.
+        let mut open = Guard::new(None, Service::Logd);
+        assert!(open.check_admit_at("slow", op, u64::MAX, t0).is_ok());
     }
 
     #[test]

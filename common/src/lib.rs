@@ -5,6 +5,7 @@
 //! - `frames`: receiving multipart messages without copies, bound endpoints.
 //! - `metrics`: writing Prometheus text exposition.
 //! - `ratelimit`: warnings at most once a second per kind.
+//! - `rate`: token buckets behind the per-key rate limits of the authorized-keys file.
 //! - `size`: parsing byte sizes such as `512MiB`.
 //! - `sockopt`: socket options the `zmq` 0.9 crate does not wrap (XPUB NODROP and MANUAL).
 //! - `thread`: scheduling helpers (background threads at low priority).
@@ -18,6 +19,7 @@ pub mod config;
 pub mod frames;
 pub mod loadgen;
 pub mod metrics;
+pub mod rate;
 pub mod ratelimit;
 pub mod security;
 pub mod size;

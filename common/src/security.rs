@@ -330,6 +330,10 @@ pub struct SecurityMetrics {
     pub bad_lines: AtomicU64,
     /// Operations refused by authorization, per `authz::Service`.
     pub denied: [AtomicU64; 4],
+    /// Messages refused or dropped over their key's rate limit, per `authz::Service`.
+    pub rate_limited: [AtomicU64; 4],
+    /// Records, messages or updates those messages held, per `authz::Service`.
+    pub rate_limited_units: [AtomicU64; 4],
 }
 
 impl SecurityMetrics {
@@ -378,6 +382,28 @@ impl SecurityMetrics {
                 &[("service", service.name())],
                 get(&self.denied[service as usize]),
             );
+        }
+        for (name, help, counts) in [
+            (
+                "depot_rate_limited_total",
+                "Messages (acked batches, pushes, publishes, KVSETs) refused or dropped because \
+                 their key is over its rate limit",
+                &self.rate_limited,
+            ),
+            (
+                "depot_rate_limited_units_total",
+                "Records, queue messages or cache updates in those messages",
+                &self.rate_limited_units,
+            ),
+        ] {
+            m.family(name, Kind::Counter, help);
+            for service in [Service::Logd, Service::Cache, Service::Queue] {
+                m.sample(
+                    name,
+                    &[("service", service.name())],
+                    get(&counts[service as usize]),
+                );
+            }
         }
     }
 }

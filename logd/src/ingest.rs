@@ -187,11 +187,16 @@ impl Ingest {
                 };
                 match parsed.map(|batch| Owned::from(&batch, frames.len())) {
                     Ok(owned) => {
-                        // No reply path: a refused batch is dropped (counted by the guard).
+                        // No reply path: a refused batch, or one over its key's rate, is
+                        // dropped (counted by the guard).
                         if self.guard.active() {
                             let last = frames.len() - 1;
                             let op = Op::LogWrite(&owned.stream);
-                            if self.guard.check_frame(&mut frames[last], op).is_err() {
+                            if self
+                                .guard
+                                .check_frame_admit(&mut frames[last], op, owned.records)
+                                .is_err()
+                            {
                                 return;
                             }
                         }
@@ -228,7 +233,10 @@ impl Ingest {
                 if self.guard.active() {
                     let last = frames.len() - 1;
                     let op = Op::LogWrite(&owned.stream);
-                    if let Err(reason) = self.guard.check_frame(&mut frames[last], op) {
+                    if let Err(reason) =
+                        self.guard
+                            .check_frame_admit(&mut frames[last], op, owned.records)
+                    {
                         self.reply_error(&identity, &batch_id, &reason);
                         return;
                     }
@@ -394,6 +402,8 @@ struct Owned {
     source: String,
     body_index: usize,
     packed: bool,
+    /// Records in the batch (packed frames hold several), for the key's rate limit.
+    records: u64,
 }
 
 impl Owned {
@@ -404,6 +414,7 @@ impl Owned {
             source: batch.source.to_owned(),
             body_index: frame_count - batch.body_frames,
             packed: batch.packed,
+            records: batch.bodies.len() as u64,
         }
     }
 }

@@ -39,11 +39,18 @@ impl Server {
             }
         };
         let denied = match request {
-            Request::Publish { tag, queue, .. } => self
-                .guard
-                .check(&user, Op::QueueProduce(queue))
-                .err()
-                .map(|reason| ("PUB", tag, reason)),
+            // Charged once here: a publish waiting for room is not charged again on retry.
+            Request::Publish {
+                tag,
+                queue,
+                first_message,
+            } => {
+                let messages = (views.len() - first_message) as u64;
+                self.guard
+                    .check_admit(&user, Op::QueueProduce(queue), messages)
+                    .err()
+                    .map(|reason| ("PUB", tag, reason))
+            }
             Request::Subscribe { queue, .. } => self
                 .guard
                 .check(&user, Op::QueueConsume(queue))
@@ -319,11 +326,17 @@ impl Server {
             }
         }
         if let Some(frames) = self.parked_push.take() {
-            self.handle_push(frames);
+            self.push(frames, true);
         }
     }
 
-    pub(super) fn handle_push(&mut self, mut frames: Vec<zmq::Message>) {
+    /// Stores a push from the PULL.
+    pub(super) fn handle_push(&mut self, frames: Vec<zmq::Message>) {
+        self.push(frames, false);
+    }
+
+    /// `retried`: parked while its queue was full, already charged to its key's rate.
+    fn push(&mut self, mut frames: Vec<zmq::Message>, retried: bool) {
         let user = match frames.last_mut() {
             Some(last) if self.guard.active() => user_id(last),
             _ => String::new(),
@@ -336,8 +349,13 @@ impl Server {
                 return;
             }
         };
-        // No reply path: dropped, counted by the guard.
-        if self.guard.check(&user, Op::QueueProduce(&queue)).is_err() {
+        // No reply path: dropped, counted by the guard (also over the key's rate).
+        let messages = if retried { 0 } else { views.len() as u64 - 1 };
+        if self
+            .guard
+            .check_admit(&user, Op::QueueProduce(&queue), messages)
+            .is_err()
+        {
             return;
         }
         let store = self.store.clone();
