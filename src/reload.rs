@@ -1,7 +1,7 @@
 //! Live reload of `depot.toml`: the file's folder is watched; a changed file is parsed and
 //! validated exactly as at start, compared key by key with the running one, and the keys that
-//! are safe to change in a running appliance (retention, queue limits and declared queues) are
-//! handed to their services over channels. Everything else is logged as needing a restart.
+//! are safe to change in a running appliance (retention, queue limits and declared queues, the
+//! clock's tick streams) are handed to their services over channels. Everything else is logged as needing a restart.
 //! An invalid file is refused with its reason and the running configuration stays.
 
 use std::path::{Path, PathBuf};
@@ -108,6 +108,9 @@ pub fn classify(path: &[String]) -> Apply {
         ["queue", key] if LIVE_QUEUE_KEYS.contains(key) => Apply::Live,
         ["queue", "queues", _] => Apply::Live,
         ["queue", "queues", _, key] if LIVE_QUEUE_KEYS.contains(key) => Apply::Live,
+        // The ticker takes a new set of streams between two sends; its PUB, its scheduling
+        // (catch_up, min_period), its raised threads and the idle-poll hold are set at start.
+        ["clock", "ticks"] => Apply::Live,
         _ => Apply::Restart,
     }
 }
@@ -202,6 +205,8 @@ pub struct Targets {
     pub retention: mpsc::Sender<RetentionSection>,
     /// The queue thread, when the queue runs.
     pub queue: Option<mpsc::Sender<depot_queue::QueueConfig>>,
+    /// The clock's ticker, when the clock runs: each new `[[clock.ticks]]` as a whole.
+    pub clock_ticks: Option<mpsc::Sender<Vec<depot_clock::TickConfig>>>,
 }
 
 /// Reads the file on change and applies what it can.
@@ -287,6 +292,11 @@ impl Reloader {
                 let _ = queue.send(config.queue.clone());
             }
         }
+        if changes.iter().any(|c| c.key == "clock.ticks") {
+            if let Some(ticks) = &self.targets.clock_ticks {
+                let _ = ticks.send(config.clock.ticks.clone());
+            }
+        }
         for key in &live {
             tracing::info!(key, "configuration: applied live");
         }
@@ -369,12 +379,98 @@ mod tests {
             changes(old, new),
             vec![
                 ("admin.listen".into(), Apply::Restart),
-                ("clock.ticks".into(), Apply::Restart),
+                ("clock.ticks".into(), Apply::Live),
                 ("retention.max_age".into(), Apply::Live),
                 ("retention.streams.\"app.x\".max_bytes".into(), Apply::Live),
                 ("store.commit_interval".into(), Apply::Restart),
             ]
         );
+    }
+
+    #[test]
+    fn only_the_clock_tick_streams_are_live() {
+        let path = |key: &str| -> Vec<String> { key.split('.').map(String::from).collect() };
+        assert_eq!(classify(&path("clock.ticks")), Apply::Live);
+        for key in [
+            "clock.publisher",
+            "clock.publisher_extra",
+            "clock.timers",
+            "clock.min_period",
+            "clock.catch_up",
+            "clock.realtime",
+            "clock.idle_poll",
+            "clock.max_payload",
+            "clock.max_timers",
+            "clock.late_after",
+            "clock.restart_grace",
+            "clock.unknown",
+            "clock",
+        ] {
+            assert_eq!(classify(&path(key)), Apply::Restart, "{key}");
+        }
+        // A stream's period or precision edited in place is a change of the one array.
+        let old = "[clock]\nrealtime = true\n[[clock.ticks]]\nperiod = \"1s\"\n";
+        let new = "[clock]\nrealtime = false\n[[clock.ticks]]\nperiod = \"1s\"\nprecision = \"high\"\n[[clock.ticks]]\nperiod = \"5ms\"\n";
+        assert_eq!(
+            changes(old, new),
+            vec![
+                ("clock.realtime".into(), Apply::Restart),
+                ("clock.ticks".into(), Apply::Live),
+            ]
+        );
+        // Removing the whole array brings back the defaults: still a live change.
+        assert_eq!(
+            changes(old, "[clock]\nrealtime = true\n"),
+            vec![("clock.ticks".into(), Apply::Live)]
+        );
+    }
+
+    #[test]
+    fn a_tick_stream_edit_sends_the_whole_new_set_to_the_ticker() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("depot.toml");
+        std::fs::write(&path, "[[clock.ticks]]\nperiod = \"1s\"\n").unwrap();
+        let (retention, _retention_rx) = mpsc::channel();
+        let (ticks, ticks_rx) = mpsc::channel();
+        let state = Arc::new(ReloadState::default());
+        let targets = Targets {
+            retention,
+            queue: None,
+            clock_ticks: Some(ticks),
+        };
+        let mut reloader = Reloader::new(path.clone(), targets, state.clone());
+        std::fs::write(
+            &path,
+            "[[clock.ticks]]\nperiod = \"1s\"\n[[clock.ticks]]\nperiod = \"5ms\"\n",
+        )
+        .unwrap();
+        reloader.reload();
+        let sent = ticks_rx.try_recv().unwrap();
+        let periods: Vec<Duration> = sent.iter().map(|t| t.period).collect();
+        assert_eq!(periods, [Duration::from_secs(1), Duration::from_millis(5)]);
+        assert_eq!(
+            state.last().unwrap().applied,
+            vec!["clock.ticks".to_string()]
+        );
+
+        // Restart-only clock keys reach nobody.
+        std::fs::write(
+            &path,
+            "[clock]\ncatch_up = \"2s\"\n[[clock.ticks]]\nperiod = \"1s\"\n[[clock.ticks]]\nperiod = \"5ms\"\n",
+        )
+        .unwrap();
+        reloader.reload();
+        assert!(ticks_rx.try_recv().is_err());
+        assert_eq!(
+            state.last().unwrap().restart_needed,
+            vec!["clock.catch_up".to_string()]
+        );
+
+        // No array at all: the built-in streams.
+        std::fs::write(&path, "[clock]\ncatch_up = \"2s\"\n").unwrap();
+        reloader.reload();
+        let sent = ticks_rx.try_recv().unwrap();
+        assert_eq!(sent, depot_clock::ClockConfig::default().ticks);
     }
 
     #[test]
@@ -403,6 +499,7 @@ mod tests {
         let targets = Targets {
             retention,
             queue: Some(queue),
+            clock_ticks: None,
         };
         let mut reloader = Reloader::new(path.clone(), targets, state.clone());
         std::fs::write(&path, "[queue]\nhwm = \"many\"\n").unwrap();

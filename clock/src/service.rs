@@ -4,16 +4,15 @@
 //! high-precision stream the PUB side gets its own zmq context with a SCHED_FIFO I/O thread.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 
 use depot_store::Store;
 
-use crate::config::ClockConfig;
+use crate::config::{ClockConfig, TickConfig};
 use crate::metrics::ClockMetrics;
-use crate::protocol::StreamInfo;
 use crate::schedule;
-use crate::ticker::Ticker;
+use crate::ticker::{Reconfigure, Ticker};
 use crate::timer_server::{TimerServer, TimerSettings};
 
 /// Linger of the clock's sockets.
@@ -69,6 +68,8 @@ pub struct Clock {
     pub metrics: Arc<ClockMetrics>,
     /// Where it listens.
     pub endpoints: ClockEndpoints,
+    /// New sets of tick streams for the ticker (live reload).
+    updates: mpsc::Sender<Vec<TickConfig>>,
     /// The ZAP handler of the tick publisher's own context, when it has one and CURVE is on;
     /// dropped (stopped) after the ticker.
     _zap: Option<depot_common::security::ZapHandler>,
@@ -168,7 +169,10 @@ impl Clock {
             .iter()
             .map(|t| schedule::topic(t.period))
             .collect();
-        let metrics = Arc::new(ClockMetrics::new(topics.clone()));
+        // The streams' counters and list are filled by the ticker, which owns the set of
+        // streams (it changes on a live reload).
+        let metrics = Arc::new(ClockMetrics::default());
+        let infos = Arc::new(Mutex::new(Vec::new()));
         let stop_timers = Arc::new(AtomicBool::new(false));
         let timers = if config.timers.is_empty() {
             None
@@ -185,16 +189,7 @@ impl Clock {
                 min_period_ns: nanos(config.min_period),
                 late_after_ns: nanos(config.late_after),
                 restart_grace_ns: nanos(config.restart_grace),
-                streams: config
-                    .ticks
-                    .iter()
-                    .zip(&topics)
-                    .map(|(tick, topic)| StreamInfo {
-                        topic: topic.clone(),
-                        period_ns: nanos(tick.period),
-                        precision: tick.precision.name().into(),
-                    })
-                    .collect(),
+                streams: infos.clone(),
                 guard: depot_common::authz::Guard::new(
                     curve.map(|c| c.authorizer.clone()),
                     depot_common::authz::Service::Clock,
@@ -213,6 +208,13 @@ impl Clock {
                     })?,
             )
         };
+        let (updates, updates_rx) = mpsc::channel();
+        let reconfigure = Reconfigure {
+            updates: updates_rx,
+            min_period: config.min_period,
+            infos,
+            unraised: config.ticks.is_empty() && (config.realtime || config.idle_poll),
+        };
         let ticker = Ticker::new(
             publisher,
             firings_in,
@@ -220,6 +222,7 @@ impl Clock {
             metrics.clone(),
             config.catch_up,
             boost,
+            reconfigure,
         );
         let stop_ticker = Arc::new(AtomicBool::new(false));
         let ticker = {
@@ -248,9 +251,16 @@ impl Clock {
             ticker,
             metrics,
             endpoints,
+            updates,
             _zap: zap,
             _idle_poll: idle_poll,
         })
+    }
+
+    /// Where a live reload sends the new `[[clock.ticks]]`: the ticker applies each set
+    /// between two sends (see `streams::plan` for what is kept, added, removed or refused).
+    pub fn reconfigurer(&self) -> mpsc::Sender<Vec<TickConfig>> {
+        self.updates.clone()
     }
 
     /// Stops the timers (answering what is durable), then the ticker (forwarding what the

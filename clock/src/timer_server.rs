@@ -18,7 +18,7 @@ use depot_common::ratelimit::RateLimited;
 use depot_store::{Kv, Store, Ticket, MAX_KV_VALUE};
 
 use crate::metrics::ClockMetrics;
-use crate::protocol::{self, Firing, Reply, Request, StreamInfo};
+use crate::protocol::{self, Firing, Reply, Request};
 use crate::sys;
 use crate::timers::{self, Batch, StoredTarget};
 
@@ -68,7 +68,8 @@ pub(crate) struct TimerSettings {
     pub min_period_ns: u64,
     pub late_after_ns: u64,
     pub restart_grace_ns: u64,
-    pub streams: Vec<StreamInfo>,
+    /// The running tick streams, kept up to date by the ticker.
+    pub streams: crate::ticker::SharedStreams,
     /// The `timers` permission of the sender's key (CURVE only).
     pub guard: depot_common::authz::Guard,
 }
@@ -237,7 +238,8 @@ impl TimerServer {
                 Ok(Request::Cancel(id)) => self.cancel(envelope, id),
                 Ok(Request::List { after }) => self.list(envelope, after),
                 Ok(Request::Streams) => {
-                    let reply = Reply::Streams(self.settings.streams.clone());
+                    let streams = self.settings.streams.lock();
+                    let reply = Reply::Streams(streams.unwrap_or_else(|e| e.into_inner()).clone());
                     self.queue_reply(None, envelope, reply);
                 }
                 Err(e) => self.reject(envelope, e.to_string()),
