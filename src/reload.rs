@@ -32,6 +32,9 @@ const LIVE_QUEUE_KEYS: &[&str] = &[
     "redelivery_timeout",
 ];
 
+/// Clock keys the timers thread reads per request or firing (`depot_clock::TimerLimits`).
+const LIVE_TIMER_KEYS: &[&str] = &["max_payload", "max_timers", "late_after"];
+
 /// When a changed key takes effect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -108,9 +111,11 @@ pub fn classify(path: &[String]) -> Apply {
         ["queue", key] if LIVE_QUEUE_KEYS.contains(key) => Apply::Live,
         ["queue", "queues", _] => Apply::Live,
         ["queue", "queues", _, key] if LIVE_QUEUE_KEYS.contains(key) => Apply::Live,
-        // The ticker takes a new set of streams between two sends; its PUB, its scheduling
-        // (catch_up, min_period), its raised threads and the idle-poll hold are set at start.
+        // The ticker takes a new set of streams between two sends, the timers thread new
+        // limits between two turns; the sockets, the scheduling (catch_up, min_period), the
+        // raised threads, the idle-poll hold and the restart grace are set at start.
         ["clock", "ticks"] => Apply::Live,
+        ["clock", key] if LIVE_TIMER_KEYS.contains(key) => Apply::Live,
         _ => Apply::Restart,
     }
 }
@@ -205,8 +210,8 @@ pub struct Targets {
     pub retention: mpsc::Sender<RetentionSection>,
     /// The queue thread, when the queue runs.
     pub queue: Option<mpsc::Sender<depot_queue::QueueConfig>>,
-    /// The clock's ticker, when the clock runs: each new `[[clock.ticks]]` as a whole.
-    pub clock_ticks: Option<mpsc::Sender<Vec<depot_clock::TickConfig>>>,
+    /// The clock's ticker and timers threads, when the clock runs.
+    pub clock: Option<depot_clock::ClockReconfigurer>,
 }
 
 /// Reads the file on change and applies what it can.
@@ -292,9 +297,16 @@ impl Reloader {
                 let _ = queue.send(config.queue.clone());
             }
         }
-        if changes.iter().any(|c| c.key == "clock.ticks") {
-            if let Some(ticks) = &self.targets.clock_ticks {
-                let _ = ticks.send(config.clock.ticks.clone());
+        if let Some(clock) = &self.targets.clock {
+            if changes.iter().any(|c| c.key == "clock.ticks") {
+                clock.ticks(config.clock.ticks.clone());
+            }
+            if changes.iter().any(|c| {
+                LIVE_TIMER_KEYS
+                    .iter()
+                    .any(|k| c.key == format!("clock.{k}"))
+            }) {
+                clock.timer_limits(config.clock.timer_limits());
             }
         }
         for key in &live {
@@ -388,9 +400,16 @@ mod tests {
     }
 
     #[test]
-    fn only_the_clock_tick_streams_are_live() {
+    fn only_the_clock_tick_streams_and_timer_limits_are_live() {
         let path = |key: &str| -> Vec<String> { key.split('.').map(String::from).collect() };
-        assert_eq!(classify(&path("clock.ticks")), Apply::Live);
+        for key in [
+            "clock.ticks",
+            "clock.max_payload",
+            "clock.max_timers",
+            "clock.late_after",
+        ] {
+            assert_eq!(classify(&path(key)), Apply::Live, "{key}");
+        }
         for key in [
             "clock.publisher",
             "clock.publisher_extra",
@@ -399,9 +418,6 @@ mod tests {
             "clock.catch_up",
             "clock.realtime",
             "clock.idle_poll",
-            "clock.max_payload",
-            "clock.max_timers",
-            "clock.late_after",
             "clock.restart_grace",
             "clock.unknown",
             "clock",
@@ -426,17 +442,18 @@ mod tests {
     }
 
     #[test]
-    fn a_tick_stream_edit_sends_the_whole_new_set_to_the_ticker() {
+    fn clock_edits_reach_the_ticker_and_the_timers_thread_only_when_their_keys_change() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("depot.toml");
         std::fs::write(&path, "[[clock.ticks]]\nperiod = \"1s\"\n").unwrap();
         let (retention, _retention_rx) = mpsc::channel();
         let (ticks, ticks_rx) = mpsc::channel();
+        let (limits, limits_rx) = mpsc::channel();
         let state = Arc::new(ReloadState::default());
         let targets = Targets {
             retention,
             queue: None,
-            clock_ticks: Some(ticks),
+            clock: Some(depot_clock::ClockReconfigurer::new(ticks, Some(limits))),
         };
         let mut reloader = Reloader::new(path.clone(), targets, state.clone());
         std::fs::write(
@@ -466,11 +483,14 @@ mod tests {
             vec!["clock.catch_up".to_string()]
         );
 
-        // No array at all: the built-in streams.
-        std::fs::write(&path, "[clock]\ncatch_up = \"2s\"\n").unwrap();
+        // No array at all: the built-in streams; a new timer limit with it.
+        std::fs::write(&path, "[clock]\ncatch_up = \"2s\"\nmax_timers = 7\n").unwrap();
         reloader.reload();
         let sent = ticks_rx.try_recv().unwrap();
         assert_eq!(sent, depot_clock::ClockConfig::default().ticks);
+        let limits = limits_rx.try_recv().unwrap();
+        assert_eq!(limits.max_timers, 7);
+        assert_eq!(limits.late_after, Duration::from_millis(100), "the default");
     }
 
     #[test]
@@ -499,7 +519,7 @@ mod tests {
         let targets = Targets {
             retention,
             queue: Some(queue),
-            clock_ticks: None,
+            clock: None,
         };
         let mut reloader = Reloader::new(path.clone(), targets, state.clone());
         std::fs::write(&path, "[queue]\nhwm = \"many\"\n").unwrap();

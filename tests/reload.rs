@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::{metric_value, poll, write_config, Appliance, CACHE_EPHEMERAL};
 use depot_clock::client::TimerClient;
-use depot_clock::protocol::Tick;
+use depot_clock::protocol::{AddTimer, Target, Tick, When};
 use depot_queue::client::Producer;
 
 /// Longest wait for anything that should happen promptly.
@@ -307,5 +307,30 @@ fn tick_streams_are_added_removed_and_refused_live_and_a_kept_stream_goes_on_wit
     let before = count(&seen, "tick.30ms");
     receive_until(&sub, &mut seen, |s| count(s, "tick.30ms") >= before + 5);
     assert_eq!(count(&seen, "tick.50us"), 0);
+    assert!(appliance.stop().success());
+}
+
+#[test]
+fn a_raised_timer_payload_limit_applies_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let config =
+        common::write_config_sections(dir.path(), CACHE_EPHEMERAL, "max_payload = 1024\n", "");
+    let appliance = Appliance::start(&dir.path().join("data"), &config);
+    let ctx = zmq::Context::new();
+    let mut timers = TimerClient::connect(&ctx, &appliance.clock().timers, WAIT).unwrap();
+    let add = || AddTimer {
+        when: When::In(Duration::from_secs(3600)),
+        every: None,
+        count: None,
+        target: Target::Topic("later".into()),
+        payload: vec![7; 2048],
+    };
+    let refusal = timers.add(add()).unwrap_err().to_string();
+    assert!(refusal.contains("exceeds the limit of 1024"), "{refusal}");
+    replace_config_with_clock(dir.path(), "max_payload = 4096\n", "");
+    wait_metric(&appliance, "depot_config_reloads_total", 1.0);
+    // The timers thread takes the new limits at its next turn.
+    poll(WAIT, || timers.add(add()).ok()).expect("the raised max_payload did not apply");
+    assert_eq!(appliance.metric("depot_config_restart_needed"), 0.0);
     assert!(appliance.stop().success());
 }

@@ -25,6 +25,6 @@ mod ticker;
 mod timer_server;
 pub mod timers;
 
-pub use config::{ClockConfig, Precision, TickConfig};
+pub use config::{ClockConfig, Precision, TickConfig, TimerLimits};
 pub use metrics::ClockMetrics;
-pub use service::{Clock, ClockEndpoints, ClockError};
+pub use service::{Clock, ClockEndpoints, ClockError, ClockReconfigurer};

@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 
 use depot_store::Store;
 
-use crate::config::{ClockConfig, TickConfig};
+use crate::config::{ClockConfig, TickConfig, TimerLimits};
 use crate::metrics::ClockMetrics;
 use crate::schedule;
 use crate::ticker::{Reconfigure, Ticker};
@@ -58,6 +58,43 @@ pub struct ClockEndpoints {
     pub timers: String,
 }
 
+/// Where a live reload sends the `[clock]` keys that may change while the clock runs; every
+/// other key needs a restart.
+#[derive(Clone)]
+pub struct ClockReconfigurer {
+    /// To the ticker, which applies each set between two sends (see `streams::plan` for what
+    /// is kept, added, removed or refused).
+    ticks: mpsc::Sender<Vec<TickConfig>>,
+    /// To the timers thread, when timers run.
+    timer_limits: Option<mpsc::Sender<TimerLimits>>,
+}
+
+impl ClockReconfigurer {
+    /// One sending to these channels (a test can hold the receivers).
+    pub fn new(
+        ticks: mpsc::Sender<Vec<TickConfig>>,
+        timer_limits: Option<mpsc::Sender<TimerLimits>>,
+    ) -> ClockReconfigurer {
+        ClockReconfigurer {
+            ticks,
+            timer_limits,
+        }
+    }
+
+    /// Hands the ticker a new `[[clock.ticks]]` (the whole set).
+    pub fn ticks(&self, ticks: Vec<TickConfig>) {
+        // Gone only while the clock stops, when nothing is left to change.
+        let _ = self.ticks.send(ticks);
+    }
+
+    /// Hands the timers thread new limits (ignored when timers are off).
+    pub fn timer_limits(&self, limits: TimerLimits) {
+        if let Some(tx) = &self.timer_limits {
+            let _ = tx.send(limits);
+        }
+    }
+}
+
 /// The running clock.
 pub struct Clock {
     stop_timers: Arc<AtomicBool>,
@@ -68,8 +105,8 @@ pub struct Clock {
     pub metrics: Arc<ClockMetrics>,
     /// Where it listens.
     pub endpoints: ClockEndpoints,
-    /// New sets of tick streams for the ticker (live reload).
-    updates: mpsc::Sender<Vec<TickConfig>>,
+    /// Where a live reload's changes go.
+    reconfigurer: ClockReconfigurer,
     /// The ZAP handler of the tick publisher's own context, when it has one and CURVE is on;
     /// dropped (stopped) after the ticker.
     _zap: Option<depot_common::security::ZapHandler>,
@@ -172,8 +209,15 @@ impl Clock {
         // The streams' counters and list are filled by the ticker, which owns the set of
         // streams (it changes on a live reload).
         let metrics = Arc::new(ClockMetrics::default());
-        let infos = Arc::new(Mutex::new(Vec::new()));
+        let infos = Arc::new(Mutex::new(
+            config
+                .ticks
+                .iter()
+                .map(crate::ticker::stream_info)
+                .collect(),
+        ));
         let stop_timers = Arc::new(AtomicBool::new(false));
+        let mut limits_tx = None;
         let timers = if config.timers.is_empty() {
             None
         } else {
@@ -194,6 +238,11 @@ impl Clock {
                     curve.map(|c| c.authorizer.clone()),
                     depot_common::authz::Service::Clock,
                 ),
+                updates: {
+                    let (tx, rx) = mpsc::channel();
+                    limits_tx = Some(tx);
+                    rx
+                },
             };
             let server = TimerServer::load(router, firings_out, store, settings, metrics.clone())
                 .map_err(ClockError::Load)?;
@@ -251,16 +300,18 @@ impl Clock {
             ticker,
             metrics,
             endpoints,
-            updates,
+            reconfigurer: ClockReconfigurer {
+                ticks: updates,
+                timer_limits: limits_tx,
+            },
             _zap: zap,
             _idle_poll: idle_poll,
         })
     }
 
-    /// Where a live reload sends the new `[[clock.ticks]]`: the ticker applies each set
-    /// between two sends (see `streams::plan` for what is kept, added, removed or refused).
-    pub fn reconfigurer(&self) -> mpsc::Sender<Vec<TickConfig>> {
-        self.updates.clone()
+    /// Where a live reload sends its changes of `[clock]`.
+    pub fn reconfigurer(&self) -> ClockReconfigurer {
+        self.reconfigurer.clone()
     }
 
     /// Stops the timers (answering what is durable), then the ticker (forwarding what the

@@ -53,13 +53,14 @@ impl Stream {
             metrics: Arc::new(StreamMetrics::new(topic)),
         }
     }
+}
 
-    fn info(&self) -> StreamInfo {
-        StreamInfo {
-            topic: schedule::topic(self.tick.period),
-            period_ns: self.schedule.period_ns(),
-            precision: self.tick.precision.name().into(),
-        }
+/// How STREAMS reports `tick`.
+pub(crate) fn stream_info(tick: &TickConfig) -> StreamInfo {
+    StreamInfo {
+        topic: schedule::topic(tick.period),
+        period_ns: u64::try_from(tick.period.as_nanos()).unwrap_or(u64::MAX),
+        precision: tick.precision.name().into(),
     }
 }
 
@@ -130,7 +131,8 @@ impl Ticker {
             .reconfigure
             .infos
             .lock()
-            .unwrap_or_else(|e| e.into_inner()) = self.streams.iter().map(Stream::info).collect();
+            .unwrap_or_else(|e| e.into_inner()) =
+            self.streams.iter().map(|s| stream_info(&s.tick)).collect();
     }
 
     /// Takes the newest set of streams waiting, if any: kept streams keep their schedule (no
