@@ -1,7 +1,7 @@
 //! Live reload of `depot.toml`: the file's folder is watched; a changed file is parsed and
 //! validated exactly as at start, compared key by key with the running one, and the keys that
 //! are safe to change in a running appliance (retention, queue limits and declared queues, the
-//! clock's tick streams) are handed to their services over channels. Everything else is logged as needing a restart.
+//! clock's tick streams and timer limits) are handed to their services over channels. Everything else is logged as needing a restart.
 //! An invalid file is refused with its reason and the running configuration stays.
 
 use std::path::{Path, PathBuf};
