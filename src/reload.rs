@@ -1,7 +1,7 @@
 //! Live reload of `depot.toml`: the file's folder is watched; a changed file is parsed and
 //! validated exactly as at start, compared key by key with the running one, and the keys that
-//! are safe to change in a running appliance (retention, queue limits and declared queues) are
-//! handed to their services over channels. Everything else is logged as needing a restart.
+//! are safe to change in a running appliance (retention, queue limits and declared queues, the
+//! clock's tick streams and timer limits) are handed to their services over channels. Everything else is logged as needing a restart.
 //! An invalid file is refused with its reason and the running configuration stays.
 
 use std::path::{Path, PathBuf};
@@ -31,6 +31,9 @@ const LIVE_QUEUE_KEYS: &[&str] = &[
     "max_redeliveries",
     "redelivery_timeout",
 ];
+
+/// Clock keys the timers thread reads per request or firing (`depot_clock::TimerLimits`).
+const LIVE_TIMER_KEYS: &[&str] = &["max_payload", "max_timers", "late_after"];
 
 /// When a changed key takes effect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,6 +111,11 @@ pub fn classify(path: &[String]) -> Apply {
         ["queue", key] if LIVE_QUEUE_KEYS.contains(key) => Apply::Live,
         ["queue", "queues", _] => Apply::Live,
         ["queue", "queues", _, key] if LIVE_QUEUE_KEYS.contains(key) => Apply::Live,
+        // The ticker takes a new set of streams between two sends, the timers thread new
+        // limits between two turns; the sockets, the scheduling (catch_up, min_period), the
+        // raised threads, the idle-poll hold and the restart grace are set at start.
+        ["clock", "ticks"] => Apply::Live,
+        ["clock", key] if LIVE_TIMER_KEYS.contains(key) => Apply::Live,
         _ => Apply::Restart,
     }
 }
@@ -202,6 +210,8 @@ pub struct Targets {
     pub retention: mpsc::Sender<RetentionSection>,
     /// The queue thread, when the queue runs.
     pub queue: Option<mpsc::Sender<depot_queue::QueueConfig>>,
+    /// The clock's ticker and timers threads, when the clock runs.
+    pub clock: Option<depot_clock::ClockReconfigurer>,
 }
 
 /// Reads the file on change and applies what it can.
@@ -287,6 +297,18 @@ impl Reloader {
                 let _ = queue.send(config.queue.clone());
             }
         }
+        if let Some(clock) = &self.targets.clock {
+            if changes.iter().any(|c| c.key == "clock.ticks") {
+                clock.ticks(config.clock.ticks.clone());
+            }
+            if changes.iter().any(|c| {
+                LIVE_TIMER_KEYS
+                    .iter()
+                    .any(|k| c.key == format!("clock.{k}"))
+            }) {
+                clock.timer_limits(config.clock.timer_limits());
+            }
+        }
         for key in &live {
             tracing::info!(key, "configuration: applied live");
         }
@@ -369,12 +391,106 @@ mod tests {
             changes(old, new),
             vec![
                 ("admin.listen".into(), Apply::Restart),
-                ("clock.ticks".into(), Apply::Restart),
+                ("clock.ticks".into(), Apply::Live),
                 ("retention.max_age".into(), Apply::Live),
                 ("retention.streams.\"app.x\".max_bytes".into(), Apply::Live),
                 ("store.commit_interval".into(), Apply::Restart),
             ]
         );
+    }
+
+    #[test]
+    fn only_the_clock_tick_streams_and_timer_limits_are_live() {
+        let path = |key: &str| -> Vec<String> { key.split('.').map(String::from).collect() };
+        for key in [
+            "clock.ticks",
+            "clock.max_payload",
+            "clock.max_timers",
+            "clock.late_after",
+        ] {
+            assert_eq!(classify(&path(key)), Apply::Live, "{key}");
+        }
+        for key in [
+            "clock.publisher",
+            "clock.publisher_extra",
+            "clock.timers",
+            "clock.min_period",
+            "clock.catch_up",
+            "clock.realtime",
+            "clock.idle_poll",
+            "clock.restart_grace",
+            "clock.unknown",
+            "clock",
+        ] {
+            assert_eq!(classify(&path(key)), Apply::Restart, "{key}");
+        }
+        // A stream's period or precision edited in place is a change of the one array.
+        let old = "[clock]\nrealtime = true\n[[clock.ticks]]\nperiod = \"1s\"\n";
+        let new = "[clock]\nrealtime = false\n[[clock.ticks]]\nperiod = \"1s\"\nprecision = \"high\"\n[[clock.ticks]]\nperiod = \"5ms\"\n";
+        assert_eq!(
+            changes(old, new),
+            vec![
+                ("clock.realtime".into(), Apply::Restart),
+                ("clock.ticks".into(), Apply::Live),
+            ]
+        );
+        // Removing the whole array brings back the defaults: still a live change.
+        assert_eq!(
+            changes(old, "[clock]\nrealtime = true\n"),
+            vec![("clock.ticks".into(), Apply::Live)]
+        );
+    }
+
+    #[test]
+    fn clock_edits_reach_the_ticker_and_the_timers_thread_only_when_their_keys_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("depot.toml");
+        std::fs::write(&path, "[[clock.ticks]]\nperiod = \"1s\"\n").unwrap();
+        let (retention, _retention_rx) = mpsc::channel();
+        let (ticks, ticks_rx) = mpsc::channel();
+        let (limits, limits_rx) = mpsc::channel();
+        let state = Arc::new(ReloadState::default());
+        let targets = Targets {
+            retention,
+            queue: None,
+            clock: Some(depot_clock::ClockReconfigurer::new(ticks, Some(limits))),
+        };
+        let mut reloader = Reloader::new(path.clone(), targets, state.clone());
+        std::fs::write(
+            &path,
+            "[[clock.ticks]]\nperiod = \"1s\"\n[[clock.ticks]]\nperiod = \"5ms\"\n",
+        )
+        .unwrap();
+        reloader.reload();
+        let sent = ticks_rx.try_recv().unwrap();
+        let periods: Vec<Duration> = sent.iter().map(|t| t.period).collect();
+        assert_eq!(periods, [Duration::from_secs(1), Duration::from_millis(5)]);
+        assert_eq!(
+            state.last().unwrap().applied,
+            vec!["clock.ticks".to_string()]
+        );
+
+        // Restart-only clock keys reach nobody.
+        std::fs::write(
+            &path,
+            "[clock]\ncatch_up = \"2s\"\n[[clock.ticks]]\nperiod = \"1s\"\n[[clock.ticks]]\nperiod = \"5ms\"\n",
+        )
+        .unwrap();
+        reloader.reload();
+        assert!(ticks_rx.try_recv().is_err());
+        assert_eq!(
+            state.last().unwrap().restart_needed,
+            vec!["clock.catch_up".to_string()]
+        );
+
+        // No array at all: the built-in streams; a new timer limit with it.
+        std::fs::write(&path, "[clock]\ncatch_up = \"2s\"\nmax_timers = 7\n").unwrap();
+        reloader.reload();
+        let sent = ticks_rx.try_recv().unwrap();
+        assert_eq!(sent, depot_clock::ClockConfig::default().ticks);
+        let limits = limits_rx.try_recv().unwrap();
+        assert_eq!(limits.max_timers, 7);
+        assert_eq!(limits.late_after, Duration::from_millis(100), "the default");
     }
 
     #[test]
@@ -403,6 +519,7 @@ mod tests {
         let targets = Targets {
             retention,
             queue: Some(queue),
+            clock: None,
         };
         let mut reloader = Reloader::new(path.clone(), targets, state.clone());
         std::fs::write(&path, "[queue]\nhwm = \"many\"\n").unwrap();

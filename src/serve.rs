@@ -220,6 +220,7 @@ pub fn run(
         let targets = crate::reload::Targets {
             retention: retention_updates.clone(),
             queue: queue.as_ref().map(|q| q.reconfigurer()),
+            clock: clock.as_ref().map(|c| c.reconfigurer()),
         };
         let reload_state = Arc::new(crate::reload::ReloadState::default());
         state.config_reload.set(reload_state.clone()).ok();

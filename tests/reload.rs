@@ -3,10 +3,13 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use common::{metric_value, poll, write_config, Appliance};
+use common::{metric_value, poll, write_config, Appliance, CACHE_EPHEMERAL};
+use depot_clock::client::TimerClient;
+use depot_clock::protocol::{AddTimer, Target, Tick, When};
 use depot_queue::client::Producer;
 
 /// Longest wait for anything that should happen promptly.
@@ -26,7 +29,12 @@ fn start(dir: &Path, extra: &str) -> (Appliance, PathBuf) {
 
 /// Replaces the configuration as editors do: a new file renamed over the old one.
 fn replace_config(dir: &Path, extra: &str) {
-    let staged = write_config(&dir.join("staging"), extra);
+    replace_config_with_clock(dir, "", extra);
+}
+
+/// Like [`replace_config`], with `clock` keys in the `[clock]` section.
+fn replace_config_with_clock(dir: &Path, clock: &str, extra: &str) {
+    let staged = common::write_config_sections(&dir.join("staging"), CACHE_EPHEMERAL, clock, extra);
     std::fs::rename(staged, dir.join("depot.toml")).unwrap();
 }
 
@@ -183,6 +191,146 @@ fn a_retention_edit_applies_at_once_without_waiting_for_the_old_interval() {
     wait_metric(&appliance, "depot_config_reloads_total", 1.0);
     // The interval is still an hour: only the reload can have started this pass.
     wait_metric(&appliance, "depot_retention_removed_records_total", 1.0);
+    assert_eq!(appliance.metric("depot_config_restart_needed"), 0.0);
+    assert!(appliance.stop().success());
+}
+
+/// Ticks received so far, per topic.
+type Seen = BTreeMap<String, Vec<Tick>>;
+
+fn count(seen: &Seen, topic: &str) -> usize {
+    seen.get(topic).map_or(0, Vec::len)
+}
+
+/// Receives ticks on `sub` until `done` holds (at most WAIT), asserting that every stream's
+/// sequence goes on without a gap.
+fn receive_until(sub: &zmq::Socket, seen: &mut Seen, done: impl Fn(&Seen) -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !done(seen) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "ticks never showed up; seen so far: {seen:?}"
+        );
+        if sub.poll(zmq::POLLIN, left.as_millis() as i64).unwrap() == 0 {
+            continue;
+        }
+        let tick = Tick::decode(&sub.recv_multipart(0).unwrap()).unwrap();
+        let ticks = seen.entry(tick.topic.clone()).or_default();
+        if let Some(last) = ticks.last() {
+            assert_eq!(tick.seq, last.seq + 1, "a gap in {}", tick.topic);
+        }
+        ticks.push(tick);
+    }
+}
+
+/// The STREAMS reply: the running streams' topics.
+fn streams(timers: &mut TimerClient) -> Vec<String> {
+    timers
+        .streams()
+        .unwrap()
+        .into_iter()
+        .map(|s| s.topic)
+        .collect()
+}
+
+#[test]
+fn tick_streams_are_added_removed_and_refused_live_and_a_kept_stream_goes_on_without_a_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    // Missed ticks are sent late rather than skipped: a loaded machine cannot fake a gap.
+    let clock = "catch_up = \"10s\"\n";
+    let slow = "[[clock.ticks]]\nperiod = \"100ms\"\n";
+    let fast = "[[clock.ticks]]\nperiod = \"30ms\"\n";
+    let config = common::write_config_sections(dir.path(), CACHE_EPHEMERAL, clock, slow);
+    let appliance = Appliance::start(&dir.path().join("data"), &config);
+    let ctx = zmq::Context::new();
+    let sub = ctx.socket(zmq::SUB).unwrap();
+    sub.set_rcvhwm(0).unwrap();
+    sub.set_subscribe(b"tick.").unwrap();
+    sub.connect(&appliance.clock().publisher).unwrap();
+    let mut timers = TimerClient::connect(&ctx, &appliance.clock().timers, WAIT).unwrap();
+    assert_eq!(streams(&mut timers), ["tick.100ms"]);
+    let mut seen = Seen::new();
+    receive_until(&sub, &mut seen, |s| count(s, "tick.100ms") >= 3);
+
+    // Add a second stream with another period.
+    replace_config_with_clock(dir.path(), clock, &format!("{slow}{fast}"));
+    wait_metric(&appliance, "depot_config_reloads_total", 1.0);
+    let before = count(&seen, "tick.100ms");
+    receive_until(&sub, &mut seen, |s| {
+        count(s, "tick.30ms") >= 10 && count(s, "tick.100ms") >= before + 3
+    });
+    let added = &seen["tick.30ms"];
+    for pair in added.windows(2) {
+        assert_eq!(pair[1].scheduled_ns - pair[0].scheduled_ns, 30_000_000);
+    }
+    assert_eq!(
+        added[0].scheduled_ns % 30_000_000,
+        0,
+        "aligned to its period"
+    );
+    assert_eq!(streams(&mut timers), ["tick.100ms", "tick.30ms"]);
+    assert_eq!(appliance.metric("depot_clock_tick_streams"), 2.0);
+    assert_eq!(appliance.metric("depot_config_restart_needed"), 0.0);
+
+    // Remove the first one: gone from /metrics and STREAMS, the other goes on.
+    replace_config_with_clock(dir.path(), clock, fast);
+    wait_metric(&appliance, "depot_config_reloads_total", 2.0);
+    poll(WAIT, || {
+        let (_, text) = appliance.get("/metrics");
+        (!text.contains("stream=\"tick.100ms\"")).then_some(())
+    })
+    .expect("the removed stream stayed in /metrics");
+    assert_eq!(appliance.metric("depot_clock_tick_streams"), 1.0);
+    assert_eq!(streams(&mut timers), ["tick.30ms"]);
+    let before = count(&seen, "tick.30ms");
+    receive_until(&sub, &mut seen, |s| count(s, "tick.30ms") >= before + 5);
+
+    // A new stream below the running min_period (lowered in the same edit, which needs a
+    // restart) is refused with its reason and counted; the running stream goes on.
+    replace_config_with_clock(
+        dir.path(),
+        &format!("{clock}min_period = \"10us\"\n"),
+        &format!("{fast}[[clock.ticks]]\nperiod = \"50us\"\n"),
+    );
+    wait_metric(&appliance, "depot_config_reloads_total", 3.0);
+    wait_metric(&appliance, "depot_clock_tick_streams_refused_total", 1.0);
+    let log = appliance.stderr();
+    assert!(
+        log.contains("tick stream of the reloaded configuration refused")
+            && log.contains("below the running min_period 100us"),
+        "{log}"
+    );
+    assert_eq!(appliance.metric("depot_config_restart_needed"), 1.0);
+    assert_eq!(appliance.metric("depot_clock_tick_streams"), 1.0);
+    assert_eq!(streams(&mut timers), ["tick.30ms"]);
+    let before = count(&seen, "tick.30ms");
+    receive_until(&sub, &mut seen, |s| count(s, "tick.30ms") >= before + 5);
+    assert_eq!(count(&seen, "tick.50us"), 0);
+    assert!(appliance.stop().success());
+}
+
+#[test]
+fn a_raised_timer_payload_limit_applies_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let config =
+        common::write_config_sections(dir.path(), CACHE_EPHEMERAL, "max_payload = 1024\n", "");
+    let appliance = Appliance::start(&dir.path().join("data"), &config);
+    let ctx = zmq::Context::new();
+    let mut timers = TimerClient::connect(&ctx, &appliance.clock().timers, WAIT).unwrap();
+    let add = || AddTimer {
+        when: When::In(Duration::from_secs(3600)),
+        every: None,
+        count: None,
+        target: Target::Topic("later".into()),
+        payload: vec![7; 2048],
+    };
+    let refusal = timers.add(add()).unwrap_err().to_string();
+    assert!(refusal.contains("exceeds the limit of 1024"), "{refusal}");
+    replace_config_with_clock(dir.path(), "max_payload = 4096\n", "");
+    wait_metric(&appliance, "depot_config_reloads_total", 1.0);
+    // The timers thread takes the new limits at its next turn.
+    poll(WAIT, || timers.add(add()).ok()).expect("the raised max_payload did not apply");
     assert_eq!(appliance.metric("depot_config_restart_needed"), 0.0);
     assert!(appliance.stop().success());
 }

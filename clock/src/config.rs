@@ -80,6 +80,17 @@ pub struct ClockConfig {
     pub curve: Option<depot_common::security::ServerCurve>,
 }
 
+/// The timer limits a live reload may change: each is read per request or per firing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimerLimits {
+    /// Largest timer payload accepted from now on (stored timers keep theirs).
+    pub max_payload: usize,
+    /// Most timers pending; lowering it below the count refuses new ones, keeps the rest.
+    pub max_timers: u64,
+    /// A firing this much after its deadline is marked late.
+    pub late_after: Duration,
+}
+
 /// Largest `max_payload`: the stored timer (payload + ~300 bytes) must fit in 8 KiB.
 pub const MAX_PAYLOAD_LIMIT: usize = 7 * 1024;
 
@@ -132,6 +143,15 @@ impl Default for ClockConfig {
 }
 
 impl ClockConfig {
+    /// The limits the timers thread takes live.
+    pub fn timer_limits(&self) -> TimerLimits {
+        TimerLimits {
+            max_payload: self.max_payload,
+            max_timers: self.max_timers,
+            late_after: self.late_after,
+        }
+    }
+
     /// Checks what serde cannot: periods against `min_period`, the payload limit.
     pub fn validate(&self) -> Result<(), String> {
         for tick in &self.ticks {

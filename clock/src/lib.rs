@@ -4,6 +4,7 @@
 //! - `schedule`: tick schedule math (alignment, `seq = time / period`, late and missed ticks), pure.
 //! - `protocol`: tick frames, timer requests, replies and firings, pure.
 //! - `timers`: the stored timer record and what a firing does to it, pure.
+//! - `streams`: what a live reload of `[[clock.ticks]]` adds, removes, keeps or refuses, pure.
 //! - `sys`: CLOCK_MONOTONIC/REALTIME, absolute sleeps, timer slack, SCHED_FIFO (the unsafe bits).
 //! - `ticker`: the thread owning the PUB: sleeps to deadlines, sends ticks, forwards firings.
 //! - `timer_server`: the thread owning the timers ROUTER: requests, store, firing.
@@ -18,11 +19,12 @@ pub mod metrics;
 pub mod protocol;
 pub mod schedule;
 mod service;
+pub mod streams;
 pub mod sys;
 mod ticker;
 mod timer_server;
 pub mod timers;
 
-pub use config::{ClockConfig, Precision, TickConfig};
+pub use config::{ClockConfig, Precision, TickConfig, TimerLimits};
 pub use metrics::ClockMetrics;
-pub use service::{Clock, ClockEndpoints, ClockError};
+pub use service::{Clock, ClockEndpoints, ClockError, ClockReconfigurer};

@@ -1,6 +1,7 @@
 //! Counters of the clock: a lateness histogram per tick stream, and the timers' counters.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use depot_common::metrics::{Kind, MetricsText};
 
@@ -77,8 +78,11 @@ impl StreamMetrics {
 /// Counters of the clock.
 #[derive(Debug, Default)]
 pub struct ClockMetrics {
-    /// One per tick stream, in configuration order.
-    pub streams: Vec<StreamMetrics>,
+    /// One per running tick stream, in configuration order; the ticker replaces the list when
+    /// a live reload adds or removes streams (a removed stream's counters go with it).
+    pub streams: Mutex<Vec<Arc<StreamMetrics>>>,
+    /// Tick streams of a live reload that were refused (the running ones go on).
+    pub streams_refused: AtomicU64,
     /// Timers stored and not yet done.
     pub timers_pending: AtomicU64,
     /// Timers added.
@@ -103,20 +107,39 @@ impl ClockMetrics {
     /// Counters for streams named `topics`.
     pub fn new(topics: impl IntoIterator<Item = String>) -> Self {
         ClockMetrics {
-            streams: topics.into_iter().map(StreamMetrics::new).collect(),
+            streams: Mutex::new(
+                topics
+                    .into_iter()
+                    .map(|topic| Arc::new(StreamMetrics::new(topic)))
+                    .collect(),
+            ),
             ..Default::default()
         }
     }
 
+    /// The running streams' counters.
+    pub fn streams(&self) -> Vec<Arc<StreamMetrics>> {
+        self.streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the running streams' counters.
+    pub(crate) fn set_streams(&self, streams: Vec<Arc<StreamMetrics>>) {
+        *self.streams.lock().unwrap_or_else(|e| e.into_inner()) = streams;
+    }
+
     /// Writes the counters as Prometheus text.
     pub fn render(&self, m: &mut MetricsText) {
+        let streams = self.streams();
         let name = "depot_clock_tick_lateness_seconds";
         m.family(
             name,
             Kind::Histogram,
             "Tick send time minus scheduled time, per stream",
         );
-        for stream in &self.streams {
+        for stream in &streams {
             let bucket = format!("{name}_bucket");
             for (bound, count) in stream.lateness.cumulative() {
                 let le =
@@ -153,7 +176,7 @@ impl ClockMetrics {
         ];
         for (name, help, field) in families {
             m.family(name, Kind::Counter, help);
-            for stream in &self.streams {
+            for stream in &streams {
                 m.sample(
                     name,
                     &[("stream", &stream.topic)],
@@ -168,7 +191,18 @@ impl ClockMetrics {
             "Timers stored and waiting to fire",
             get(&self.timers_pending),
         );
+        m.single(
+            "depot_clock_tick_streams",
+            Kind::Gauge,
+            "Tick streams running",
+            streams.len() as f64,
+        );
         let counters = [
+            (
+                "depot_clock_tick_streams_refused_total",
+                "Tick streams of a live reload refused (the running ones go on)",
+                &self.streams_refused,
+            ),
             (
                 "depot_clock_timers_added_total",
                 "Timers added",
@@ -223,7 +257,8 @@ mod tests {
     #[test]
     fn lateness_lands_in_cumulative_buckets() {
         let metrics = ClockMetrics::new(["tick.1ms".to_string()]);
-        let lateness = &metrics.streams[0].lateness;
+        let streams = metrics.streams();
+        let lateness = &streams[0].lateness;
         lateness.observe(500); // 0.5 us
         lateness.observe(4_000); // 4 us
         lateness.observe(30_000_000); // 30 ms

@@ -4,16 +4,15 @@
 //! high-precision stream the PUB side gets its own zmq context with a SCHED_FIFO I/O thread.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 
 use depot_store::Store;
 
-use crate::config::ClockConfig;
+use crate::config::{ClockConfig, TickConfig, TimerLimits};
 use crate::metrics::ClockMetrics;
-use crate::protocol::StreamInfo;
 use crate::schedule;
-use crate::ticker::Ticker;
+use crate::ticker::{Reconfigure, Ticker};
 use crate::timer_server::{TimerServer, TimerSettings};
 
 /// Linger of the clock's sockets.
@@ -59,6 +58,43 @@ pub struct ClockEndpoints {
     pub timers: String,
 }
 
+/// Where a live reload sends the `[clock]` keys that may change while the clock runs; every
+/// other key needs a restart.
+#[derive(Clone)]
+pub struct ClockReconfigurer {
+    /// To the ticker, which applies each set between two sends (see `streams::plan` for what
+    /// is kept, added, removed or refused).
+    ticks: mpsc::Sender<Vec<TickConfig>>,
+    /// To the timers thread, when timers run.
+    timer_limits: Option<mpsc::Sender<TimerLimits>>,
+}
+
+impl ClockReconfigurer {
+    /// One sending to these channels (a test can hold the receivers).
+    pub fn new(
+        ticks: mpsc::Sender<Vec<TickConfig>>,
+        timer_limits: Option<mpsc::Sender<TimerLimits>>,
+    ) -> ClockReconfigurer {
+        ClockReconfigurer {
+            ticks,
+            timer_limits,
+        }
+    }
+
+    /// Hands the ticker a new `[[clock.ticks]]` (the whole set).
+    pub fn ticks(&self, ticks: Vec<TickConfig>) {
+        // Gone only while the clock stops, when nothing is left to change.
+        let _ = self.ticks.send(ticks);
+    }
+
+    /// Hands the timers thread new limits (ignored when timers are off).
+    pub fn timer_limits(&self, limits: TimerLimits) {
+        if let Some(tx) = &self.timer_limits {
+            let _ = tx.send(limits);
+        }
+    }
+}
+
 /// The running clock.
 pub struct Clock {
     stop_timers: Arc<AtomicBool>,
@@ -69,6 +105,8 @@ pub struct Clock {
     pub metrics: Arc<ClockMetrics>,
     /// Where it listens.
     pub endpoints: ClockEndpoints,
+    /// Where a live reload's changes go.
+    reconfigurer: ClockReconfigurer,
     /// The ZAP handler of the tick publisher's own context, when it has one and CURVE is on;
     /// dropped (stopped) after the ticker.
     _zap: Option<depot_common::security::ZapHandler>,
@@ -168,8 +206,18 @@ impl Clock {
             .iter()
             .map(|t| schedule::topic(t.period))
             .collect();
-        let metrics = Arc::new(ClockMetrics::new(topics.clone()));
+        // The streams' counters and list are filled by the ticker, which owns the set of
+        // streams (it changes on a live reload).
+        let metrics = Arc::new(ClockMetrics::default());
+        let infos = Arc::new(Mutex::new(
+            config
+                .ticks
+                .iter()
+                .map(crate::ticker::stream_info)
+                .collect(),
+        ));
         let stop_timers = Arc::new(AtomicBool::new(false));
+        let mut limits_tx = None;
         let timers = if config.timers.is_empty() {
             None
         } else {
@@ -185,20 +233,16 @@ impl Clock {
                 min_period_ns: nanos(config.min_period),
                 late_after_ns: nanos(config.late_after),
                 restart_grace_ns: nanos(config.restart_grace),
-                streams: config
-                    .ticks
-                    .iter()
-                    .zip(&topics)
-                    .map(|(tick, topic)| StreamInfo {
-                        topic: topic.clone(),
-                        period_ns: nanos(tick.period),
-                        precision: tick.precision.name().into(),
-                    })
-                    .collect(),
+                streams: infos.clone(),
                 guard: depot_common::authz::Guard::new(
                     curve.map(|c| c.authorizer.clone()),
                     depot_common::authz::Service::Clock,
                 ),
+                updates: {
+                    let (tx, rx) = mpsc::channel();
+                    limits_tx = Some(tx);
+                    rx
+                },
             };
             let server = TimerServer::load(router, firings_out, store, settings, metrics.clone())
                 .map_err(ClockError::Load)?;
@@ -213,6 +257,13 @@ impl Clock {
                     })?,
             )
         };
+        let (updates, updates_rx) = mpsc::channel();
+        let reconfigure = Reconfigure {
+            updates: updates_rx,
+            min_period: config.min_period,
+            infos,
+            unraised: config.ticks.is_empty() && (config.realtime || config.idle_poll),
+        };
         let ticker = Ticker::new(
             publisher,
             firings_in,
@@ -220,6 +271,7 @@ impl Clock {
             metrics.clone(),
             config.catch_up,
             boost,
+            reconfigure,
         );
         let stop_ticker = Arc::new(AtomicBool::new(false));
         let ticker = {
@@ -248,9 +300,18 @@ impl Clock {
             ticker,
             metrics,
             endpoints,
+            reconfigurer: ClockReconfigurer {
+                ticks: updates,
+                timer_limits: limits_tx,
+            },
             _zap: zap,
             _idle_poll: idle_poll,
         })
+    }
+
+    /// Where a live reload sends its changes of `[clock]`.
+    pub fn reconfigurer(&self) -> ClockReconfigurer {
+        self.reconfigurer.clone()
     }
 
     /// Stops the timers (answering what is durable), then the ticker (forwarding what the

@@ -11,14 +11,15 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use depot_common::ratelimit::RateLimited;
 use depot_store::{Kv, Store, Ticket, MAX_KV_VALUE};
 
+use crate::config::TimerLimits;
 use crate::metrics::ClockMetrics;
-use crate::protocol::{self, Firing, Reply, Request, StreamInfo};
+use crate::protocol::{self, Firing, Reply, Request};
 use crate::sys;
 use crate::timers::{self, Batch, StoredTarget};
 
@@ -68,9 +69,12 @@ pub(crate) struct TimerSettings {
     pub min_period_ns: u64,
     pub late_after_ns: u64,
     pub restart_grace_ns: u64,
-    pub streams: Vec<StreamInfo>,
+    /// The running tick streams, kept up to date by the ticker.
+    pub streams: crate::ticker::SharedStreams,
     /// The `timers` permission of the sender's key (CURVE only).
     pub guard: depot_common::authz::Guard,
+    /// New limits from a live reload.
+    pub updates: mpsc::Receiver<TimerLimits>,
 }
 
 /// The timers thread's state.
@@ -176,6 +180,7 @@ impl TimerServer {
             if let Err(e) = self.router.poll(zmq::POLLIN, timeout) {
                 tracing::warn!(error = %e, "clock: timers poll failed");
             }
+            self.take_limits();
             self.take_requests();
             self.fire_due();
             self.answer_durable();
@@ -187,6 +192,23 @@ impl TimerServer {
                 .wait_durable_timeout(ticket, Duration::from_secs(5));
         }
         self.answer_durable();
+    }
+
+    /// Takes the newest limits of a live reload, if any.
+    fn take_limits(&mut self) {
+        let Some(limits) = self.settings.updates.try_iter().last() else {
+            return;
+        };
+        self.settings.max_payload = limits.max_payload;
+        self.settings.max_timers = limits.max_timers;
+        self.settings.late_after_ns =
+            u64::try_from(limits.late_after.as_nanos()).unwrap_or(u64::MAX);
+        tracing::info!(
+            max_payload = limits.max_payload,
+            max_timers = limits.max_timers,
+            late_after = ?limits.late_after,
+            "clock: timer limits reconfigured live"
+        );
     }
 
     fn reject(&mut self, envelope: &[Vec<u8>], reason: String) {
@@ -237,7 +259,8 @@ impl TimerServer {
                 Ok(Request::Cancel(id)) => self.cancel(envelope, id),
                 Ok(Request::List { after }) => self.list(envelope, after),
                 Ok(Request::Streams) => {
-                    let reply = Reply::Streams(self.settings.streams.clone());
+                    let streams = self.settings.streams.lock();
+                    let reply = Reply::Streams(streams.unwrap_or_else(|e| e.into_inner()).clone());
                     self.queue_reply(None, envelope, reply);
                 }
                 Err(e) => self.reject(envelope, e.to_string()),
