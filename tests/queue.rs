@@ -554,7 +554,7 @@ fn after_a_sigkill_every_message_delivered_again_is_marked_redelivered() {
             received.push(d.seq);
             if last && consumer.buffered() == 0 {
                 consumer.ack_through(d.seq).unwrap();
-            } else if received.len() % 50 == 0 && received.len() > 100 {
+            } else if received.len().is_multiple_of(50) && received.len() > 100 {
                 consumer
                     .ack_through(received[received.len() - 100])
                     .unwrap();
