@@ -276,10 +276,14 @@ impl Model {
                     "queue: sequence {seq} delivered twice in one lifetime of the appliance"
                 ));
             }
-            // Not a loss: the mark is stored with the acks (periodically), so a message
-            // delivered after the last store before a kill comes again unmarked. Counted.
+            // The queue stores a delivery horizon before it delivers past it, so a repeat
+            // after a kill must carry the mark (docs/PROTOCOL.md).
             if redeliveries == 0 {
                 self.queue_unmarked += 1;
+                self.violations.add(format!(
+                    "queue: sequence {seq} delivered in an earlier lifetime came again with \
+                     redeliveries 0"
+                ));
             }
             self.queue_redelivered += 1;
         }
@@ -1080,13 +1084,16 @@ mod tests {
         assert_eq!(model.violations.count, 1, "wrong payload");
         model.queue_delivered(1, 1, &queue_body(0), 1);
         assert_eq!(model.violations.count, 2, "again in the same lifetime");
-        model.queue_delivered(1, 0, &queue_body(0), 2);
-        assert_eq!(model.violations.count, 2, "again after a restart is fine");
-        assert_eq!(model.queue_unmarked, 1, "but counted when unmarked");
-        model.queue_delivered(1, 1, &queue_body(0), 3);
-        assert_eq!(model.violations.count, 2);
+        model.queue_delivered(1, 1, &queue_body(0), 2);
+        assert_eq!(
+            model.violations.count, 2,
+            "again after a restart is fine, marked"
+        );
+        model.queue_delivered(1, 0, &queue_body(0), 3);
+        assert_eq!(model.violations.count, 3, "but not without the mark");
+        assert_eq!(model.queue_unmarked, 1);
         model.queue_delivered(3, 0, &queue_body(11), 3);
-        assert_eq!(model.violations.count, 3, "a message never sent");
+        assert_eq!(model.violations.count, 4, "a message never sent");
         assert_eq!(
             model.queue_outstanding.iter().copied().collect::<Vec<_>>(),
             [3]

@@ -13,6 +13,7 @@ use common::{poll, write_config, Appliance};
 use depot_cache::client::CacheClient;
 use depot_logd::client::{self, AckedSender, ClientError};
 use depot_queue::client::{Consumer, Producer};
+use depot_queue::horizon::WINDOW;
 
 const WAIT: Duration = Duration::from_secs(10);
 /// Size of the filesystem holding the data folder.
@@ -108,6 +109,15 @@ fn a_full_disk_refuses_writes_with_a_reason_keeps_reads_and_resumes_when_space_r
     producer
         .publish_durable("jobs", &[b"before 1", b"before 2"], WAIT)
         .expect("publish before the fill");
+    // More than the delivery horizon stored with the first delivery covers (one window from
+    // seq 1): on the full disk, deliveries stop at it until a new horizon can be stored.
+    let more: Vec<Vec<u8>> = (0..WINDOW)
+        .map(|i| format!("more {i}").into_bytes())
+        .collect();
+    for chunk in more.chunks(1_024) {
+        let refs: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
+        producer.publish_durable("jobs", &refs, WAIT).unwrap();
+    }
     let first = consumer.recv(WAIT).unwrap().expect("first message");
     assert_eq!(first.payload, b"before 1");
     let mut peer = CacheClient::connect(&ctx, std::slice::from_ref(&cache), WAIT).unwrap();
@@ -174,6 +184,27 @@ fn a_full_disk_refuses_writes_with_a_reason_keeps_reads_and_resumes_when_space_r
         panic!("the stored message was not delivered; appliance log ends:\n{tail}")
     });
     assert_eq!(delivery.payload, b"before 2");
+    // Up to the stored horizon deliveries go on; beyond it they wait for space.
+    consumer.set_prefetch(1_000).unwrap();
+    let mut last = delivery.seq;
+    while last < WINDOW {
+        let d = consumer
+            .recv(WAIT)
+            .unwrap()
+            .expect("a message within the horizon");
+        assert_eq!(d.payload, format!("more {}", d.seq - 3).as_bytes());
+        last = d.seq;
+        if consumer.buffered() == 0 {
+            consumer.ack_through(last).unwrap();
+        }
+    }
+    consumer.ack_through(last).unwrap();
+    assert_eq!(last, WINDOW);
+    let beyond = consumer.recv(Duration::from_millis(500)).unwrap();
+    assert!(
+        beyond.is_none(),
+        "delivered past the stored horizon while no new one can be stored: {beyond:?}"
+    );
 
     // Space returns: ingest resumes without a restart.
     std::fs::remove_file(&ballast).unwrap();
@@ -189,6 +220,15 @@ fn a_full_disk_refuses_writes_with_a_reason_keeps_reads_and_resumes_when_space_r
     .expect("ingest did not resume within 10 s of space returning");
     assert_eq!(resumed.0, acked + 1, "a refused batch took sequences");
     acked = resumed.1;
+    // The horizon is stored now: the two messages beyond it come, first deliveries.
+    for seq in WINDOW + 1..=WINDOW + 2 {
+        let d = consumer
+            .recv(WAIT)
+            .unwrap()
+            .expect("deliveries resume once space returns");
+        assert_eq!((d.seq, d.redeliveries), (seq, 0));
+        consumer.ack(&[seq]).unwrap();
+    }
     producer
         .publish_durable("jobs", &[b"after"], WAIT)
         .expect("queue publish after space returned");

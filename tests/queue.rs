@@ -496,6 +496,87 @@ fn a_named_consumer_away_gets_everything_on_return_also_after_a_restart() {
 }
 
 #[test]
+fn after_a_sigkill_every_message_delivered_again_is_marked_redelivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let (appliance, config) = start(dir.path(), "redelivery_timeout = \"60s\"\n");
+    let data = dir.path().join("data");
+    let ctx = zmq::Context::new();
+    const N: u64 = 20_000;
+    let router = appliance.queue().router;
+    let mut producer = Producer::connect(&ctx, &router).unwrap();
+    for batch in 0..N / 1_000 {
+        let bodies: Vec<Vec<u8>> = (batch * 1_000..(batch + 1) * 1_000).map(message).collect();
+        let refs: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
+        producer.publish_durable("marks", &refs, WAIT).unwrap();
+    }
+    drop(producer);
+    // Two lifetimes end with a SIGKILL while deliveries are under way and about 100 messages
+    // are in flight (received, acks trailing 100 behind): the messages delivered in the last
+    // milliseconds before a kill are the ones a periodic store of "delivered" misses.
+    let mut seen: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut appliance = Some(appliance);
+    let mut repeats = 0;
+    for lifetime in 0..3 {
+        let running = appliance
+            .take()
+            .unwrap_or_else(|| Appliance::start(&data, &config));
+        let router = running.queue().router;
+        let mut consumer = Consumer::subscribe(&ctx, &router, "marks", "", 200, WAIT).unwrap();
+        let mut received: Vec<u64> = Vec::new();
+        let last = lifetime == 2;
+        while if last {
+            (seen.len() as u64) < N
+        } else {
+            received.len() < 7_000
+        } {
+            let d = consumer.recv(WAIT).unwrap().unwrap_or_else(|| {
+                panic!(
+                    "lifetime {lifetime}: stalled after {} deliveries, {} of {N} seen",
+                    received.len(),
+                    seen.len()
+                )
+            });
+            let id = id_of(&d.payload);
+            match seen.insert(d.seq, id) {
+                Some(before) => {
+                    assert_eq!(before, id, "seq {} changed its message", d.seq);
+                    assert!(
+                        d.redeliveries >= 1,
+                        "lifetime {lifetime}: seq {} delivered before a kill came again with \
+                         redeliveries 0",
+                        d.seq
+                    );
+                    repeats += 1;
+                }
+                None if lifetime == 0 => assert_eq!(d.redeliveries, 0),
+                None => {}
+            }
+            received.push(d.seq);
+            if last && consumer.buffered() == 0 {
+                consumer.ack_through(d.seq).unwrap();
+            } else if received.len().is_multiple_of(50) && received.len() > 100 {
+                consumer
+                    .ack_through(received[received.len() - 100])
+                    .unwrap();
+            }
+        }
+        if last {
+            assert_eq!(running.stop().code(), Some(0));
+        } else {
+            running.kill();
+        }
+    }
+    assert_eq!(
+        seen.values().copied().collect::<HashSet<_>>().len() as u64,
+        N
+    );
+    assert!(
+        repeats >= 200,
+        "about 100 in flight at each kill, so delivered again: {repeats}"
+    );
+}
+
+#[test]
 fn a_killed_consumers_unacked_messages_go_to_another_and_timeouts_redeliver() {
     let dir = tempfile::tempdir().unwrap();
     let extra =

@@ -92,8 +92,10 @@ impl AckSet {
         seq
     }
 
-    /// The stored form: version, floor, `delivered` (how far deliveries had gone, so a restart
-    /// can mark possible repeats as redelivered), then runs of acknowledged sequences.
+    /// The stored form: version, floor, `delivered` (how far deliveries may have gone: the
+    /// delivery horizon while running, see `crate::horizon`, or how far they went at a clean
+    /// stop; a restart marks unacknowledged messages up to it as redelivered), then runs of
+    /// acknowledged sequences.
     pub fn encode(&self, delivered: u64) -> Vec<u8> {
         let mut out = vec![VERSION];
         out.extend_from_slice(&self.floor.to_be_bytes());

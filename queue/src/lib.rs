@@ -4,6 +4,7 @@
 //! Layout:
 //! - `protocol`: request and reply frames (pure).
 //! - `acks`: a subscription's acknowledged set and its stored form (pure).
+//! - `horizon`: how far a subscription may deliver for the first time (pure).
 //! - `queue`: one queue: journal, memory window, subscriptions, consumers, messages in flight.
 //! - `server`: the thread owning the ROUTER, PULL and simple-mode PUSH sockets: its loop,
 //!   confirms and periodic work; `server::requests` handles what arrives.
@@ -21,6 +22,7 @@ pub mod acks;
 pub mod client;
 pub mod config;
 mod delivery;
+pub mod horizon;
 pub mod metrics;
 pub mod protocol;
 pub mod queue;

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::acks::AckSet;
 use crate::config::QueueSettings;
+use crate::horizon::Horizon;
 
 /// A message body in memory, shared by the window, read-ahead and in-flight tables.
 pub(crate) type Payload = Arc<[u8]>;
@@ -88,10 +89,12 @@ pub(crate) struct Group {
     acks: AckSet,
     /// Next sequence to deliver for the first time.
     next: u64,
-    /// Highest sequence delivered; stored with the acks.
+    /// Highest sequence delivered; stored with the acks at a clean stop.
     delivered: u64,
     /// Unacknowledged messages up to here may have been delivered before the last start.
     delivered_before_start: u64,
+    /// First deliveries wait for it; stored with the acks while running.
+    horizon: Horizon,
     released: BTreeMap<u64, Released>,
     in_flight: HashMap<u64, InFlight>,
     /// Messages read back from the journal, from `next` on.
@@ -104,12 +107,14 @@ pub(crate) struct Group {
 }
 
 impl Group {
+    /// `delivered`: the stored horizon (or, after a clean stop, how far deliveries went).
     fn new(acks: AckSet, delivered: u64) -> Group {
         Group {
             next: acks.floor() + 1,
             acks,
             delivered,
             delivered_before_start: delivered,
+            horizon: Horizon::new(delivered),
             released: BTreeMap::new(),
             in_flight: HashMap::new(),
             read_ahead: VecDeque::new(),
@@ -276,7 +281,9 @@ impl Queue {
         if self.groups.contains_key(name) {
             return false;
         }
-        let group = Group::new(AckSet::new(self.last_seq), self.last_seq);
+        let mut group = Group::new(AckSet::new(self.last_seq), self.last_seq);
+        // Stored by the next `store_acks`, so its position survives a restart.
+        group.dirty = true;
         self.groups.insert(name.to_owned(), group);
         true
     }
@@ -319,7 +326,7 @@ impl Queue {
         Ok(appended)
     }
 
-    /// Makes messages deliverable whose appends the watermark covers.
+    /// Makes messages deliverable whose appends the watermark covers, and horizons durable.
     pub fn advance_durable(&mut self, durable: u64) {
         while let Some(&(ticket, last)) = self.unsynced.front() {
             if ticket.get() > durable {
@@ -328,6 +335,31 @@ impl Queue {
             self.durable_seq = last;
             self.unsynced.pop_front();
         }
+        for group in self.groups.values_mut() {
+            group.horizon.advance(durable);
+        }
+    }
+
+    /// Stores a new delivery horizon (with the acks) for every subscription with consumers
+    /// whose next first delivery comes near the one written; returns the last ticket. A
+    /// refused write (disk full) is wanted again on the next call; meanwhile deliveries up to
+    /// the durable horizon and redeliveries go on.
+    pub fn extend_horizons(&mut self, kv: &Kv) -> Result<Option<Ticket>, StoreError> {
+        let mut last = None;
+        for (name, group) in &mut self.groups {
+            if group.consumers.is_empty() {
+                continue;
+            }
+            let next = group.acks.next_unacked(group.next);
+            let Some(horizon) = group.horizon.wanted(next, self.last_seq) else {
+                continue;
+            };
+            let ticket = kv.put(&group_key(&self.name, name), &group.acks.encode(horizon))?;
+            group.horizon.written(horizon, ticket.get());
+            group.dirty = false;
+            last = Some(ticket);
+        }
+        Ok(last)
     }
 
     /// Re-reads the journal's size from the store.
@@ -342,7 +374,9 @@ impl Queue {
     pub fn deliverable(&self) -> bool {
         self.groups.values().any(|g| {
             let has_room = g.consumers.iter().any(|c| !c.blocked && c.room() > 0);
-            has_room && (!g.released.is_empty() || g.acks.next_unacked(g.next) <= self.durable_seq)
+            has_room
+                && (!g.released.is_empty()
+                    || g.acks.next_unacked(g.next) <= self.durable_seq.min(g.horizon.durable()))
         })
     }
 
@@ -400,7 +434,7 @@ impl Queue {
                 } else {
                     let seq = group.acks.next_unacked(group.next);
                     group.next = seq;
-                    if seq > self.durable_seq {
+                    if seq > self.durable_seq || !group.horizon.allows(seq) {
                         break;
                     }
                     let held = match window_get(&self.window, seq) {
@@ -606,12 +640,25 @@ impl Queue {
         dead
     }
 
-    /// Writes the acks of subscriptions that changed; returns the last ticket.
-    pub fn store_acks(&mut self, kv: &Kv, all: bool) -> Result<Option<Ticket>, StoreError> {
+    /// Writes the acks of subscriptions that changed (every one with `all`) with their
+    /// horizons; returns the last ticket. `stopped`: no delivery follows, so how far
+    /// deliveries went is stored instead of the horizon, and a restart after a clean stop
+    /// marks exactly the messages delivered before.
+    pub fn store_acks(
+        &mut self,
+        kv: &Kv,
+        all: bool,
+        stopped: bool,
+    ) -> Result<Option<Ticket>, StoreError> {
         let mut last = None;
         for (name, group) in &mut self.groups {
             if group.dirty || all {
-                let value = group.acks.encode(group.delivered);
+                let reached = if stopped {
+                    group.delivered
+                } else {
+                    group.horizon.target()
+                };
+                let value = group.acks.encode(reached);
                 last = Some(kv.put(&group_key(&self.name, name), &value)?);
                 group.dirty = false;
             }
@@ -769,21 +816,46 @@ mod tests {
         index: usize,
         n: usize,
     ) -> Vec<(u64, u32, Vec<u8>)> {
+        let kv = store.kv("queue-test").unwrap();
         let mut got = Vec::new();
-        q.take(
-            store,
-            group,
-            index,
-            n,
-            usize::MAX,
-            Instant::now(),
-            &mut |seq, r, p| {
-                got.push((seq, r, p.to_vec()));
-                true
-            },
-        )
-        .unwrap();
-        got
+        loop {
+            // First deliveries wait for a durable horizon, written a window at a time.
+            if let Some(ticket) = q.extend_horizons(&kv).unwrap() {
+                store.wait_durable(ticket).unwrap();
+                q.advance_durable(store.watermark().durable);
+            }
+            let taken = q
+                .take(
+                    store,
+                    group,
+                    index,
+                    n - got.len(),
+                    usize::MAX,
+                    Instant::now(),
+                    &mut |seq, r, p| {
+                        got.push((seq, r, p.to_vec()));
+                        true
+                    },
+                )
+                .unwrap();
+            if taken == 0 || got.len() == n {
+                return got;
+            }
+        }
+    }
+
+    /// Reopens `q` as a restart would, from the acks and horizons stored in `kv`.
+    fn reopen(q: &Queue, store: &Store, kv: &Kv) -> Queue {
+        let groups = q
+            .groups
+            .keys()
+            .map(|name| {
+                let value = kv.get(&group_key(&q.name, name)).unwrap().unwrap();
+                let (acks, delivered) = AckSet::decode(&value).unwrap();
+                (name.clone(), acks, delivered)
+            })
+            .collect();
+        Queue::open(&q.name, q.settings.clone(), store, groups)
     }
 
     fn publish(q: &mut Queue, store: &Store, range: std::ops::Range<u32>) {
@@ -877,16 +949,9 @@ mod tests {
         let audit = collect(&mut q, &store, "audit", 0, 4);
         assert_eq!(audit.len(), 4);
         q.ack_through("audit", 2, 2);
-        q.store_acks(&kv, false).unwrap();
-        // As after a restart: audit resumes at 3, with 3 and 4 marked as maybe delivered.
-        let (acks, delivered) =
-            AckSet::decode(&kv.get(&group_key("q", "audit")).unwrap().unwrap()).unwrap();
-        let mut q = Queue::open(
-            "q",
-            settings(2),
-            &store,
-            vec![("audit".into(), acks, delivered)],
-        );
+        // As after a clean stop: audit resumes at 3, with 3 and 4 marked as delivered before.
+        q.store_acks(&kv, true, true).unwrap();
+        let mut q = reopen(&q, &store, &kv);
         q.groups
             .get_mut("audit")
             .unwrap()
@@ -923,13 +988,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), Default::default()).unwrap();
         let mut q = Queue::open("q", settings(100), &store, Vec::new());
-        q.append(&store, &[b"x"]).unwrap();
         q.groups
             .get_mut("")
             .unwrap()
             .consumers
             .push(consumer(1, 100));
-        assert!(collect(&mut q, &store, "", 0, 100).is_empty());
+        // A first message makes a horizon durable, so only durability holds the second.
+        publish(&mut q, &store, 0..1);
+        assert_eq!(collect(&mut q, &store, "", 0, 100).len(), 1);
+        q.append(&store, &[b"x"]).unwrap();
+        let taken = q
+            .take(
+                &store,
+                "",
+                0,
+                100,
+                usize::MAX,
+                Instant::now(),
+                &mut |_, _, _| true,
+            )
+            .unwrap();
+        assert_eq!(taken, 0);
         store.wait_durable(q.unsynced.back().unwrap().0).unwrap();
         q.advance_durable(store.watermark().durable);
         assert_eq!(collect(&mut q, &store, "", 0, 100).len(), 1);
@@ -956,6 +1035,75 @@ mod tests {
             got.iter().map(|m| (m.0, m.1)).collect::<Vec<_>>(),
             [(1, 0), (2, 0), (3, 0)]
         );
+    }
+
+    #[test]
+    fn after_a_crash_every_message_up_to_the_stored_horizon_comes_marked() {
+        use crate::horizon::WINDOW;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Default::default()).unwrap();
+        let kv = store.kv("queue-test").unwrap();
+        let mut q = Queue::open("q", settings(100), &store, Vec::new());
+        publish(&mut q, &store, 0..(WINDOW as u32 + 100));
+        let g = q.groups.get_mut("").unwrap();
+        g.consumers.push(consumer(1, 10));
+        assert_eq!(collect(&mut q, &store, "", 0, 10).len(), 10);
+        // Nothing is stored after the deliveries (a SIGKILL right after them): the horizon
+        // written before them covers them.
+        let mut q = reopen(&q, &store, &kv);
+        q.groups
+            .get_mut("")
+            .unwrap()
+            .consumers
+            .push(consumer(2, u32::MAX));
+        let again = collect(&mut q, &store, "", 0, usize::MAX);
+        assert_eq!(again.len(), WINDOW as usize + 100);
+        let marked = again.iter().take_while(|m| m.1 == 1).count();
+        assert_eq!(marked as u64, WINDOW, "up to the horizon, one window");
+        assert!(again[marked..].iter().all(|m| m.1 == 0));
+        assert_eq!(again[marked].0, WINDOW + 1);
+    }
+
+    #[test]
+    fn first_deliveries_wait_for_a_durable_horizon_redeliveries_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Default::default()).unwrap();
+        let kv = store.kv("queue-test").unwrap();
+        let mut q = Queue::open("q", settings(100), &store, Vec::new());
+        publish(&mut q, &store, 0..3);
+        q.groups.get_mut("").unwrap().consumers.push(consumer(1, 1));
+        let take_one = |q: &mut Queue| {
+            let mut got = Vec::new();
+            q.take(
+                &store,
+                "",
+                0,
+                1,
+                usize::MAX,
+                Instant::now(),
+                &mut |s, r, _| {
+                    got.push((s, r));
+                    true
+                },
+            )
+            .unwrap();
+            got
+        };
+        assert!(!q.deliverable(), "no horizon stored yet");
+        assert!(take_one(&mut q).is_empty());
+        let ticket = q.extend_horizons(&kv).unwrap().expect("a horizon write");
+        assert!(
+            q.extend_horizons(&kv).unwrap().is_none(),
+            "one write at a time"
+        );
+        store.wait_durable(ticket).unwrap();
+        q.advance_durable(store.watermark().durable);
+        assert!(q.deliverable());
+        assert_eq!(take_one(&mut q), [(1, 0)]);
+        // Released (delivered before, so within the horizon): delivered again at once.
+        assert!(q.remove_consumer("", 1).is_empty());
+        q.groups.get_mut("").unwrap().consumers.push(consumer(2, 1));
+        assert_eq!(take_one(&mut q), [(1, 1)]);
     }
 
     #[test]

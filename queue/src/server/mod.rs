@@ -82,6 +82,8 @@ pub(crate) struct Server {
     last_tick: Instant,
     last_trim: Instant,
     last_stats: Instant,
+    /// After a refused horizon write (disk full): no new try before then.
+    horizon_retry: Option<Instant>,
     /// Produce/consume permissions of the sender's key (CURVE only).
     guard: depot_common::authz::Guard,
 }
@@ -155,6 +157,7 @@ impl Server {
             last_tick: Instant::now(),
             last_trim: Instant::now(),
             last_stats: Instant::now() - STATS_EVERY,
+            horizon_retry: None,
             guard: depot_common::authz::Guard::new(
                 config.curve.as_ref().map(|c| c.authorizer.clone()),
                 depot_common::authz::Service::Queue,
@@ -216,6 +219,7 @@ impl Server {
             }
             self.send_due_confirms();
             self.retry_waiting();
+            self.extend_horizons();
             self.deliver();
             if self.last_tick.elapsed() >= TICK {
                 self.tick();
@@ -234,7 +238,8 @@ impl Server {
             let reason = "not stored: the appliance is stopping (the queue was full)";
             self.reply(&w.identity, protocol::err("PUB", &w.tag, reason));
         }
-        self.store_acks(true);
+        // Nothing is delivered any more: store exactly how far deliveries went.
+        self.store_acks(true, true);
     }
 
     fn poll_and_receive(&mut self, timeout: i64) -> usize {
@@ -319,7 +324,7 @@ impl Server {
             tracing::info!(queue = name, "queue created");
             self.queues.insert(name.to_owned(), queue);
             if let Some(q) = self.queues.get_mut(name) {
-                if let Err(e) = q.store_acks(&self.kv, true) {
+                if let Err(e) = q.store_acks(&self.kv, true, false) {
                     tracing::error!(queue = name, error = %e, "queue: cannot store a new queue");
                 }
             }
@@ -522,7 +527,7 @@ impl Server {
                 }
             }
         }
-        self.store_acks(false);
+        self.store_acks(false, false);
         if self.last_trim.elapsed() >= TRIM_EVERY {
             self.last_trim = now;
             for q in self.queues.values_mut() {
@@ -550,9 +555,29 @@ impl Server {
             .unwrap_or_else(|e| e.into_inner()) = stats;
     }
 
-    fn store_acks(&mut self, all: bool) {
+    /// Stores the delivery horizons that deliveries come near (see `crate::horizon`). Runs
+    /// every loop turn right after new appends, so a horizon write mostly shares their commit.
+    fn extend_horizons(&mut self) {
+        if self.horizon_retry.is_some_and(|at| Instant::now() < at) {
+            return;
+        }
+        self.horizon_retry = None;
         for q in self.queues.values_mut() {
-            if let Err(e) = q.store_acks(&self.kv, all) {
+            if let Err(e) = q.extend_horizons(&self.kv) {
+                // Tried again a tick later, not on every loop turn (each try measures the
+                // disk while it is full).
+                self.horizon_retry = Some(Instant::now() + TICK);
+                inc(&self.metrics.store_errors);
+                if let Some(suppressed) = self.store_failure.allow() {
+                    tracing::error!(queue = q.name, error = %e, suppressed, "queue: storing a delivery horizon failed; new messages wait for it");
+                }
+            }
+        }
+    }
+
+    fn store_acks(&mut self, all: bool, stopped: bool) {
+        for q in self.queues.values_mut() {
+            if let Err(e) = q.store_acks(&self.kv, all, stopped) {
                 inc(&self.metrics.store_errors);
                 if let Some(suppressed) = self.store_failure.allow() {
                     tracing::error!(queue = q.name, error = %e, suppressed, "queue: storing acks failed");

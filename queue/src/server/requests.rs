@@ -208,7 +208,7 @@ impl Server {
             });
         }
         // Store a new subscription at once, so its position survives a restart.
-        if let Err(e) = q.store_acks(&kv, false) {
+        if let Err(e) = q.store_acks(&kv, false, false) {
             tracing::error!(queue, error = %e, "queue: cannot store a subscription");
         }
         self.peers
