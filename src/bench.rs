@@ -168,9 +168,10 @@ pub struct LogdBenchArgs {
     /// Records per second (latency mode).
     #[arg(long, default_value_t = 100_000)]
     rate: u64,
-    /// Send each batch as one packed frame (`packed=1`) instead of a frame per record.
+    /// Send a frame per record instead of each batch as one packed frame (`packed=1`, the
+    /// Rust client's default).
     #[arg(long)]
-    packed: bool,
+    frame_per_record: bool,
 }
 
 /// Runs one logd benchmark against the appliance at `endpoints` and prints its figures.
@@ -203,7 +204,7 @@ fn logd_acked(
     let handles: Vec<_> = (0..args.producers)
         .map(|p| {
             let (endpoint, stream) = (endpoints.acked.clone(), stream.to_string());
-            let (size, batch, packed) = (args.size, args.batch, args.packed);
+            let (size, batch, packed) = (args.size, args.batch, !args.frame_per_record);
             std::thread::spawn(move || -> anyhow::Result<()> {
                 let ctx = zmq::Context::new();
                 let mut sender =
@@ -241,7 +242,7 @@ fn logd_acked(
     let total = per_producer * args.producers as u64;
     println!(
         "acked{}: {total} records of {} B, {} producers, {} per batch: {secs:.2} s, {:.0} records/s durable",
-        if args.packed { " (packed)" } else { "" },
+        if args.frame_per_record { " (a frame per record)" } else { " (packed)" },
         args.size,
         args.producers,
         args.batch,
@@ -271,7 +272,7 @@ fn logd_push(
     let handles: Vec<_> = (0..args.producers)
         .map(|p| {
             let (endpoint, stream) = (endpoints.pull.clone(), stream.to_string());
-            let (size, batch, packed) = (args.size, args.batch, args.packed);
+            let (size, batch, packed) = (args.size, args.batch, !args.frame_per_record);
             std::thread::spawn(move || -> anyhow::Result<()> {
                 let ctx = zmq::Context::new();
                 let sender =
@@ -305,7 +306,7 @@ fn logd_push(
     let secs = started.elapsed().as_secs_f64();
     println!(
         "push{}: {total} records of {} B, {} producers, {} per message: sent in {sent_secs:.2} s, all stored after {secs:.2} s: {:.0} records/s; stored {stored} of {total}",
-        if args.packed { " (packed)" } else { "" },
+        if args.frame_per_record { " (a frame per record)" } else { " (packed)" },
         args.size,
         args.producers,
         args.batch,
