@@ -295,3 +295,102 @@ fn queue_a_consumer_that_stops_reading_holds_only_its_window_the_other_gets_the_
     assert!(worker.recv(Duration::from_millis(300)).unwrap().is_none());
     assert!(appliance.stop().success());
 }
+
+/// An nftables table that drops every packet from and to `addr` on this host while it lives:
+/// a peer gone without closing (a cut cable, a frozen host), no FIN, no RST.
+struct Unreachable {
+    table: String,
+}
+
+impl Unreachable {
+    fn cut(addr: &str, tag: u16) -> Unreachable {
+        let table = format!("depot_unreachable_{tag}");
+        let rules = format!(
+            "table ip {table} {{\n chain input {{\n  type filter hook input priority -10; policy accept;\n  ip saddr {addr} drop\n  ip daddr {addr} drop\n }}\n}}\n"
+        );
+        nft(&rules);
+        Unreachable { table }
+    }
+}
+
+impl Drop for Unreachable {
+    fn drop(&mut self) {
+        nft(&format!("delete table ip {}\n", self.table));
+    }
+}
+
+fn nft(rules: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("nft (nftables) is missing: `scripts/setup.sh test` installs it");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(rules.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "nft refused:\n{rules}");
+}
+
+/// A live subscriber that vanishes without closing (its packets dropped from then on, so the
+/// appliance hears nothing, not even a FIN) is dropped by the live XPUB when its heartbeats
+/// go unanswered: its subscription goes (and with it the pipe and what was queued in it)
+/// within the heartbeat timeout, not when TCP gives up many minutes later.
+#[test]
+fn a_live_subscriber_gone_without_closing_is_dropped_by_missed_heartbeats() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("a_live_subscriber_gone...: skipped, nftables needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), "", "");
+    let appliance = Appliance::start(&dir.path().join("data"), &config);
+    let logd = appliance.logd();
+    let ctx = zmq::Context::new();
+    let mut sender = AckedSender::connect(&ctx, &logd.acked).unwrap();
+    let port: u16 = logd.live.rsplit(':').next().unwrap().parse().unwrap();
+    // The subscriber connects from its own loopback address, so that only its packets drop.
+    let source = format!("127.0.{}.{}", 1 + port / 256 % 250, 2 + port % 250);
+    let sub = ctx.socket(zmq::SUB).unwrap();
+    sub.set_linger(0).unwrap();
+    sub.set_subscribe(b"cut ").unwrap();
+    let from = logd
+        .live
+        .replacen("tcp://", &format!("tcp://{source}:0;"), 1);
+    sub.connect(&from).unwrap();
+    poll(WAIT, || {
+        sender
+            .send_durable("cut", 6, "t", &[b"probe"], WAIT)
+            .unwrap();
+        (sub.poll(zmq::POLLIN, 50).unwrap() > 0).then_some(())
+    })
+    .expect("live subscription never took effect");
+    assert_eq!(appliance.metric("depot_logd_live_subscriptions"), 1.0);
+
+    let _cut = Unreachable::cut(&source, port);
+    let started = Instant::now();
+    let dropped = poll(Duration::from_secs(30), || {
+        (appliance.metric("depot_logd_live_subscriptions") == 0.0).then_some(())
+    });
+    let took = started.elapsed();
+    assert!(
+        dropped.is_some(),
+        "the vanished subscriber still holds its subscription after {took:?}"
+    );
+    eprintln!("vanished live subscriber dropped after {took:?}");
+    let timeout = Duration::from_millis(depot_common::security::PEER_HEARTBEAT_TIMEOUT_MS as u64);
+    assert!(
+        took <= timeout + Duration::from_secs(3),
+        "dropped after {took:?}, heartbeat timeout {timeout:?}"
+    );
+    // The appliance serves on.
+    sender
+        .send_durable("cut", 6, "t", &[b"after"], WAIT)
+        .unwrap();
+    drop(sub);
+    assert!(appliance.stop().success());
+}

@@ -575,8 +575,20 @@ impl ServerCurve {
     }
 }
 
-/// Applies `curve`, when given, to a server socket before it binds.
+/// How often a server socket pings a peer that sent nothing (ZMTP heartbeats).
+pub const PEER_HEARTBEAT_IVL_MS: i32 = 1_000;
+/// How long a server socket waits for any traffic from a peer after a ping before it drops
+/// the connection: a peer gone without closing (a cut network, a frozen host) would otherwise
+/// keep its pipe, and what is queued in it, until TCP gives up after many minutes.
+pub const PEER_HEARTBEAT_TIMEOUT_MS: i32 = 5_000;
+
+/// Applies `curve`, when given, to a server socket before it binds, and ZMTP heartbeats (a
+/// listener keeps the options it was bound with).
 pub fn apply_server(socket: &zmq::Socket, curve: Option<&ServerCurve>) -> zmq::Result<()> {
+    socket.set_heartbeat_ivl(PEER_HEARTBEAT_IVL_MS)?;
+    socket.set_heartbeat_timeout(PEER_HEARTBEAT_TIMEOUT_MS)?;
+    // What the peer should wait for us: the same.
+    socket.set_heartbeat_ttl(PEER_HEARTBEAT_TIMEOUT_MS)?;
     match curve {
         Some(curve) => curve.apply(socket),
         None => Ok(()),

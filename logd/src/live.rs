@@ -222,6 +222,14 @@ impl LivePublisher {
             for live in [&mut self.plain, &mut self.packed].into_iter().flatten() {
                 live.take_subscriptions(&mut self.guard);
             }
+            let held = [&self.plain, &self.packed]
+                .into_iter()
+                .flatten()
+                .map(|live| live.subscriptions.len() as u64)
+                .sum();
+            self.metrics
+                .live_subscriptions
+                .store(held, Ordering::Relaxed);
             while let Ok(batch) = self.rx.try_recv() {
                 self.publish(batch);
             }

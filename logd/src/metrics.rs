@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use depot_common::metrics::{Kind, MetricsText};
 
-/// Counters of the log service; every one only goes up.
+/// Counters of the log service; every one but `live_subscriptions` only goes up.
 #[derive(Debug, Default)]
 pub struct LogdMetrics {
     /// Records stored, by ingest path.
@@ -45,6 +45,9 @@ pub struct LogdMetrics {
     pub replay_records: AtomicU64,
     /// Replay subscriptions refused.
     pub replay_rejected: AtomicU64,
+    /// Topic prefixes live subscribers hold now, both live endpoints (a gauge: it falls when
+    /// subscribers leave, also when a vanished one is dropped by its missed heartbeats).
+    pub live_subscriptions: AtomicU64,
 }
 
 /// Adds one to a counter.
@@ -166,5 +169,11 @@ impl LogdMetrics {
         for (name, help, counter) in singles {
             m.single(name, Kind::Counter, help, get(counter));
         }
+        m.single(
+            "depot_logd_live_subscriptions",
+            Kind::Gauge,
+            "Topic prefixes live subscribers hold now",
+            get(&self.live_subscriptions),
+        );
     }
 }
