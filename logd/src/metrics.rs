@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use depot_common::metrics::{Kind, MetricsText};
 
-/// Counters of the log service; every one only goes up.
+/// Counters of the log service; every one only goes up, except the `_active` gauge.
 #[derive(Debug, Default)]
 pub struct LogdMetrics {
     /// Records stored, by ingest path.
@@ -27,6 +27,8 @@ pub struct LogdMetrics {
     pub acks_sent: AtomicU64,
     /// Acked batches answered with an error.
     pub ack_errors: AtomicU64,
+    /// Acks dropped because their client did not read them (beyond `max_unread_acks`).
+    pub acks_dropped: AtomicU64,
     /// Syslog messages whose body was not UTF-8 (kept as bytes).
     pub syslog_invalid_utf8: AtomicU64,
     /// Syslog datagrams dropped because ingest was saturated.
@@ -45,6 +47,8 @@ pub struct LogdMetrics {
     pub replay_records: AtomicU64,
     /// Replay subscriptions refused.
     pub replay_rejected: AtomicU64,
+    /// Replays in progress on the replay API (a gauge, set by its thread).
+    pub api_replays_active: AtomicU64,
 }
 
 /// Adds one to a counter.
@@ -106,7 +110,7 @@ impl LogdMetrics {
             &[("reason", "store")],
             get(&self.store_errors),
         );
-        let singles: [(&str, &str, &AtomicU64); 11] = [
+        let singles: [(&str, &str, &AtomicU64); 12] = [
             (
                 "depot_logd_acks_sent_total",
                 "Acked batches confirmed once durable",
@@ -116,6 +120,11 @@ impl LogdMetrics {
                 "depot_logd_ack_errors_total",
                 "Acked batches answered with an error",
                 &self.ack_errors,
+            ),
+            (
+                "depot_logd_acks_dropped_total",
+                "Acks dropped because their client did not read them (max_unread_acks)",
+                &self.acks_dropped,
             ),
             (
                 "depot_logd_syslog_invalid_utf8_total",
@@ -166,5 +175,15 @@ impl LogdMetrics {
         for (name, help, counter) in singles {
             m.single(name, Kind::Counter, help, get(counter));
         }
+        m.family(
+            "depot_logd_replays_active",
+            Kind::Gauge,
+            "Replays in progress, by endpoint",
+        )
+        .sample(
+            "depot_logd_replays_active",
+            &[("path", "api")],
+            get(&self.api_replays_active),
+        );
     }
 }
