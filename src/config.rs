@@ -529,7 +529,9 @@ policy = "reject"
     fn logd_max_unread_acks_is_read_and_zero_refused() {
         let config = parse("[logd]\nmax_unread_acks = 500\n").unwrap();
         assert_eq!(config.logd.max_unread_acks, 500);
-        let err = parse("[logd]\nmax_unread_acks = 0\n").unwrap_err().to_string();
+        let err = parse("[logd]\nmax_unread_acks = 0\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("max_unread_acks"), "{err}");
     }
 }

@@ -360,17 +360,23 @@ fn acked_ingest_acks_a_client_never_reads_are_bounded_and_others_get_theirs_prom
     })
     .expect("acks neither sent nor dropped, or batches not stored");
     let dropped = appliance.metric("depot_logd_acks_dropped_total") as u64;
-    eprintln!("acks dropped: {dropped} of {DEAF_BATCHES}");
+    eprintln!("acks dropped: {dropped} of {DEAF_BATCHES}; {mine} acks, worst wait {worst:?}");
     assert!(dropped > 0, "no ack was dropped");
     assert!(
-        appliance.stderr().contains("acks of a client that does not read them dropped"),
+        appliance
+            .stderr()
+            .contains("acks of a client that does not read them dropped"),
         "no warning about dropped acks"
     );
     // Waiting acks are retried at a bounded cost: the appliance is nearly idle now.
     let cpu_before = appliance.cpu_ticks();
     std::thread::sleep(Duration::from_secs(2));
     let cpu = appliance.cpu_ticks() - cpu_before;
-    assert!(cpu < 50, "the appliance used {cpu} ticks in 2 s with acks waiting");
+    eprintln!("unread acks: {cpu} CPU ticks in 2 s with acks waiting");
+    assert!(
+        cpu < 50,
+        "the appliance used {cpu} ticks in 2 s with acks waiting"
+    );
     assert_rss_bounded(&appliance, rss_before, 32, "unread acks");
     assert!(appliance.stop().success());
 }
@@ -414,9 +420,9 @@ fn replay_api_a_stalled_and_a_vanished_replayer_hold_back_neither_replays_nor_li
     stalled.connect(&logd.replay_api).unwrap();
     request_replay(&stalled, b"stalled", "long", 1_000_000);
     assert!(stalled.poll(zmq::POLLIN, WAIT.as_millis() as i64).unwrap() > 0);
-    // Vanish mid-replay: one with its credit used up (nothing more is sent to it), one with
-    // much credit left (its pipe is full).
-    for (id, credit) in [(&b"small"[..], 1_000u32), (&b"large"[..], 1_000_000)] {
+    // Vanish mid-replay: one with its credit used up by the one message it took (nothing more
+    // is sent to it), one with much credit left (its pipe is full).
+    for (id, credit) in [(&b"small"[..], 10u32), (&b"large"[..], 1_000_000)] {
         let own = zmq::Context::new();
         let dealer = own.socket(zmq::DEALER).unwrap();
         dealer.set_linger(0).unwrap();
@@ -455,7 +461,9 @@ fn replay_api_a_stalled_and_a_vanished_replayer_hold_back_neither_replays_nor_li
     live.set_subscribe(b"fresh ").unwrap();
     live.connect(&logd.live).unwrap();
     poll(WAIT, || {
-        sender.send_durable("fresh", 6, "t", &[b"probe"], WAIT).unwrap();
+        sender
+            .send_durable("fresh", 6, "t", &[b"probe"], WAIT)
+            .unwrap();
         (live.poll(zmq::POLLIN, 50).unwrap() > 0).then_some(())
     })
     .expect("live subscription never took effect");

@@ -414,17 +414,14 @@ impl Ingest {
             return;
         };
         let metrics = &self.metrics;
-        self.unread.retry(
-            RETRY_CLIENTS_PER_TURN,
-            RETRY_SENDS_PER_TURN,
-            |_, ack| {
+        self.unread
+            .retry(RETRY_CLIENTS_PER_TURN, RETRY_SENDS_PER_TURN, |_, ack| {
                 let sent = send_ack(router, ack);
                 if sent == Sent::Delivered {
                     inc(&metrics.acks_sent);
                 }
                 sent
-            },
-        );
+            });
     }
 }
 
