@@ -2,7 +2,8 @@
 //! one that stops reading and one that vanishes (its zmq context dropped with linger 0, never
 //! unsubscribing). The reader sees everything with no stall beyond the bound, the appliance's
 //! memory stays within what the fan-out's high-water mark allows, and the appliance serves on.
-//! The bounds are in RELIABILITY.md. Also covered elsewhere: a stalled replayer
+//! Also the replay API's replayers and the acks of a client that never reads them (bounded by
+//! `max_unread_acks`). The bounds are in RELIABILITY.md. Also covered elsewhere: a stalled replayer
 //! (`tests/logd.rs`, `stalled_replayer_blocks_neither_ingest_nor_live`) and a killed queue
 //! consumer's unacked messages redelivered after the heartbeat timeout (`tests/queue.rs`,
 //! `a_killed_consumers_unacked_messages_go_to_another_and_timeouts_redeliver`).
