@@ -374,6 +374,9 @@ impl Ingest {
                 }
                 break;
             }
+            if self.sockets.acked.is_none() {
+                break;
+            }
             let Some(ack) = self.pending.pop_front() else {
                 break;
             };
