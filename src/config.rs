@@ -152,6 +152,10 @@ impl Config {
         let config: Config = toml::from_str(text)
             .map_err(|e| anyhow::anyhow!("invalid configuration {}: {e}", origin.display()))?;
         config
+            .logd
+            .validate()
+            .map_err(|e| anyhow::anyhow!("invalid configuration {}: {e}", origin.display()))?;
+        config
             .queue
             .validate()
             .map_err(|e| anyhow::anyhow!("invalid configuration {}: {e}", origin.display()))?;
@@ -519,5 +523,15 @@ policy = "reject"
         assert!(Config::load(missing, false).is_ok());
         let err = Config::load(missing, true).unwrap_err().to_string();
         assert!(err.contains("/nonexistent/depot.toml"), "{err}");
+    }
+
+    #[test]
+    fn logd_max_unread_acks_is_read_and_zero_refused() {
+        let config = parse("[logd]\nmax_unread_acks = 500\n").unwrap();
+        assert_eq!(config.logd.max_unread_acks, 500);
+        let err = parse("[logd]\nmax_unread_acks = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_unread_acks"), "{err}");
     }
 }

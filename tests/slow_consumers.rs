@@ -2,7 +2,8 @@
 //! one that stops reading and one that vanishes (its zmq context dropped with linger 0, never
 //! unsubscribing). The reader sees everything with no stall beyond the bound, the appliance's
 //! memory stays within what the fan-out's high-water mark allows, and the appliance serves on.
-//! The bounds are in RELIABILITY.md. Also covered elsewhere: a stalled replayer
+//! Also the replay API's replayers and the acks of a client that never reads them (bounded by
+//! `max_unread_acks`). The bounds are in RELIABILITY.md. Also covered elsewhere: a stalled replayer
 //! (`tests/logd.rs`, `stalled_replayer_blocks_neither_ingest_nor_live`) and a killed queue
 //! consumer's unacked messages redelivered after the heartbeat timeout (`tests/queue.rs`,
 //! `a_killed_consumers_unacked_messages_go_to_another_and_timeouts_redeliver`).
@@ -293,6 +294,209 @@ fn queue_a_consumer_that_stops_reading_holds_only_its_window_the_other_gets_the_
     }
     // What is left is the stuck consumer's window.
     assert!(worker.recv(Duration::from_millis(300)).unwrap().is_none());
+    assert!(appliance.stop().success());
+}
+
+/// A DEALER that sends acked batches and never reads its acks (receive buffer of one message
+/// and a small kernel buffer, as `stalled`).
+fn deaf_sender(ctx: &zmq::Context, endpoint: &str) -> zmq::Socket {
+    let dealer = ctx.socket(zmq::DEALER).unwrap();
+    dealer.set_rcvhwm(1).unwrap();
+    dealer.set_rcvbuf(4096).unwrap();
+    dealer.set_linger(0).unwrap();
+    dealer.connect(endpoint).unwrap();
+    dealer
+}
+
+#[test]
+fn acked_ingest_acks_a_client_never_reads_are_bounded_and_others_get_theirs_promptly() {
+    const MAX_UNREAD: u64 = 100;
+    const DEAF_BATCHES: u64 = 20_000;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), &format!("max_unread_acks = {MAX_UNREAD}\n"), "");
+    let appliance = Appliance::start(&dir.path().join("data"), &config);
+    let logd = appliance.logd();
+    let ctx = zmq::Context::new();
+    let mut sender = AckedSender::connect(&ctx, &logd.acked).unwrap();
+    sender.send_durable("ok", 6, "t", &[b"warm"], WAIT).unwrap();
+    let rss_before = appliance.rss_kb();
+
+    // The deaf client floods from its own thread while this one times its acks.
+    let deaf_done = Arc::new(AtomicBool::new(false));
+    let deaf = {
+        let (ctx, endpoint, done) = (ctx.clone(), logd.acked.clone(), deaf_done.clone());
+        std::thread::spawn(move || {
+            let dealer = deaf_sender(&ctx, &endpoint);
+            let body = vec![b'd'; 256];
+            for n in 0..DEAF_BATCHES {
+                let id = n.to_be_bytes();
+                let frames: [&[u8]; 4] = [&id, b"deaf", b"level=6 source=t", &body];
+                dealer.send_multipart(frames, 0).unwrap();
+            }
+            done.store(true, Ordering::Release);
+            dealer
+        })
+    };
+    let (mut worst, mut mine) = (Duration::ZERO, 0u64);
+    while !deaf_done.load(Ordering::Acquire) || mine < 200 {
+        let started = Instant::now();
+        sender
+            .send_durable("ok", 6, "t", &[b"mine"], WAIT)
+            .expect("the reading client's ack did not come");
+        worst = worst.max(started.elapsed());
+        mine += 1;
+    }
+    let _deaf = deaf.join().unwrap();
+    assert!(
+        worst < STALL_BOUND,
+        "the reading client waited {worst:?} for an ack"
+    );
+    // Every batch is stored; each ack was sent, dropped, or is among the last MAX_UNREAD kept.
+    let total = DEAF_BATCHES + mine + 1;
+    poll(WAIT, || {
+        let stored = appliance.metric("depot_logd_stored_records_total{path=\"acked\"}");
+        let sent = appliance.metric("depot_logd_acks_sent_total");
+        let dropped = appliance.metric("depot_logd_acks_dropped_total");
+        (stored as u64 == total && (sent + dropped) as u64 + MAX_UNREAD >= total).then_some(())
+    })
+    .expect("acks neither sent nor dropped, or batches not stored");
+    let dropped = appliance.metric("depot_logd_acks_dropped_total") as u64;
+    eprintln!("acks dropped: {dropped} of {DEAF_BATCHES}; {mine} acks, worst wait {worst:?}");
+    assert!(dropped > 0, "no ack was dropped");
+    assert!(
+        appliance
+            .stderr()
+            .contains("acks of a client that does not read them dropped"),
+        "no warning about dropped acks"
+    );
+    // Waiting acks are retried at a bounded cost: the appliance is nearly idle now.
+    let cpu_before = appliance.cpu_ticks();
+    std::thread::sleep(Duration::from_secs(2));
+    let cpu = appliance.cpu_ticks() - cpu_before;
+    eprintln!("unread acks: {cpu} CPU ticks in 2 s with acks waiting");
+    assert!(
+        cpu < 50,
+        "the appliance used {cpu} ticks in 2 s with acks waiting"
+    );
+    assert_rss_bounded(&appliance, rss_before, 32, "unread acks");
+    assert!(appliance.stop().success());
+}
+
+/// Starts a replay of all of `stream` over the replay API with `credit`.
+fn request_replay(dealer: &zmq::Socket, id: &[u8], stream: &str, credit: u32) {
+    let request: [&[u8]; 5] = [
+        b"REPLAY",
+        id,
+        stream.as_bytes(),
+        b"1",
+        &credit.to_be_bytes(),
+    ];
+    dealer.send_multipart(request, 0).unwrap();
+}
+
+#[test]
+fn replay_api_a_stalled_and_a_vanished_replayer_hold_back_neither_replays_nor_live() {
+    const RECORDS: u64 = 40_000;
+    const BATCH: u64 = 500;
+    let active = "depot_logd_replays_active{path=\"api\"}";
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), "", "");
+    let appliance = Appliance::start(&dir.path().join("data"), &config);
+    let logd = appliance.logd();
+    let ctx = zmq::Context::new();
+    let mut sender = AckedSender::connect(&ctx, &logd.acked).unwrap();
+    // 80 MiB to replay: far more than one stalled replayer may hold.
+    let body = vec![b'r'; 2048];
+    let bodies: Vec<&[u8]> = (0..BATCH).map(|_| body.as_slice()).collect();
+    for _ in 0..RECORDS / BATCH {
+        sender.send_durable("long", 6, "t", &bodies, WAIT).unwrap();
+    }
+    let rss_before = appliance.rss_kb();
+
+    // Asks for everything, takes one message, then never reads again.
+    let stalled = ctx.socket(zmq::DEALER).unwrap();
+    stalled.set_rcvhwm(1).unwrap();
+    stalled.set_rcvbuf(4096).unwrap();
+    stalled.set_linger(0).unwrap();
+    stalled.connect(&logd.replay_api).unwrap();
+    request_replay(&stalled, b"stalled", "long", 1_000_000);
+    assert!(stalled.poll(zmq::POLLIN, WAIT.as_millis() as i64).unwrap() > 0);
+    // Vanish mid-replay: one with its credit used up by the one message it took (nothing more
+    // is sent to it), one with much credit left (its pipe is full).
+    for (id, credit) in [(&b"small"[..], 10u32), (&b"large"[..], 1_000_000)] {
+        let own = zmq::Context::new();
+        let dealer = own.socket(zmq::DEALER).unwrap();
+        dealer.set_linger(0).unwrap();
+        dealer.set_rcvhwm(1).unwrap();
+        dealer.connect(&logd.replay_api).unwrap();
+        request_replay(&dealer, id, "long", credit);
+        assert!(dealer.poll(zmq::POLLIN, WAIT.as_millis() as i64).unwrap() > 0);
+        dealer.recv_multipart(0).unwrap();
+        drop(dealer);
+        drop(own);
+    }
+
+    // A reader replays everything while live records flow to a subscriber.
+    let reading = {
+        let (ctx, endpoint) = (ctx.clone(), logd.replay_api.clone());
+        std::thread::spawn(move || {
+            let (mut next, mut worst, mut last) = (1, Duration::ZERO, Instant::now());
+            let query = depot_logd::client::ApiQuery {
+                stream: "long",
+                start: "1",
+                filter: "",
+                window: 2_000,
+            };
+            depot_logd::client::replay_api(&ctx, &endpoint, query, WAIT, |record| {
+                assert_eq!(record.header.seq, next);
+                next += 1;
+                worst = worst.max(last.elapsed());
+                last = Instant::now();
+                true
+            })
+            .unwrap();
+            (next - 1, worst)
+        })
+    };
+    let live = ctx.socket(zmq::SUB).unwrap();
+    live.set_subscribe(b"fresh ").unwrap();
+    live.connect(&logd.live).unwrap();
+    poll(WAIT, || {
+        sender
+            .send_durable("fresh", 6, "t", &[b"probe"], WAIT)
+            .unwrap();
+        (live.poll(zmq::POLLIN, 50).unwrap() > 0).then_some(())
+    })
+    .expect("live subscription never took effect");
+    let mut worst_live = Duration::ZERO;
+    while !reading.is_finished() {
+        while live.recv_multipart(zmq::DONTWAIT).is_ok() {}
+        let started = Instant::now();
+        sender.send_durable("fresh", 6, "t", &[b"x"], WAIT).unwrap();
+        assert!(
+            live.poll(zmq::POLLIN, STALL_BOUND.as_millis() as i64)
+                .unwrap()
+                > 0,
+            "a live record did not arrive within {STALL_BOUND:?}"
+        );
+        worst_live = worst_live.max(started.elapsed());
+    }
+    let (replayed, worst_replay) = reading.join().unwrap();
+    assert_eq!(replayed, RECORDS);
+    assert!(
+        worst_replay < STALL_BOUND,
+        "the reading replayer waited {worst_replay:?}"
+    );
+    assert!(worst_live < STALL_BOUND, "live waited {worst_live:?}");
+    eprintln!("replay api: worst wait {worst_replay:?} (replay), {worst_live:?} (live)");
+
+    // The vanished ones are released; the stalled one stays until it goes too.
+    poll(WAIT, || (appliance.metric(active) == 1.0).then_some(()))
+        .unwrap_or_else(|| panic!("{} replays active, expected 1", appliance.metric(active)));
+    assert_rss_bounded(&appliance, rss_before, 48, "replay api");
+    drop(stalled);
+    poll(WAIT, || (appliance.metric(active) == 0.0).then_some(()))
+        .unwrap_or_else(|| panic!("{} replays active after all left", appliance.metric(active)));
     assert!(appliance.stop().success());
 }
 

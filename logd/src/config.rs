@@ -37,11 +37,23 @@ pub struct LogdConfig {
     pub max_frames: usize,
     /// Records a live subscriber may lag before it loses messages.
     pub live_hwm: i32,
+    /// Acks kept for clients that do not read them; beyond it the oldest are dropped.
+    pub max_unread_acks: usize,
     /// Files to tail.
     pub files: Vec<crate::tail::FileSource>,
     /// CURVE for the server sockets, set by `depot serve` from `[security]` (not a config key).
     #[serde(skip)]
     pub curve: Option<depot_common::security::ServerCurve>,
+}
+
+impl LogdConfig {
+    /// Checks the limits that have no usable zero or negative value.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_unread_acks == 0 {
+            return Err("logd.max_unread_acks must be at least 1".into());
+        }
+        Ok(())
+    }
 }
 
 impl Default for LogdConfig {
@@ -60,8 +72,24 @@ impl Default for LogdConfig {
             max_message_size: 1024 * 1024,
             max_frames: 100_000,
             live_hwm: 100_000,
+            max_unread_acks: 100_000,
             files: Vec::new(),
             curve: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_unread_acks_must_keep_at_least_one() {
+        assert!(LogdConfig::default().validate().is_ok());
+        let zero = LogdConfig {
+            max_unread_acks: 0,
+            ..LogdConfig::default()
+        };
+        assert!(zero.validate().unwrap_err().contains("max_unread_acks"));
     }
 }

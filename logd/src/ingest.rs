@@ -13,9 +13,14 @@ use depot_store::{NewRecord, Store, Ticket};
 use crate::live::{LiveBatch, LiveFeed};
 use crate::metrics::{add, inc, LogdMetrics};
 use crate::protocol::{self, IngestBatch, ProtocolError};
+use crate::unread_acks::{Sent, UnreadAcks};
 
 /// Messages taken from one socket per loop turn, so no socket starves the others.
 const MESSAGES_PER_TURN: usize = 512;
+/// Clients with unread acks retried per loop turn, and ack sends tried for them: a turn's
+/// cost stays bounded however many acks wait.
+const RETRY_CLIENTS_PER_TURN: usize = 64;
+const RETRY_SENDS_PER_TURN: usize = 4_096;
 
 /// An acked batch waiting for its commit.
 struct PendingAck {
@@ -53,14 +58,19 @@ pub struct Ingest {
     max_message_size: usize,
     max_frames: usize,
     pending: VecDeque<PendingAck>,
+    /// Durable acks whose client's pipe was full, bounded by `max_unread_acks`.
+    unread: UnreadAcks<PendingAck>,
     bad_input: RateLimited,
     store_failure: RateLimited,
+    acks_dropped: RateLimited,
     guard: Guard,
 }
 
 impl Ingest {
     /// Ingest over `sockets` into `store`, feeding `live`; messages over `max_message_size`
-    /// bytes or `max_frames` frames are refused.
+    /// bytes or `max_frames` frames are refused; beyond `max_unread_acks` acks that clients
+    /// do not read, the oldest are dropped.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         sockets: IngestSockets,
         store: Arc<Store>,
@@ -68,6 +78,7 @@ impl Ingest {
         metrics: Arc<LogdMetrics>,
         max_message_size: usize,
         max_frames: usize,
+        max_unread_acks: usize,
         guard: Guard,
     ) -> Self {
         Ingest {
@@ -78,8 +89,10 @@ impl Ingest {
             max_message_size,
             max_frames,
             pending: VecDeque::new(),
+            unread: UnreadAcks::new(max_unread_acks),
             bad_input: RateLimited::default(),
             store_failure: RateLimited::default(),
+            acks_dropped: RateLimited::default(),
             guard,
         }
     }
@@ -91,10 +104,13 @@ impl Ingest {
             let stopping = stop.load(Ordering::Acquire);
             let timeout = if stopping {
                 0
-            } else if self.pending.is_empty() {
-                100
-            } else {
+            } else if !self.pending.is_empty() {
                 1
+            } else if !self.unread.is_empty() {
+                // Clients not reading their acks: look again soon, not in a busy loop.
+                10
+            } else {
+                100
             };
             let received = self.poll_and_receive(timeout);
             self.send_due_acks();
@@ -342,16 +358,15 @@ impl Ingest {
         }
     }
 
-    /// Confirms every pending batch the durable watermark covers, in order.
+    /// Confirms every pending batch the durable watermark covers, in order; acks a client's
+    /// full pipe refuses wait in `unread` (found by the malformed-input storm: a sender that
+    /// never reads stalled every acked client) and are retried a bounded number per turn.
     fn send_due_acks(&mut self) {
+        self.retry_unread();
         if self.pending.is_empty() {
             return;
         }
         let mark = self.store.watermark();
-        // Acks for clients that are not reading theirs (pipe at its HWM) wait here, so that
-        // they do not hold back everyone else's: found by the malformed-input storm, where a
-        // sender that never reads stalled every acked client.
-        let mut blocked = VecDeque::new();
         while let Some(front) = self.pending.front() {
             if front.ticket.get() > mark.durable {
                 if mark.poisoned.is_some() || mark.closed {
@@ -367,30 +382,75 @@ impl Ingest {
                 }
                 break;
             }
+            if self.sockets.acked.is_none() {
+                break;
+            }
+            let Some(ack) = self.pending.pop_front() else {
+                break;
+            };
+            // Behind the client's unread acks, in order; no send that would fail anyway.
+            if self.unread.holds(&ack.identity) {
+                self.keep_unread(ack);
+                continue;
+            }
             let Some(router) = &self.sockets.acked else {
                 break;
             };
-            let reply: [&[u8]; 4] = [
-                &front.identity,
-                &front.batch_id,
-                &front.first.to_be_bytes(),
-                &front.last.to_be_bytes(),
-            ];
-            match router.send_multipart(reply, zmq::DONTWAIT) {
-                Ok(()) => inc(&self.metrics.acks_sent),
-                // The client is not reading its acks: try again on the next turn.
-                Err(zmq::Error::EAGAIN) => {
-                    blocked.extend(self.pending.pop_front());
-                    continue;
-                }
-                // The client went away; its batch is stored all the same.
-                Err(e) => tracing::debug!(error = %e, "ingest: ack undeliverable"),
+            match send_ack(router, &ack) {
+                Sent::Delivered => inc(&self.metrics.acks_sent),
+                Sent::Full => self.keep_unread(ack),
+                Sent::Gone => {}
             }
-            self.pending.pop_front();
         }
-        // Back at the front in their order, to be retried first.
-        while let Some(ack) = blocked.pop_back() {
-            self.pending.push_front(ack);
+    }
+
+    fn keep_unread(&mut self, ack: PendingAck) {
+        let dropped = self.unread.push(ack.identity.clone(), ack);
+        if dropped.is_empty() {
+            return;
+        }
+        add(&self.metrics.acks_dropped, dropped.len() as u64);
+        if let Some(suppressed) = self.acks_dropped.allow() {
+            tracing::warn!(
+                dropped = dropped.len(),
+                suppressed,
+                "ingest: acks of a client that does not read them dropped (their batches are \
+                 stored; the client will time out and resend)"
+            );
+        }
+    }
+
+    fn retry_unread(&mut self) {
+        let (Some(router), false) = (&self.sockets.acked, self.unread.is_empty()) else {
+            return;
+        };
+        let metrics = &self.metrics;
+        self.unread
+            .retry(RETRY_CLIENTS_PER_TURN, RETRY_SENDS_PER_TURN, |_, ack| {
+                let sent = send_ack(router, ack);
+                if sent == Sent::Delivered {
+                    inc(&metrics.acks_sent);
+                }
+                sent
+            });
+    }
+}
+
+/// Sends one ack without waiting.
+fn send_ack(router: &zmq::Socket, ack: &PendingAck) -> Sent {
+    let reply: [&[u8]; 4] = [
+        &ack.identity,
+        &ack.batch_id,
+        &ack.first.to_be_bytes(),
+        &ack.last.to_be_bytes(),
+    ];
+    match router.send_multipart(reply, zmq::DONTWAIT) {
+        Ok(()) => Sent::Delivered,
+        Err(zmq::Error::EAGAIN) => Sent::Full,
+        // The client went away; its batch is stored all the same.
+        Err(e) => {
+            tracing::debug!(error = %e, "ingest: ack undeliverable");
+            Sent::Gone
         }
     }
 }

@@ -31,6 +31,7 @@ mod service;
 pub mod syslog;
 pub mod syslog_server;
 pub mod tail;
+pub mod unread_acks;
 
 pub use config::LogdConfig;
 pub use metrics::LogdMetrics;

@@ -4,7 +4,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use depot_common::metrics::{Kind, MetricsText};
 
-/// Counters of the log service; every one but `live_subscriptions` only goes up.
+/// Counters of the log service; every one only goes up, except the two gauges
+/// (`live_subscriptions`, `api_replays_active`).
 #[derive(Debug, Default)]
 pub struct LogdMetrics {
     /// Records stored, by ingest path.
@@ -27,6 +28,8 @@ pub struct LogdMetrics {
     pub acks_sent: AtomicU64,
     /// Acked batches answered with an error.
     pub ack_errors: AtomicU64,
+    /// Acks dropped because their client did not read them (beyond `max_unread_acks`).
+    pub acks_dropped: AtomicU64,
     /// Syslog messages whose body was not UTF-8 (kept as bytes).
     pub syslog_invalid_utf8: AtomicU64,
     /// Syslog datagrams dropped because ingest was saturated.
@@ -48,6 +51,8 @@ pub struct LogdMetrics {
     /// Topic prefixes live subscribers hold now, both live endpoints (a gauge: it falls when
     /// subscribers leave, also when a vanished one is dropped by its missed heartbeats).
     pub live_subscriptions: AtomicU64,
+    /// Replays in progress on the replay API (a gauge, set by its thread).
+    pub api_replays_active: AtomicU64,
 }
 
 /// Adds one to a counter.
@@ -109,7 +114,7 @@ impl LogdMetrics {
             &[("reason", "store")],
             get(&self.store_errors),
         );
-        let singles: [(&str, &str, &AtomicU64); 11] = [
+        let singles: [(&str, &str, &AtomicU64); 12] = [
             (
                 "depot_logd_acks_sent_total",
                 "Acked batches confirmed once durable",
@@ -119,6 +124,11 @@ impl LogdMetrics {
                 "depot_logd_ack_errors_total",
                 "Acked batches answered with an error",
                 &self.ack_errors,
+            ),
+            (
+                "depot_logd_acks_dropped_total",
+                "Acks dropped because their client did not read them (max_unread_acks)",
+                &self.acks_dropped,
             ),
             (
                 "depot_logd_syslog_invalid_utf8_total",
@@ -174,6 +184,16 @@ impl LogdMetrics {
             Kind::Gauge,
             "Topic prefixes live subscribers hold now",
             get(&self.live_subscriptions),
+        );
+        m.family(
+            "depot_logd_replays_active",
+            Kind::Gauge,
+            "Replays in progress, by endpoint",
+        )
+        .sample(
+            "depot_logd_replays_active",
+            &[("path", "api")],
+            get(&self.api_replays_active),
         );
     }
 }

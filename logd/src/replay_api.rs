@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use depot_common::authz::{user_id, Guard, Op};
 use depot_common::ratelimit::RateLimited;
@@ -20,6 +21,12 @@ const SCAN_BATCH: usize = 4_096;
 const BATCH_BYTES: usize = 64 * 1024;
 /// Records one replay may send per loop turn, so replays share the thread fairly.
 const SEND_BUDGET: u64 = 16_384;
+/// How long a replay may go without credit before the server checks that its client is still
+/// there (an empty batch: sending to a vanished client fails, and its replay is released).
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// Messages queued per client: credit bounds a replay already, this bounds what one that
+/// granted much and then stopped reading holds in the appliance (64 batches of 64 KiB).
+pub const SNDHWM: i32 = 64;
 
 /// A message built but not yet accepted by the socket.
 struct Pending {
@@ -45,6 +52,8 @@ struct ApiReplay {
     blocked: bool,
     /// The next message, kept when the socket refused it.
     pending: Option<Pending>,
+    /// When the client was last heard from or a message last reached its pipe.
+    contact: Instant,
 }
 
 /// The replay API thread.
@@ -130,7 +139,37 @@ impl ReplayApi {
                     }
                 }
             }
+            self.probe_idle();
+            let active = self.replays.len() as u64;
+            self.metrics
+                .api_replays_active
+                .store(active, Ordering::Relaxed);
         }
+    }
+
+    /// Releases the replays without credit whose client is gone: with no credit nothing is
+    /// sent, so nothing else would notice (found by `tests/slow_consumers.rs`).
+    fn probe_idle(&mut self) {
+        let now = Instant::now();
+        let router = &self.router;
+        self.replays.retain(|(identity, id), replay| {
+            if replay.credit > 0 || replay.pending.is_some() {
+                return true;
+            }
+            if now.duration_since(replay.contact) < PROBE_INTERVAL {
+                return true;
+            }
+            let probe: [&[u8]; 4] = [identity, id, protocol::RECORDS_MARKER, b""];
+            match router.send_multipart(probe, zmq::DONTWAIT) {
+                // Its pipe is there (full or not): connected, only not granting credit.
+                Ok(()) | Err(zmq::Error::EAGAIN) => {
+                    replay.contact = now;
+                    true
+                }
+                // EHOSTUNREACH: gone.
+                Err(_) => false,
+            }
+        });
     }
 
     fn reply(&self, identity: &[u8], id: &[u8], marker: &[u8], payload: &[u8]) -> zmq::Result<()> {
@@ -173,6 +212,7 @@ impl ReplayApi {
                             filter,
                             blocked: false,
                             pending: None,
+                            contact: Instant::now(),
                         };
                         self.replays.insert((identity.clone(), id), replay);
                     }
@@ -189,6 +229,7 @@ impl ReplayApi {
             Ok(ApiRequest::Credit { id, n }) => {
                 if let Some(replay) = self.replays.get_mut(&(identity.clone(), id)) {
                     replay.credit = replay.credit.saturating_add(u64::from(n));
+                    replay.contact = Instant::now();
                 }
             }
             Ok(ApiRequest::Cancel { id }) => {
@@ -245,6 +286,7 @@ impl ReplayApi {
                         Ok(()) => {
                             replay.credit -= pending.records;
                             sent += pending.records;
+                            replay.contact = Instant::now();
                         }
                         Err(zmq::Error::EAGAIN) => {
                             replay.pending = Some(pending);

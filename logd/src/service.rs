@@ -191,7 +191,7 @@ impl Logd {
             zmq::ROUTER,
             "replay api",
             &config.replay_api,
-            None,
+            Some(crate::replay_api::SNDHWM),
             config,
         )?;
         let mut endpoints = LogdEndpoints {
@@ -236,6 +236,7 @@ impl Logd {
             metrics.clone(),
             config.max_message_size,
             config.max_frames,
+            config.max_unread_acks,
             guard(),
         );
         {
