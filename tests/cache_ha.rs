@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{free_port, poll, write_config_with_cache, Appliance};
+use common::{free_port, poll, write_config_with_cache, Appliance, NftTable};
 use depot_cache::client::{CacheClient, ServerEndpoints};
 
 const ACTIVE: f64 = 3.0;
@@ -349,48 +349,19 @@ fn a_curve_pair_agrees_on_roles_and_the_backup_mirrors() {
     assert_eq!(primary.metric("depot_security_rejected_total"), 0.0);
 }
 
-/// An nftables table that drops TCP to and from `ports` on this host while it lives (the
-/// pair's state link, cut as a network partition would).
-struct Partition {
-    table: String,
-}
-
-impl Partition {
-    fn cut(ports: &[u16]) -> Partition {
-        let table = format!("depot_partition_{}", ports[0]);
-        let set = ports
-            .iter()
-            .map(u16::to_string)
-            .collect::<Vec<_>>()
-            .join(", ");
-        let rules = format!(
-            "table inet {table} {{\n chain input {{\n  type filter hook input priority -10; policy accept;\n  tcp dport {{ {set} }} drop\n  tcp sport {{ {set} }} drop\n }}\n}}\n"
-        );
-        nft(&rules);
-        Partition { table }
-    }
-}
-
-impl Drop for Partition {
-    fn drop(&mut self) {
-        nft(&format!("delete table inet {}\n", self.table));
-    }
-}
-
-fn nft(rules: &str) {
-    use std::io::Write;
-    let mut child = std::process::Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .expect("nft (nftables) is missing: `scripts/setup.sh test` installs it");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(rules.as_bytes())
-        .unwrap();
-    assert!(child.wait().unwrap().success(), "nft refused:\n{rules}");
+/// Drops TCP to and from `ports` on this host while it lives (the pair's state link, cut as a
+/// network partition would).
+fn partition(ports: &[u16]) -> NftTable {
+    let set = ports
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    NftTable::load(
+        "inet",
+        &format!("depot_partition_{}", ports[0]),
+        &format!(" chain input {{\n  type filter hook input priority -10; policy accept;\n  tcp dport {{ {set} }} drop\n  tcp sport {{ {set} }} drop\n }}\n"),
+    )
 }
 
 /// Split brain: with the state link cut, a client's vote makes the backup active beside the
@@ -416,7 +387,7 @@ fn after_a_partition_heals_the_backup_yields_to_the_primary() {
         .unwrap();
 
     {
-        let _cut = Partition::cut(&[p.state, b.state]);
+        let _cut = partition(&[p.state, b.state]);
         // The backup sees its peer die (2 s), then a client's snapshot request is a vote.
         let voted = poll(Duration::from_secs(15), || {
             CacheClient::snapshot(&ctx, &[endpoints(&b)], b"", Duration::from_millis(500)).ok()

@@ -888,18 +888,7 @@ impl HostPair {
 
     /// Applies nftables `rules` (a whole ruleset text) inside the subscriber's namespace.
     fn nft(&self, rules: &str) {
-        let mut child = HostPair::exec(&self.subscriber_ns, "nft")
-            .args(["-f", "-"])
-            .stdin(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(rules.as_bytes())
-            .unwrap();
-        assert!(child.wait().unwrap().success(), "nft refused {rules}");
+        common::nft_through(HostPair::exec(&self.subscriber_ns, "nft"), rules);
     }
 }
 

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{poll, write_config, Appliance};
+use common::{poll, write_config, Appliance, NftTable};
 use depot_cache::client::CacheClient;
 use depot_logd::client::AckedSender;
 use depot_queue::client::{Consumer, Producer};
@@ -500,43 +500,14 @@ fn replay_api_a_stalled_and_a_vanished_replayer_hold_back_neither_replays_nor_li
     assert!(appliance.stop().success());
 }
 
-/// An nftables table that drops every packet from and to `addr` on this host while it lives:
-/// a peer gone without closing (a cut cable, a frozen host), no FIN, no RST.
-struct Unreachable {
-    table: String,
-}
-
-impl Unreachable {
-    fn cut(addr: &str, tag: u16) -> Unreachable {
-        let table = format!("depot_unreachable_{tag}");
-        let rules = format!(
-            "table ip {table} {{\n chain input {{\n  type filter hook input priority -10; policy accept;\n  ip saddr {addr} drop\n  ip daddr {addr} drop\n }}\n}}\n"
-        );
-        nft(&rules);
-        Unreachable { table }
-    }
-}
-
-impl Drop for Unreachable {
-    fn drop(&mut self) {
-        nft(&format!("delete table ip {}\n", self.table));
-    }
-}
-
-fn nft(rules: &str) {
-    use std::io::Write;
-    let mut child = std::process::Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .expect("nft (nftables) is missing: `scripts/setup.sh test` installs it");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(rules.as_bytes())
-        .unwrap();
-    assert!(child.wait().unwrap().success(), "nft refused:\n{rules}");
+/// Drops every packet from and to `addr` on this host while it lives: a peer gone without
+/// closing (a cut cable, a frozen host), no FIN, no RST.
+fn unreachable(addr: &str, tag: u16) -> NftTable {
+    NftTable::load(
+        "ip",
+        &format!("depot_unreachable_{tag}"),
+        &format!(" chain input {{\n  type filter hook input priority -10; policy accept;\n  ip saddr {addr} drop\n  ip daddr {addr} drop\n }}\n"),
+    )
 }
 
 /// A live subscriber that vanishes without closing (its packets dropped from then on, so the
@@ -575,7 +546,7 @@ fn a_live_subscriber_gone_without_closing_is_dropped_by_missed_heartbeats() {
     .expect("live subscription never took effect");
     assert_eq!(appliance.metric("depot_logd_live_subscriptions"), 1.0);
 
-    let _cut = Unreachable::cut(&source, port);
+    let _cut = unreachable(&source, port);
     let started = Instant::now();
     let dropped = poll(Duration::from_secs(30), || {
         (appliance.metric("depot_logd_live_subscriptions") == 0.0).then_some(())

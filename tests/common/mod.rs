@@ -309,3 +309,45 @@ impl Appliance {
         metric_value(&text, sample).unwrap_or_else(|| panic!("no sample {sample} in:\n{text}"))
     }
 }
+
+/// Runs `nft -f -` through `command` (`nft` itself, or `ip netns exec NS nft`) with `rules`.
+pub fn nft_through(mut command: Command, rules: &str) {
+    let mut child = command
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("nft (nftables) is missing: `scripts/setup.sh test` installs it");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(rules.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "nft refused:\n{rules}");
+}
+
+/// An nftables table on this host that exists while this value lives (deleted on drop, also
+/// when the test fails): for cutting connections as a network fault would.
+pub struct NftTable {
+    family_and_name: String,
+}
+
+impl NftTable {
+    /// Loads `table FAMILY NAME { BODY }`.
+    pub fn load(family: &str, name: &str, body: &str) -> NftTable {
+        nft_through(
+            Command::new("nft"),
+            &format!("table {family} {name} {{\n{body}}}\n"),
+        );
+        NftTable {
+            family_and_name: format!("{family} {name}"),
+        }
+    }
+}
+
+impl Drop for NftTable {
+    fn drop(&mut self) {
+        let rules = format!("delete table {}\n", self.family_and_name);
+        nft_through(Command::new("nft"), &rules);
+    }
+}
