@@ -33,7 +33,7 @@ impl Default for StoreConfig {
         StoreConfig {
             commit_interval: Duration::from_millis(2),
             sync: true,
-            cache_bytes: 64 * 1024 * 1024,
+            cache_bytes: 8 * 1024 * 1024,
             min_free: 64 * 1024 * 1024,
         }
     }
