@@ -610,7 +610,7 @@ mod tests {
         model.confirmed(0, 7, 105 * S);
         model.confirmed(1, 8, 106 * S);
         model.fired(
-            &firing(8, 1, 106 * S, 106 * S + 1),
+            &firing(8, 1, 106 * S, 106 * S + 1, false),
             106 * S + 2,
             1,
             &mut violations,
