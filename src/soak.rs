@@ -1121,6 +1121,13 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<()> {
     if args.no_kill {
         println!("{}", trend.summary());
     }
+    // Before the summary, which stays the last line.
+    if timer_model.lost_in_flight > 0 {
+        println!(
+            "soak: timers lost in flight were due at most {:.3} s before their kill",
+            timer_model.lost_before_kill_ns as f64 / 1e9
+        );
+    }
     let violations = model.violations.count;
     println!(
         "soak: {rounds} rounds{} in {:.0} s, checked {} log records, {} cache updates ({} \
@@ -1141,12 +1148,6 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<()> {
         timer_model.repeated,
         timer_model.lost_in_flight
     );
-    if timer_model.lost_in_flight > 0 {
-        println!(
-            "soak: timers lost in flight were due at most {:.3} s before their kill",
-            timer_model.lost_before_kill_ns as f64 / 1e9
-        );
-    }
     if violations > 0 {
         bail!(
             "{violations} violations; the appliance's log is {}",

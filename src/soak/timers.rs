@@ -42,8 +42,9 @@ const LATE_AFTER: Duration = Duration::from_millis(100);
 /// this long at most before the process dies with it; a timer due earlier and neither stored
 /// nor received was lost, and one received earlier was removed from the store durably.
 pub(super) const IN_FLIGHT: Duration = Duration::from_secs(1);
-/// How long the receiver goes on reading after it is told to stop (the kill's last firings).
-const DRAIN: Duration = Duration::from_millis(200);
+/// How long the receiver goes on reading, once it has nothing to read, after it is told to stop
+/// (the kill's last firings; generous, the shared machine can starve the soak's threads).
+const DRAIN: Duration = Duration::from_secs(1);
 
 /// A timer's payload: the load's counter, padded to 40 bytes.
 pub(super) fn timer_body(counter: u64) -> Vec<u8> {
