@@ -1101,8 +1101,8 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<()> {
             model.violations.add(error.clone());
         }
         timer_model.next = timer_model.next.max(timer_report.next);
-        for &(counter, id, due_ns) in &timer_report.confirms {
-            timer_model.confirmed(counter, id, due_ns);
+        for &(counter, id, due_ns, confirmed_ns) in &timer_report.confirms {
+            timer_model.confirmed(counter, id, due_ns, confirmed_ns);
         }
         let fired_before = timer_model.firings;
         for (firing, received_ns) in &firings {

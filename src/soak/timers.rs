@@ -9,7 +9,9 @@
 //!   ZeroMQ first, its removal stored in the next group commit), never twice in one lifetime;
 //! - "a firing still in a socket buffer when the process dies is gone": a timer that is no
 //!   longer stored after the restart and was never received counts as lost in flight only if
-//!   it was due just before the kill; otherwise it was lost.
+//!   no firing that left after it (firings leave in deadline order, over one FIFO path from
+//!   the timers thread through the ticker and the PUB) reached the receiver; otherwise it was
+//!   lost while the appliance ran.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,10 +40,13 @@ const WINDOW: usize = 64;
 pub(super) const RESTART_GRACE: Duration = Duration::from_secs(2);
 /// `[clock] late_after` (the default).
 const LATE_AFTER: Duration = Duration::from_millis(100);
-/// A firing can be in flight (the timers thread, the ticker's inproc pipe, the PUB's buffers)
-/// this long at most before the process dies with it; a timer due earlier and neither stored
-/// nor received was lost, and one received earlier was removed from the store durably.
-pub(super) const IN_FLIGHT: Duration = Duration::from_secs(1);
+/// A fired timer's removal is written in the same turn and durable at the next group commit;
+/// a timer received this long before a kill must not fire again after the restart (generous:
+/// a commit on the shared, loaded machine can take long).
+pub(super) const REMOVAL_STORED: Duration = Duration::from_secs(2);
+/// A firing overtakes a missing timer's only if it was fired this long after that timer's
+/// `OK` arrived (so that the missing one was armed, in the timers' heap, before it).
+const ARMED_MARGIN: Duration = Duration::from_millis(100);
 /// How long the receiver goes on reading, once it has nothing to read, after it is told to stop
 /// (the kill's last firings; generous, the shared machine can starve the soak's threads).
 const DRAIN: Duration = Duration::from_secs(1);
@@ -65,6 +70,8 @@ fn secs(ns: u64) -> f64 {
 struct Timer {
     id: u64,
     due_ns: u64,
+    /// Wall time its `OK` arrived: it was armed before.
+    confirmed_ns: u64,
     /// (lifetime, wall time received) per firing received.
     received: Vec<(u64, u64)>,
 }
@@ -80,6 +87,8 @@ pub(super) struct TimerModel {
     pending: BTreeSet<u64>,
     /// Wall time before each lifetime's start and after its end (the kill or clean stop).
     lifetimes: HashMap<u64, (u64, Option<u64>)>,
+    /// (deadline, fired time) of every firing received, per lifetime.
+    seen: HashMap<u64, Vec<(u64, u64)>>,
     /// Confirmed timers received at least once.
     pub fired: u64,
     /// Of those, first received after a restart although due while the appliance was down.
@@ -133,13 +142,14 @@ impl TimerModel {
     }
 
     /// `["OK"][id][due]` for the timer carrying `counter`.
-    pub fn confirmed(&mut self, counter: u64, id: u64, due_ns: u64) {
+    pub fn confirmed(&mut self, counter: u64, id: u64, due_ns: u64, confirmed_ns: u64) {
         let received = Vec::new();
         self.confirmed.insert(
             counter,
             Timer {
                 id,
                 due_ns,
+                confirmed_ns,
                 received,
             },
         );
@@ -160,6 +170,10 @@ impl TimerModel {
             violations.add(format!("timers: timer {id} fired a payload never sent"));
             return;
         };
+        self.seen
+            .entry(lifetime)
+            .or_default()
+            .push((firing.scheduled_ns, firing.fired_ns));
         if firing.fired_ns < firing.scheduled_ns || received_ns < firing.scheduled_ns {
             violations.add(format!(
                 "timers: timer {id} fired {:.3} s and was received {:.3} s before its deadline",
@@ -213,7 +227,7 @@ impl TimerModel {
                 // Again after a restart: its removal was not durable at the kill, so the
                 // earlier firing came right before it.
                 match previous_end(before_lifetime) {
-                    Some(end) if before_ns + ns(IN_FLIGHT) >= end => {}
+                    Some(end) if before_ns + ns(REMOVAL_STORED) >= end => {}
                     end => violations.add(format!(
                         "timers: timer {id} fired again after a restart, its earlier firing \
                          came {} before the end of that lifetime (its removal should have been \
@@ -252,7 +266,8 @@ impl TimerModel {
     }
 
     /// After a check's wait in `lifetime`: every confirmed timer due by `horizon_ns` and not
-    /// received is lost, unless it was fired just before the previous kill (lost in flight).
+    /// received is lost, unless the previous lifetime fired it last, with nothing after it
+    /// received (lost in flight at the kill).
     pub fn settle(
         &mut self,
         lifetime: u64,
@@ -265,6 +280,17 @@ impl TimerModel {
             .checked_sub(1)
             .and_then(|l| self.lifetimes.get(&l))
             .and_then(|t| t.1);
+        let before = lifetime.checked_sub(1).and_then(|l| self.seen.get(&l));
+        // A firing received that left after this timer's: due later, fired once it was armed.
+        let overtaken = |t: &Timer| {
+            before.and_then(|seen| {
+                seen.iter()
+                    .find(|(due, fired)| {
+                        *due > t.due_ns && *fired > t.confirmed_ns + ns(ARMED_MARGIN)
+                    })
+                    .copied()
+            })
+        };
         let missing: Vec<u64> = self
             .pending
             .iter()
@@ -282,6 +308,7 @@ impl TimerModel {
             };
             let (id, due) = (timer.id, timer.due_ns);
             let listed = stored.map(|s| s.contains(&id));
+            let later = overtaken(timer);
             match (listed, kill) {
                 _ if due >= start => violations.add(format!(
                     "timers: timer {id}, due {:.3} s after the start, did not fire within the \
@@ -292,10 +319,21 @@ impl TimerModel {
                     "timers: timer {id} was still stored after the restart but did not fire \
                      within {CHECK_TIMEOUT:?}"
                 )),
-                (Some(false), Some(kill)) if due < kill && due + ns(IN_FLIGHT) >= kill => {
-                    // Fired (it is no longer stored) just before the kill, gone with the process.
+                (Some(false), Some(kill)) if due < kill && later.is_none() => {
+                    // Fired (it is no longer stored) last before the kill, gone with the process.
                     self.lost_in_flight += 1;
                     self.lost_before_kill_ns = self.lost_before_kill_ns.max(kill - due);
+                }
+                (Some(false), Some(kill)) if due < kill => {
+                    let (later_due, later_fired) = later.unwrap_or_default();
+                    violations.add(format!(
+                        "timers: timer {id} (due {:.3} s before the kill) never fired at the \
+                         receiver, but a firing that left after it did (due {:.3} s later, \
+                         fired {:.3} s before the kill)",
+                        secs(kill - due),
+                        secs(later_due.saturating_sub(due)),
+                        secs(kill.saturating_sub(later_fired))
+                    ))
                 }
                 (Some(false), _) => violations.add(format!(
                     "timers: timer {id} (due {}) is not stored after the restart and never fired \
@@ -483,8 +521,8 @@ pub(super) fn check(
 /// What one lifetime's timer load reports.
 #[derive(Default)]
 pub(super) struct TimerReport {
-    /// (counter, id, due ns) per confirmed ADD.
-    pub confirms: Vec<(u64, u64, u64)>,
+    /// (counter, id, due ns, wall time the OK arrived) per confirmed ADD.
+    pub confirms: Vec<(u64, u64, u64, u64)>,
     pub next: u64,
     pub errors: Vec<String>,
 }
@@ -562,7 +600,9 @@ pub(super) fn load(
             continue;
         };
         match reply {
-            Ok(Reply::Added { id, due_ns }) => report.confirms.push((counter, id, due_ns)),
+            Ok(Reply::Added { id, due_ns }) => {
+                report.confirms.push((counter, id, due_ns, wall_ns()))
+            }
             Ok(Reply::Error(reason)) => {
                 report.errors.push(format!("timers: ADD refused: {reason}"))
             }
@@ -608,8 +648,8 @@ mod tests {
     fn a_confirmed_timer_that_never_fires_is_a_violation() {
         let mut model = model();
         let mut violations = Violations::default();
-        model.confirmed(0, 7, 105 * S);
-        model.confirmed(1, 8, 106 * S);
+        model.confirmed(0, 7, 105 * S, 0);
+        model.confirmed(1, 8, 106 * S, 0);
         model.fired(
             &firing(8, 1, 106 * S, 106 * S + 1, false),
             106 * S + 2,
@@ -624,34 +664,46 @@ mod tests {
         assert_eq!(violations.count, 1);
         assert_eq!(model.pending_count(), 0);
         // Still stored after the restart and not fired within the check: lost too.
-        model.confirmed(2, 9, 107 * S);
+        model.confirmed(2, 9, 107 * S, 0);
         let stored: HashSet<u64> = [9].into();
         assert_eq!(model.waiting(2, Some(&stored), 120 * S), 1);
         model.settle(2, Some(&stored), 120 * S, &mut violations);
         assert_eq!(violations.count, 2);
         // Without the list, a missing timer is a violation as well.
-        model.confirmed(3, 10, 109 * S + S / 2);
+        model.confirmed(3, 10, 109 * S + S / 2, 0);
         model.settle(2, None, 120 * S, &mut violations);
         assert_eq!(violations.count, 3);
         assert_eq!(model.lost_in_flight, 0);
     }
 
     #[test]
-    fn a_timer_fired_just_before_the_kill_may_be_lost_in_flight() {
+    fn only_the_last_firings_before_a_kill_may_be_lost_in_flight() {
         let mut model = model();
         let mut violations = Violations::default();
-        model.confirmed(0, 7, 110 * S - S / 2);
+        // Fired (no longer stored) and never received, nothing after it received: in flight.
+        model.confirmed(0, 7, 109 * S, 0);
+        model.confirmed(1, 8, 108 * S, 0);
+        model.fired(
+            &firing(8, 1, 108 * S, 108 * S, false),
+            108 * S + 1,
+            1,
+            &mut violations,
+        );
+        // Missing although a firing due after it, fired after it was armed, was received.
+        model.confirmed(2, 9, 107 * S, 0);
+        // Armed (its OK arrived) only after that later firing left: not overtaken.
+        model.confirmed(3, 10, 107 * S + 1, 108 * S);
         model.settle(2, Some(&HashSet::new()), 120 * S, &mut violations);
-        assert_eq!(violations.count, 0);
-        assert_eq!(model.lost_in_flight, 1);
-        assert_eq!(model.lost_before_kill_ns, S / 2);
+        assert_eq!(violations.count, 1, "timer 9 was overtaken");
+        assert_eq!(model.lost_in_flight, 2);
+        assert_eq!(model.lost_before_kill_ns, 3 * S - 1);
     }
 
     #[test]
     fn an_early_firing_and_a_wrong_deadline_or_id_are_violations() {
         let mut model = model();
         let mut violations = Violations::default();
-        model.confirmed(0, 7, 105 * S);
+        model.confirmed(0, 7, 105 * S, 0);
         model.fired(
             &firing(7, 0, 105 * S, 105 * S - 1, false),
             105 * S + 1,
@@ -659,7 +711,7 @@ mod tests {
             &mut violations,
         );
         assert_eq!(violations.count, 1, "fired early");
-        model.confirmed(1, 8, 105 * S);
+        model.confirmed(1, 8, 105 * S, 0);
         model.fired(
             &firing(8, 1, 105 * S, 105 * S, false),
             105 * S - 1,
@@ -667,7 +719,7 @@ mod tests {
             &mut violations,
         );
         assert_eq!(violations.count, 2, "received early");
-        model.confirmed(2, 9, 105 * S);
+        model.confirmed(2, 9, 105 * S, 0);
         model.fired(
             &firing(9, 2, 104 * S, 105 * S, true),
             105 * S,
@@ -675,7 +727,7 @@ mod tests {
             &mut violations,
         );
         assert_eq!(violations.count, 3, "fired for another deadline");
-        model.confirmed(3, 10, 105 * S);
+        model.confirmed(3, 10, 105 * S, 0);
         model.fired(
             &firing(11, 3, 105 * S, 105 * S, false),
             105 * S,
@@ -690,7 +742,7 @@ mod tests {
             &mut violations,
         );
         assert_eq!(violations.count, 5, "a payload never sent");
-        model.confirmed(4, 13, 105 * S);
+        model.confirmed(4, 13, 105 * S, 0);
         model.fired(
             &firing(13, 4, 105 * S, 106 * S, false),
             106 * S,
@@ -705,7 +757,7 @@ mod tests {
         let mut model = model();
         let mut violations = Violations::default();
         let after_grace = 111 * S + ns(RESTART_GRACE) + 1;
-        model.confirmed(0, 7, 110 * S - S / 10);
+        model.confirmed(0, 7, 110 * S - S / 10, 0);
         model.fired(
             &firing(7, 0, 110 * S - S / 10, 110 * S - S / 10, false),
             110 * S - 1,
@@ -727,7 +779,7 @@ mod tests {
             &mut violations,
         );
         assert_eq!(violations.count, 1, "twice in one lifetime");
-        model.confirmed(1, 8, 105 * S);
+        model.confirmed(1, 8, 105 * S, 0);
         model.fired(
             &firing(8, 1, 105 * S, 105 * S, false),
             105 * S,
@@ -751,7 +803,7 @@ mod tests {
         let mut model = model();
         let mut violations = Violations::default();
         let after_grace = 111 * S + ns(RESTART_GRACE);
-        model.confirmed(0, 7, 110 * S + S / 2);
+        model.confirmed(0, 7, 110 * S + S / 2, 0);
         model.fired(
             &firing(7, 0, 110 * S + S / 2, after_grace, true),
             after_grace,
@@ -760,7 +812,7 @@ mod tests {
         );
         assert_eq!(violations.count, 0);
         assert_eq!(model.overdue, 1);
-        model.confirmed(1, 8, 110 * S + S / 2);
+        model.confirmed(1, 8, 110 * S + S / 2, 0);
         model.fired(
             &firing(8, 1, 110 * S + S / 2, 111 * S + S / 2, true),
             111 * S + S / 2,
@@ -768,7 +820,7 @@ mod tests {
             &mut violations,
         );
         assert_eq!(violations.count, 1, "before the grace");
-        model.confirmed(2, 9, 110 * S + S / 2);
+        model.confirmed(2, 9, 110 * S + S / 2, 0);
         model.fired(
             &firing(9, 2, 110 * S + S / 2, after_grace, false),
             after_grace,
@@ -777,8 +829,8 @@ mod tests {
         );
         assert_eq!(violations.count, 3, "not marked late (and over late_after)");
         // One stored across the kill is waited for; one due in the new lifetime too.
-        model.confirmed(3, 10, 110 * S + S / 2);
-        model.confirmed(4, 11, 112 * S);
+        model.confirmed(3, 10, 110 * S + S / 2, 0);
+        model.confirmed(4, 11, 112 * S, 0);
         let stored: HashSet<u64> = [10].into();
         assert_eq!(model.waiting(2, Some(&stored), 115 * S), 2);
         assert_eq!(model.waiting(2, Some(&stored), 111 * S), 1);
