@@ -10,7 +10,8 @@
 //! - queue: every confirmed message is delivered (at least once) with its payload at the
 //!   sequence its confirm named; a message comes again only in a later lifetime of the
 //!   appliance (it was unacknowledged, or its ack not yet stored, at the kill) and then marked
-//!   as redelivered; first deliveries come in sequence order.
+//!   as redelivered; first deliveries come in sequence order;
+//! - clock timers: see [`timers`].
 //!
 //! With `--no-kill` there is one long lifetime, ended by SIGTERM, and the appliance's resident
 //! memory is sampled for a trend.
@@ -29,6 +30,8 @@ use depot_logd::client::{replay_api, AckedSender, ApiQuery, ClientError};
 use depot_queue::client::{Consumer, Producer};
 
 use crate::serve::{RunInfo, RUN_FILE};
+
+mod timers;
 
 /// Arguments of `depot bench soak`.
 #[derive(clap::Args, Debug, Clone)]
@@ -67,6 +70,9 @@ pub struct SoakArgs {
     /// Confirmed cache sets per second (each waits for its publication); 0 for none.
     #[arg(long, default_value_t = 200)]
     cache_rate: u64,
+    /// Confirmed clock timers added per second (one-shot, due 0.2-3 s later); 0 for none.
+    #[arg(long, default_value_t = 100)]
+    timer_rate: u64,
     /// The appliance's storage engine cache (`[store] cache_size`, e.g. "8MiB"; default: the
     /// configuration's default).
     #[arg(long)]
@@ -89,7 +95,8 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
 const SHOWN_VIOLATIONS: usize = 30;
 
 /// The appliance's configuration: every endpoint on an ephemeral loopback port; the clock
-/// ticks but leaves the machine's scheduling and idle states alone.
+/// ticks but leaves the machine's scheduling and idle states alone; overdue timers fire
+/// [`timers::RESTART_GRACE`] after a start.
 const CONFIG: &str = r#"[admin]
 listen = "127.0.0.1:0"
 
@@ -103,6 +110,7 @@ publisher = "tcp://127.0.0.1:*"
 timers = "tcp://127.0.0.1:*"
 realtime = false
 idle_poll = false
+restart_grace = "2s"
 
 [logd]
 pull = "tcp://127.0.0.1:*"
@@ -376,6 +384,14 @@ impl Appliance {
             .context("the appliance runs no queue")?
             .router
             .clone())
+    }
+
+    fn clock(&self) -> anyhow::Result<&depot_clock::ClockEndpoints> {
+        self.run
+            .clock
+            .as_ref()
+            .filter(|c| !c.timers.is_empty())
+            .context("the appliance runs no clock timers")
     }
 
     /// Resident memory in KiB, None once the process is gone.
@@ -889,17 +905,36 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<()> {
     );
     let mut rng = Rng(args.seed);
     let mut model = Model::default();
+    let mut timer_model = timers::TimerModel::default();
     let started = Instant::now();
     let mut rounds = 0u64;
     let mut trend = RssTrend(Vec::new());
     for lifetime in 1.. {
         let ctx = zmq::Context::new();
+        let start_ns = depot_clock::sys::wall_ns();
+        timer_model.started(lifetime, start_ns);
         let mut appliance = Appliance::start(&exe, &dir)?;
         let up = Instant::now();
+        // First, before overdue timers fire: their receiver, and what is still stored.
+        let receiver = timers::Receiver::start(&ctx, &appliance.clock()?.publisher)?;
+        let stored = timers::list_stored(
+            &ctx,
+            &appliance.clock()?.timers,
+            start_ns,
+            &mut model.violations,
+        );
         let checked_before = model.checked_records;
         model.checked_records = check_log(&ctx, &appliance.run.logd.replay_api, &mut model);
         let cache_client = check_cache(&ctx, &appliance.cache()?, &mut model)?;
         let cache_seq = cache_client.seq();
+        // Before the queue's consumer subscribes: a long wait here must not make it silent.
+        timers::check(
+            &receiver,
+            &mut timer_model,
+            &mut model.violations,
+            lifetime,
+            stored.as_ref(),
+        );
         let consumer = check_queue(&ctx, &appliance.queue()?, &mut model, lifetime)?;
         if lifetime > 1 {
             println!(
@@ -917,10 +952,41 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<()> {
                 model.queue_unmarked,
                 model.violations.count
             );
+            println!(
+                "round {rounds}: timers after the restart: {} of {} confirmed fired, {} of them \
+                 due while the appliance was down, {} fired again after a kill, {} lost in \
+                 flight at a kill, {} due later",
+                timer_model.fired,
+                timer_model.confirmed_count(),
+                timer_model.overdue,
+                timer_model.repeated,
+                timer_model.lost_in_flight,
+                timer_model.pending_count()
+            );
         }
         if rounds >= max_rounds || started.elapsed() >= budget {
+            // Timers added before the last kill and due after this check: waited for too.
+            if let Some(due_ns) = timer_model.latest_pending_due() {
+                let wait = due_ns.saturating_sub(depot_clock::sys::wall_ns());
+                std::thread::sleep(Duration::from_nanos(wait) + Duration::from_millis(100));
+                timers::check(
+                    &receiver,
+                    &mut timer_model,
+                    &mut model.violations,
+                    lifetime,
+                    stored.as_ref(),
+                );
+            }
             drop((cache_client, consumer));
             appliance.stop()?;
+            let (firings, errors) = receiver.finish();
+            timer_model.ended(lifetime, depot_clock::sys::wall_ns());
+            for error in errors {
+                model.violations.add(error);
+            }
+            for (firing, received_ns) in firings {
+                timer_model.fired(&firing, received_ns, lifetime, &mut model.violations);
+            }
             break;
         }
         rounds += 1;
@@ -948,6 +1014,12 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<()> {
                 std::thread::spawn(move || queue_consumer(consumer, stop))
             },
         ];
+        let timer_thread = {
+            let (ctx, endpoint, stop) =
+                (ctx.clone(), appliance.clock()?.timers.clone(), stop.clone());
+            let (rate, next, seed) = (args.timer_rate, timer_model.next, rng.next());
+            std::thread::spawn(move || timers::load(ctx, endpoint, rate, next, seed, stop))
+        };
         let load_for = if args.no_kill {
             budget.saturating_sub(started.elapsed())
         } else {
@@ -976,6 +1048,7 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<()> {
             stop.store(true, Ordering::Relaxed);
         } else {
             appliance.kill()?;
+            timer_model.ended(lifetime, depot_clock::sys::wall_ns());
             stop.store(true, Ordering::Relaxed);
         }
         let mut reports = Vec::new();
@@ -986,9 +1059,14 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<()> {
                     .map_err(|_| anyhow::anyhow!("a load thread panicked"))?,
             );
         }
+        let timer_report = timer_thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the timer load thread panicked"))?;
         if args.no_kill {
             appliance.stop()?;
+            timer_model.ended(lifetime, depot_clock::sys::wall_ns());
         }
+        let (firings, receiver_errors) = receiver.finish();
         // Sockets of the dead appliance's lifetime go before the next one binds ports.
         drop(ctx);
         let (mut logged, mut set, mut published, mut delivered) = (0u64, 0u64, 0u64, 0u64);
@@ -1023,22 +1101,43 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<()> {
                 delivered += 1;
             }
         }
+        for error in timer_report.errors.iter().chain(&receiver_errors) {
+            model.violations.add(error.clone());
+        }
+        timer_model.next = timer_model.next.max(timer_report.next);
+        for &(counter, id, due_ns, confirmed_ns) in &timer_report.confirms {
+            timer_model.confirmed(counter, id, due_ns, confirmed_ns);
+        }
+        let fired_before = timer_model.firings;
+        for (firing, received_ns) in &firings {
+            timer_model.fired(firing, *received_ns, lifetime, &mut model.violations);
+        }
         println!(
             "round {rounds}: {} after {:.1} s of load: {logged} log records acked, {set} cache \
              sets confirmed ({timeouts} timed out), {published} queue messages confirmed, \
-             {delivered} delivered",
+             {delivered} delivered, {} timers confirmed, {} fired",
             if args.no_kill { "SIGTERM" } else { "SIGKILL" },
-            load_for.as_secs_f64()
+            load_for.as_secs_f64(),
+            timer_report.confirms.len(),
+            timer_model.firings - fired_before
         );
     }
     if args.no_kill {
         println!("{}", trend.summary());
     }
+    // Before the summary, which stays the last line.
+    if timer_model.lost_in_flight > 0 {
+        println!(
+            "soak: timers lost in flight were due at most {:.3} s before their kill",
+            timer_model.lost_before_kill_ns as f64 / 1e9
+        );
+    }
     let violations = model.violations.count;
     println!(
         "soak: {rounds} rounds{} in {:.0} s, checked {} log records, {} cache updates ({} \
-         keys), {} queue messages ({} redelivered after a kill, {} of them unmarked); \
-         violations = {violations}",
+         keys), {} queue messages ({} redelivered after a kill, {} of them unmarked), {} \
+         timers ({} fired, {} of them due while the appliance was down; {} fired again after \
+         a kill, {} lost in flight at a kill); violations = {violations}",
         if args.no_kill { " (no kill)" } else { "" },
         started.elapsed().as_secs_f64(),
         model.log_acked_records,
@@ -1046,7 +1145,12 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<()> {
         model.cache_confirmed.len(),
         model.checked_messages,
         model.queue_redelivered,
-        model.queue_unmarked
+        model.queue_unmarked,
+        timer_model.confirmed_count(),
+        timer_model.fired,
+        timer_model.overdue,
+        timer_model.repeated,
+        timer_model.lost_in_flight
     );
     if violations > 0 {
         bail!(

@@ -190,6 +190,41 @@ fn persistent_timer_fires_late_after_sigkill_and_restart() {
 }
 
 #[test]
+fn a_stored_timer_due_within_the_restart_grace_waits_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_clock_config(dir.path(), "restart_grace = \"5s\"\n");
+    let data = dir.path().join("data");
+    let appliance = Appliance::start(&data, &config);
+    let ctx = zmq::Context::new();
+    let mut client = timers(&ctx, &appliance);
+    let (id, due) = client
+        .add(add(
+            When::In(Duration::from_millis(2_500)),
+            None,
+            None,
+            Target::Topic("jobs.soon".into()),
+            "soon",
+        ))
+        .unwrap();
+    appliance.kill();
+    drop(client);
+    let restarted = now_ns();
+    let appliance = Appliance::start(&data, &config);
+    assert!(now_ns() < due, "the restart took too long for this test");
+    // A subscriber back within the grace but after the deadline (fired on time, it was lost).
+    poll(Duration::from_secs(10), || {
+        (now_ns() > due + 500 * MS).then_some(())
+    });
+    let sub = subscribe(&ctx, &appliance.clock().publisher, "jobs.soon");
+    let firing = next_published(&sub, Duration::from_secs(15))
+        .expect("the timer fired before the subscriber could reconnect");
+    assert_eq!((firing.id, firing.scheduled_ns), (id, due));
+    assert!(firing.fired_ns >= restarted + 5_000 * MS);
+    assert!(firing.late, "fired well after its deadline");
+    assert!(appliance.stop().success());
+}
+
+#[test]
 fn cancel_prevents_firing_and_a_periodic_timer_fires_its_count() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_clock_config(dir.path(), "");

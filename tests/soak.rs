@@ -1,6 +1,7 @@
 //! The short crash soak of `make test`: `depot bench soak` kills and restarts its child
 //! appliance a few times under mixed load and must find every acknowledged log record, cache
-//! update and queue message after each restart (it exits non-zero on any violation).
+//! update and queue message, and every confirmed clock timer fired, after each restart (it
+//! exits non-zero on any violation).
 
 mod common;
 
@@ -48,7 +49,29 @@ fn a_short_crash_soak_finds_everything_acknowledged_after_every_kill() {
         assert!(!line.contains(": 0 log records acked"), "{line}");
         assert!(!line.contains(", 0 queue messages confirmed"), "{line}");
         assert!(!line.contains(", 0 cache sets confirmed"), "{line}");
+        assert!(!line.contains(", 0 timers confirmed"), "{line}");
     }
+    // Timers were due across the kills and fired after the restarts.
+    let numbers = |text: &str| -> Vec<u64> {
+        text.split(|c: char| !c.is_ascii_digit())
+            .filter_map(|n| n.parse().ok())
+            .collect()
+    };
+    let (head, tail) = last.split_once(" timers (").unwrap_or_default();
+    let figures: Vec<u64> = numbers(head)
+        .last()
+        .into_iter()
+        .copied()
+        .chain(numbers(tail))
+        .collect();
+    let [confirmed, fired, overdue, ..] = figures[..] else {
+        panic!("no timer figures in {last:?}");
+    };
+    assert!(confirmed > 0 && fired > 0, "{last}");
+    assert!(
+        overdue > 0,
+        "no timer was due while the appliance was down: {last}"
+    );
     assert!(
         started.elapsed() < Duration::from_secs(60),
         "{:?}",

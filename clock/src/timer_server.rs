@@ -98,7 +98,7 @@ pub(crate) struct TimerServer {
 }
 
 impl TimerServer {
-    /// Loads the stored timers. Overdue ones are armed `restart_grace` after now.
+    /// Loads the stored timers. Those due before `restart_grace` after now are armed then.
     pub fn load(
         router: zmq::Socket,
         firings: zmq::Socket,
@@ -129,11 +129,9 @@ impl TimerServer {
             let batch =
                 timers::decode_batch(&value).map_err(|e| format!("timer batch {number}: {e}"))?;
             for (index, record) in batch {
-                let at = if record.due_ns < started_ns {
-                    grace_until
-                } else {
-                    record.due_ns
-                };
+                // Due within the grace too, not only overdue: a timer due just after the
+                // start would fire before a subscriber could reconnect (found by the soak).
+                let at = record.due_ns.max(grace_until);
                 heap.push(Reverse((at, timers::timer_id(number, index))));
             }
             max_batch = max_batch.max(number);
