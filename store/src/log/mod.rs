@@ -318,15 +318,15 @@ impl Log {
     }
 
     /// Makes the open block's new records durable with the next flush: as a tail piece, or by
-    /// sealing the block once it is old.
+    /// sealing the block once it is old (also when nothing new came: a stream gone quiet).
     fn write_tail(&self, s: &mut Stream) -> Result<()> {
-        if !s.open.has_unwritten() {
-            return self.write_cursors(s);
-        }
         if s.open_since
             .is_some_and(|since| since.elapsed() >= MAX_OPEN_AGE)
         {
             return self.seal(s);
+        }
+        if !s.open.has_unwritten() {
+            return self.write_cursors(s);
         }
         if let Some((meta, value)) = s.open.seal_piece() {
             if let Err(e) = self.write_block(keys::tail_stream(s.id), &meta, &value) {
