@@ -279,6 +279,7 @@ impl Config {
             sync: self.store.sync,
             cache_bytes: self.store.cache_size,
             min_free: self.store.min_free,
+            ..depot_store::StoreConfig::default()
         }
     }
 }

@@ -26,6 +26,9 @@ pub struct StoreConfig {
     /// Free space the data folder's filesystem keeps: below it, writes that grow the store are
     /// refused with [`StoreError::DiskFull`] (0 turns the check off).
     pub min_free: u64,
+    /// Age at which a stream's open block is sealed at the next commit however small it is,
+    /// so retention and trimming do not wait long for a slow or quiet stream's records.
+    pub max_open_age: Duration,
 }
 
 impl Default for StoreConfig {
@@ -35,6 +38,7 @@ impl Default for StoreConfig {
             sync: true,
             cache_bytes: 8 * 1024 * 1024,
             min_free: 64 * 1024 * 1024,
+            max_open_age: Duration::from_secs(60),
         }
     }
 }
@@ -206,7 +210,7 @@ impl Store {
         let db_path = db_dir.join("db");
         let db_file = File::open(&db_path).map_err(|e| StoreError::io(&db_path, e))?;
         let commit = Arc::new(CommitState::new(SpaceGuard::new(&dir, config.min_free)));
-        let log = Log::open(&db, commit.clone())?;
+        let log = Log::open(&db, commit.clone(), config.max_open_age)?;
         db.flush()?;
         let inner = Arc::new(Inner {
             dir,

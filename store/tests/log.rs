@@ -1620,3 +1620,34 @@ fn commits_of_a_slow_stream_do_not_seal_a_block_each() {
     let next = store.log().append("slow", &as_new(&model[..1])).unwrap();
     assert_eq!(next.first, 101);
 }
+
+/// A stream gone quiet does not keep its last records out of retention's reach: once its open
+/// block is `max_open_age` old, the next commit (any stream's) seals it, though nothing new
+/// came to it.
+#[test]
+fn a_quiet_streams_open_block_is_sealed_once_old() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig {
+        max_open_age: Duration::from_millis(50),
+        ..StoreConfig::default()
+    };
+    let store = Store::open(dir.path(), config).unwrap();
+    let quiet = small_batch("quiet", 0, 3);
+    let done = store.log().append("quiet", &as_new(&quiet)).unwrap();
+    store.wait_durable(done.ticket).unwrap();
+    assert_eq!(store.log().stream_stats("quiet").unwrap().blocks, 0);
+    let busy = small_batch("busy", 0, 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.log().stream_stats("quiet").unwrap().blocks == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the quiet stream's block was never sealed"
+        );
+        // Commits happen only when something was written: another stream keeps them going.
+        let done = store.log().append("busy", &as_new(&busy)).unwrap();
+        store.wait_durable(done.ticket).unwrap();
+    }
+    let trimmed = store.log().trim_through("quiet", 3).unwrap();
+    assert_eq!(trimmed.records, 3, "sealed, so trimming can remove it");
+    assert_eq!(store.log().first_seq("quiet"), 4);
+}

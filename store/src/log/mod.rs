@@ -26,10 +26,6 @@ use crate::keys;
 use crate::record::{validate_stream_name, NewRecord, Record, RecordRef, Seq, MAX_RECORD_BYTES};
 use stream::{Stream, StreamInfo};
 
-/// Age at which an open block is sealed however small it is: bounds how long retention and
-/// trimming wait for a slow stream's records.
-const MAX_OPEN_AGE: Duration = Duration::from_secs(60);
-
 /// Where an append landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Appended {
@@ -77,6 +73,8 @@ pub struct Log {
     streams: RwLock<HashMap<String, Arc<Mutex<Stream>>>>,
     /// Serialises stream creation so ids are unique.
     next_stream_id: Mutex<u32>,
+    /// Age at which an open block is sealed however small ([`crate::StoreConfig`]).
+    max_open_age: Duration,
 }
 
 fn lock(stream: &Mutex<Stream>) -> MutexGuard<'_, Stream> {
@@ -94,7 +92,11 @@ pub fn now_ns() -> u64 {
 }
 
 impl Log {
-    pub(crate) fn open(db: &sled::Db, commit: Arc<CommitState>) -> Result<Log> {
+    pub(crate) fn open(
+        db: &sled::Db,
+        commit: Arc<CommitState>,
+        max_open_age: Duration,
+    ) -> Result<Log> {
         let trees = Trees {
             streams: db.open_tree("log.streams")?,
             meta: db.open_tree("log.meta")?,
@@ -112,6 +114,7 @@ impl Log {
             commit,
             streams: RwLock::new(streams),
             next_stream_id: Mutex::new(next_id),
+            max_open_age,
         })
     }
 
@@ -321,7 +324,7 @@ impl Log {
     /// sealing the block once it is old (also when nothing new came: a stream gone quiet).
     fn write_tail(&self, s: &mut Stream) -> Result<()> {
         if s.open_since
-            .is_some_and(|since| since.elapsed() >= MAX_OPEN_AGE)
+            .is_some_and(|since| since.elapsed() >= self.max_open_age)
         {
             return self.seal(s);
         }
