@@ -4,6 +4,7 @@
 //! - `protocol`: CHP messages (KVSYNC, KVPUB, KVSET, ICANHAZ?, KTHXBAI, HUGZ) and their
 //!   properties, encoded and decoded without sockets.
 //! - `state`: the ordered map, its sequence and TTL expiry (pure).
+//! - `recent`: the window of recent update uuids that drops resends.
 //! - `server`: the thread owning the three CHP sockets; persistence in the store.
 //! - `config`: `[cache]` settings.
 //! - `bstar`: the Binary Star state machine of a primary/backup pair (pure).
@@ -20,6 +21,7 @@ pub mod mirror;
 pub mod pending;
 pub mod persist;
 pub mod protocol;
+pub mod recent;
 pub mod server;
 pub mod state;
 
