@@ -21,12 +21,17 @@ use crate::mirror::MirrorEvent;
 use crate::pending::Refused;
 use crate::persist::{Change, Compactor, Persist};
 use crate::protocol::{self, KvMsg, KTHXBAI};
+use crate::recent::RecentUuids;
 use crate::state::CacheState;
 
 /// Linger of the cache's sockets.
 const LINGER_MS: i32 = 200;
 /// Snapshot entries sent per loop turn, so snapshots share the thread with updates.
 const SNAPSHOT_BUDGET: usize = 20_000;
+/// Updates published per loop turn at most. A commit can make a large backlog durable at once;
+/// sent in one go it would overflow the publisher's pipes (`publisher_hwm`) before the I/O
+/// thread writes them out, and subscribers that do keep up would lose the burst's tail.
+const PUBLISH_BUDGET: usize = 4_096;
 /// Bytes of a packed snapshot batch.
 const PACKED_BATCH: usize = 256 * 1024;
 /// How often expiry is checked.
@@ -326,8 +331,7 @@ impl Cache {
             last_expiry: Instant::now() - EXPIRY_CHECK,
             bad_input: RateLimited::default(),
             store_refusals: RateLimited::default(),
-            recent: VecDeque::new(),
-            recent_set: Default::default(),
+            recent: RecentUuids::new(RECENT_UUIDS),
             published_seq: 0,
             ha,
             guard: Guard::new(
@@ -412,9 +416,8 @@ struct Server {
     bad_input: RateLimited,
     /// Rate limit of the log lines about updates the store refused.
     store_refusals: RateLimited,
-    /// Uuids of recent updates, oldest first, and the same as a set.
-    recent: VecDeque<u128>,
-    recent_set: std::collections::HashSet<u128>,
+    /// Uuids of recent updates, to drop resends.
+    recent: RecentUuids,
     /// Sequence of the last update published: snapshots wait until it covers their sequence,
     /// so a snapshot never shows what is not durable yet.
     published_seq: u64,
@@ -430,16 +433,7 @@ impl Server {
         let Some(uuid) = uuid_key(uuid) else {
             return true;
         };
-        if !self.recent_set.insert(uuid) {
-            return false;
-        }
-        self.recent.push_back(uuid);
-        if self.recent.len() > RECENT_UUIDS {
-            if let Some(old) = self.recent.pop_front() {
-                self.recent_set.remove(&old);
-            }
-        }
-        true
+        self.recent.insert(uuid)
     }
 
     /// Whether this server serves and publishes: always alone, only when active in a pair.
@@ -452,7 +446,13 @@ impl Server {
         while !stop.load(Ordering::Acquire) {
             // Parked snapshots retry on a short timer; updates waiting for their commit are
             // woken by the durable notifier.
-            let timeout = if self.snapshots.is_empty() { 50 } else { 1 };
+            let timeout = if self.publishable() {
+                0
+            } else if self.snapshots.is_empty() {
+                50
+            } else {
+                1
+            };
             let timeout = match &self.ha {
                 Some(ha) => timeout.min(ha.next_beat_in().as_millis() as i64 + 1),
                 None => timeout,
@@ -496,7 +496,7 @@ impl Server {
                 .store
                 .wait_durable_timeout(*ticket, Duration::from_secs(5));
         }
-        if self.active() {
+        while self.publishable() {
             self.publish_durable();
         }
     }
@@ -560,7 +560,7 @@ impl Server {
 
     /// Keeps a client update for takeover, unless the active server already published it.
     fn hold(&mut self, msg: KvMsg) {
-        if uuid_key(&msg.uuid).is_some_and(|uuid| self.recent_set.contains(&uuid)) {
+        if uuid_key(&msg.uuid).is_some_and(|uuid| self.recent.contains(uuid)) {
             self.metrics.duplicates.fetch_add(1, Ordering::Relaxed);
             return;
         }
@@ -785,11 +785,22 @@ impl Server {
         }
     }
 
+    /// Whether an applied update is durable and waits to be published.
+    fn publishable(&self) -> bool {
+        self.active()
+            && self
+                .unpublished
+                .front()
+                .is_some_and(|(ticket, _)| ticket.get() <= self.store.watermark().durable)
+    }
+
+    /// Publishes the updates that became durable, at most `PUBLISH_BUDGET` in one turn.
     fn publish_durable(&mut self) {
         let durable = self.store.watermark().durable;
-        while let Some((ticket, _)) = self.unpublished.front() {
-            if ticket.get() > durable {
-                break;
+        for _ in 0..PUBLISH_BUDGET {
+            match self.unpublished.front() {
+                Some((ticket, _)) if ticket.get() <= durable => {}
+                _ => break,
             }
             if let Some((_, msg)) = self.unpublished.pop_front() {
                 self.send(&msg);
