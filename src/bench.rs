@@ -442,6 +442,9 @@ pub struct CacheBenchArgs {
     /// Value bytes.
     #[arg(long, default_value_t = 100)]
     size: usize,
+    /// Distinct keys the updates cycle through (updates mode; snapshot mode loads `--count`).
+    #[arg(long, default_value_t = 1_000_000)]
+    keys: u64,
     /// Updates per second (latency mode).
     #[arg(long, default_value_t = 10_000)]
     rate: u64,
@@ -457,46 +460,21 @@ pub fn cache(
     let ctx = zmq::Context::new();
     let timeout = std::time::Duration::from_secs(30);
     let value = vec![b'v'; args.size];
-    // Floods the collector with `count` KVSETs under `prefix` and waits for the last one.
-    let flood = |prefix: &str, count: u64, watcher: &mut CacheClient| -> anyhow::Result<f64> {
-        let collector = ctx.socket(zmq::PUB)?;
-        depot_common::security::apply_process_client(&collector)?;
-        collector.set_sndhwm(0)?;
-        collector.connect(&server.collector)?;
-        watcher.set(format!("{prefix}warm").as_bytes(), b"1", None, timeout)?;
-        let started = Instant::now();
-        for i in 0..count {
-            let msg = KvMsg::new(format!("{prefix}{}", i % 1_000_000), value.clone());
-            collector.send_multipart(msg.encode(), 0)?;
-        }
-        let last = format!("{prefix}{}", (count - 1) % 1_000_000);
-        let deadline = Instant::now() + timeout;
-        let mut seen = 0u64;
-        while Instant::now() < deadline {
-            for update in watcher.poll(std::time::Duration::from_millis(100))? {
-                seen += 1;
-                if update.key == last.as_bytes() && seen >= count {
-                    return Ok(started.elapsed().as_secs_f64());
-                }
-            }
-        }
-        anyhow::bail!("saw {seen} of {count} updates published")
-    };
     match args.mode.as_str() {
         "updates" => {
-            let mut watcher = CacheClient::join(&ctx, server, b"/bench/u/", timeout)?;
-            let secs = flood("/bench/u/", args.count, &mut watcher)?;
+            let secs = flood(&ctx, server, "/bench/u/", args.count, args.keys, &value)?;
             println!(
-                "updates: {} KVSETs of {} B applied, persisted (group commit) and published: {secs:.2} s, {:.0} updates/s",
+                "updates: {} KVSETs of {} B over {} keys applied, persisted (group commit) and published: {secs:.2} s, {:.0} updates/s",
                 args.count,
                 args.size,
+                args.keys.min(args.count),
                 args.count as f64 / secs
             );
         }
         "snapshot" => {
-            let mut watcher = CacheClient::join(&ctx, server, b"/bench/s/", timeout)?;
-            if (watcher.entries().count() as u64) < args.count {
-                flood("/bench/s/", args.count, &mut watcher)?;
+            let loaded = CacheClient::fetch(&ctx, server, b"/bench/s/", timeout)?;
+            if (loaded.entries().count() as u64) < args.count {
+                flood(&ctx, server, "/bench/s/", args.count, args.count, &value)?;
             }
             let started = Instant::now();
             let client = CacheClient::fetch(&ctx, server, b"/bench/s/", timeout)?;
@@ -566,4 +544,116 @@ pub fn cache(
         }
     }
     Ok(())
+}
+
+/// Floods the collector with `count` KVSETs (keys `prefix` + 0..`keys`, each with its own uuid) from a sender thread while a plain SUB, as a CHP peer in any language would, reads the
+/// publications and checks that their sequences are contiguous. Returns the seconds from the
+/// first send to the last publication. The load tool shares the machine's cores with the
+/// appliance, so it keeps its own cost low: reused buffers, no state kept per key.
+fn flood(
+    ctx: &zmq::Context,
+    server: &depot_cache::client::ServerEndpoints,
+    prefix: &str,
+    count: u64,
+    keys: u64,
+    value: &[u8],
+) -> anyhow::Result<f64> {
+    use std::time::Duration;
+    const SILENCE: Duration = Duration::from_secs(10);
+    anyhow::ensure!(
+        count > 0 && keys > 0,
+        "--count and --keys must be at least 1"
+    );
+    let watcher = ctx.socket(zmq::SUB)?;
+    depot_common::security::apply_process_client(&watcher)?;
+    watcher.set_rcvhwm(0)?;
+    watcher.set_subscribe(prefix.as_bytes())?;
+    watcher.connect(&server.publisher)?;
+    let collector = ctx.socket(zmq::PUB)?;
+    depot_common::security::apply_process_client(&collector)?;
+    collector.set_sndhwm(0)?;
+    collector.connect(&server.collector)?;
+    // A run id in every uuid: the server drops a uuid it has seen as a resend.
+    let run = depot_store::now_ns();
+    let uuid = move |n: u64| [run.to_be_bytes(), n.to_be_bytes()].concat();
+    // Handshake: a PUB drops until its connection is up, so the first update is repeated (same
+    // uuid) until the watcher sees it published; its sequence is where the flood's begin.
+    let warm_key = format!("{prefix}warm");
+    let warm_uuid = uuid(u64::MAX);
+    let mut frames: Vec<zmq::Message> = (0..5).map(|_| zmq::Message::new()).collect();
+    let recv_update = |frames: &mut Vec<zmq::Message>| -> anyhow::Result<Option<u64>> {
+        for (i, frame) in frames.iter_mut().enumerate() {
+            watcher.recv(frame, 0)?;
+            if !frame.get_more() {
+                anyhow::ensure!(i == 4, "a publication of {} frames, not 5", i + 1);
+                break;
+            }
+        }
+        if frames[0][..] == *depot_cache::protocol::HUGZ {
+            return Ok(None);
+        }
+        Ok(<[u8; 8]>::try_from(&frames[1][..])
+            .ok()
+            .map(u64::from_be_bytes))
+    };
+    let deadline = Instant::now() + SILENCE;
+    let mut seq = loop {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the collector's updates are not published"
+        );
+        let empty: &[u8] = &[];
+        collector.send_multipart([warm_key.as_bytes(), &[0; 8], &warm_uuid, empty, b"1"], 0)?;
+        if watcher.poll(zmq::POLLIN, 100)? > 0 {
+            if let Some(seq) = recv_update(&mut frames)? {
+                if frames[0][..] == *warm_key.as_bytes() {
+                    break seq;
+                }
+            }
+        }
+    };
+    // Drain further copies of the warm-up update (each was published once, or dropped).
+    while watcher.poll(zmq::POLLIN, 200)? > 0 {
+        if let Some(next) = recv_update(&mut frames)? {
+            seq = seq.max(next);
+        }
+    }
+    let started = Instant::now();
+    let sender = {
+        let prefix = prefix.to_string();
+        let value = value.to_vec();
+        std::thread::spawn(move || -> anyhow::Result<()> {
+            let mut key = String::with_capacity(prefix.len() + 8);
+            for n in 0..count {
+                use std::fmt::Write;
+                key.clear();
+                key.push_str(&prefix);
+                write!(key, "{}", n % keys)?;
+                let empty: &[u8] = &[];
+                collector.send_multipart([key.as_bytes(), &[0; 8], &uuid(n), empty, &value], 0)?;
+            }
+            Ok(())
+        })
+    };
+    let mut seen = 0;
+    while seen < count {
+        anyhow::ensure!(
+            watcher.poll(zmq::POLLIN, SILENCE.as_millis() as i64)? > 0,
+            "saw {seen} of {count} updates published, then nothing for {SILENCE:?}"
+        );
+        let Some(next) = recv_update(&mut frames)? else {
+            continue; // a HUGZ
+        };
+        anyhow::ensure!(
+            next == seq + 1,
+            "publications jumped from sequence {seq} to {next}: updates were lost"
+        );
+        seq = next;
+        seen += 1;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    sender
+        .join()
+        .map_err(|_| anyhow::anyhow!("the sender thread panicked"))??;
+    Ok(secs)
 }
