@@ -4,7 +4,8 @@
 //! moments and restarts it. After every start it checks what was acknowledged before:
 //!
 //! - log: the stream replays with sequences 1, 2, 3, ... without a gap, in the order sent, each
-//!   record once, and every acked record at the sequence its ack named;
+//!   record once, and every acked record at the sequence its ack named (with `--retention`,
+//!   from the oldest record kept);
 //! - cache: every key holds its last confirmed value or a later one, and the cache's sequence
 //!   is not below the highest one a confirmed update got;
 //! - queue: every confirmed message is delivered (at least once) with its payload at the
@@ -77,6 +78,10 @@ pub struct SoakArgs {
     /// configuration's default).
     #[arg(long)]
     store_cache: Option<String>,
+    /// Log retention by size (`[retention] max_bytes`, e.g. "16MiB", applied every 5 s):
+    /// the check then starts at the oldest record kept. Default: none, every record is kept.
+    #[arg(long)]
+    retention: Option<String>,
 }
 
 const STREAM: &str = "soak";
@@ -446,8 +451,9 @@ impl Drop for Appliance {
 }
 
 /// Replays the whole log stream and checks it against the acked batches; returns the acked
-/// records checked.
-fn check_log(ctx: &zmq::Context, endpoint: &str, model: &mut Model) -> u64 {
+/// records checked. With `retention`, the replay may begin after sequence 1 (what retention
+/// removed), and contiguity is checked from there.
+fn check_log(ctx: &zmq::Context, endpoint: &str, model: &mut Model, retention: bool) -> u64 {
     let Model {
         violations,
         log_acked,
@@ -466,6 +472,9 @@ fn check_log(ctx: &zmq::Context, endpoint: &str, model: &mut Model) -> u64 {
     };
     let result = replay_api(ctx, endpoint, query, CHECK_TIMEOUT, |record| {
         let seq = record.header.seq;
+        if retention && last_counter.is_none() {
+            expected_seq = seq;
+        }
         if seq != expected_seq {
             violations.add(format!(
                 "log: sequence {seq} where {expected_seq} was next (not contiguous)"
@@ -879,6 +888,13 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<()> {
     if let Some(size) = &args.store_cache {
         config.push_str(&format!("\n[store]\ncache_size = {size:?}\n"));
     }
+    if let Some(size) = &args.retention {
+        // Every 5 s: the first pass after a start comes once the check's replay is done, so
+        // that the replay never sees records removed under it as a gap.
+        config.push_str(&format!(
+            "\n[retention]\nmax_bytes = {size:?}\ninterval = \"5s\"\n"
+        ));
+    }
     std::fs::write(dir.join("depot.toml"), config)?;
     let exe = std::env::current_exe().context("cannot find the depot binary")?;
     let budget = Duration::from_secs_f64(args.minutes * 60.0);
@@ -924,7 +940,12 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<()> {
             &mut model.violations,
         );
         let checked_before = model.checked_records;
-        model.checked_records = check_log(&ctx, &appliance.run.logd.replay_api, &mut model);
+        model.checked_records = check_log(
+            &ctx,
+            &appliance.run.logd.replay_api,
+            &mut model,
+            args.retention.is_some(),
+        );
         let cache_client = check_cache(&ctx, &appliance.cache()?, &mut model)?;
         let cache_seq = cache_client.seq();
         // Before the queue's consumer subscribes: a long wait here must not make it silent.
@@ -1134,13 +1155,21 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<()> {
     }
     let violations = model.violations.count;
     println!(
-        "soak: {rounds} rounds{} in {:.0} s, checked {} log records, {} cache updates ({} \
+        "soak: {rounds} rounds{} in {:.0} s, checked {} log records{}, {} cache updates ({} \
          keys), {} queue messages ({} redelivered after a kill, {} of them unmarked), {} \
          timers ({} fired, {} of them due while the appliance was down; {} fired again after \
          a kill, {} lost in flight at a kill); violations = {violations}",
         if args.no_kill { " (no kill)" } else { "" },
         started.elapsed().as_secs_f64(),
         model.log_acked_records,
+        if args.retention.is_some() {
+            format!(
+                " (the last check {}, the older ones removed by retention)",
+                model.checked_records
+            )
+        } else {
+            String::new()
+        },
         model.cache_confirmed_updates,
         model.cache_confirmed.len(),
         model.checked_messages,

@@ -78,3 +78,56 @@ fn a_short_crash_soak_finds_everything_acknowledged_after_every_kill() {
         started.elapsed()
     );
 }
+
+/// `--no-kill` with `--retention`: one lifetime under load while retention removes the oldest
+/// log records; the check after the restart starts at the oldest record kept and still finds
+/// every later acked record in order and without a gap.
+#[test]
+fn a_soak_with_retention_checks_from_the_oldest_record_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = depot()
+        .args([
+            "bench",
+            "soak",
+            "--no-kill",
+            "--minutes",
+            "0.25",
+            "--rss-every",
+            "5s",
+            "--retention",
+            "64KiB",
+            "--timer-rate",
+            "0",
+            "--seed",
+            "5",
+            "--data",
+        ])
+        .arg(dir.path().join("soak"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "soak failed ({}):\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let last = stdout.lines().last().unwrap_or_default();
+    assert!(last.ends_with("violations = 0"), "{stdout}");
+    assert!(stdout.contains("\nrss: "), "memory was sampled: {stdout}");
+    // "checked A log records (the last check B, ...)": retention removed some, not all.
+    let (acked, rest) = last
+        .split_once(" s, checked ")
+        .and_then(|(_, rest)| rest.split_once(" log records (the last check "))
+        .unwrap_or_else(|| panic!("no log figures in {last:?}"));
+    let acked: u64 = acked.parse().unwrap();
+    let checked: u64 = rest
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no checked figure in {last:?}"));
+    assert!(
+        0 < checked && checked < acked,
+        "retention removed none or all: {last}"
+    );
+}
