@@ -41,8 +41,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         socket.set_linger(100)?;
     }
 
-    // The relay stops after the update whose key is `stop`, the flood's last.
-    let relay = std::thread::spawn(move || -> zmq::Result<()> {
+    // The relay stops after the update whose key is `stop`, the flood's last, and hands its
+    // sockets back: closed there, their bounded linger would drop what is not yet written.
+    let relay = std::thread::spawn(move || -> zmq::Result<(zmq::Socket, zmq::Socket)> {
         let mut frames: Vec<zmq::Message> = (0..5).map(|_| zmq::Message::new()).collect();
         let mut seq = 0u64;
         loop {
@@ -54,7 +55,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let parts: [&[u8]; 5] = [&frames[0], &seq_frame, &frames[2], &frames[3], &frames[4]];
             outbound.send_multipart(parts, 0)?;
             if &frames[0][..] == b"stop" {
-                return Ok(());
+                return Ok((inbound, outbound));
             }
         }
     });
@@ -74,7 +75,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let cpu_before = process_cpu_seconds()?;
     let started = Instant::now();
-    let flood = std::thread::spawn(move || -> zmq::Result<()> {
+    // The sender is handed back too, for the same reason as the relay's sockets.
+    let flood = std::thread::spawn(move || -> zmq::Result<zmq::Socket> {
         let value = vec![b'v'; VALUE_BYTES];
         let mut key = String::new();
         for n in 0..count {
@@ -88,7 +90,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let uuid = [n.to_be_bytes(), n.to_be_bytes()].concat();
             sender.send_multipart([key.as_bytes(), &[0; 8], &uuid, empty, &value], 0)?;
         }
-        Ok(())
+        Ok(sender)
     });
     let mut frames: Vec<zmq::Message> = (0..5).map(|_| zmq::Message::new()).collect();
     for _ in 0..count {
@@ -98,8 +100,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let secs = started.elapsed().as_secs_f64();
     let cpu = process_cpu_seconds()? - cpu_before;
-    flood.join().map_err(|_| "the sender panicked")??;
-    relay.join().map_err(|_| "the relay panicked")??;
+    let _sender = flood.join().map_err(|_| "the sender panicked")??;
+    let _relay_sockets = relay.join().map_err(|_| "the relay panicked")??;
     println!(
         "chp relay floor: {count} updates relayed in {secs:.2} s = {:.0} updates/s; \
          CPU {cpu:.2} s = {:.2} us per update (sender, relay, watcher and their I/O threads)",
