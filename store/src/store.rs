@@ -89,8 +89,13 @@ pub(crate) fn open_db(db_dir: &Path, cache_bytes: u64) -> Result<sled::Db> {
         .flush_every_ms(None)
         .open()
         .map_err(|e| match e {
-            // sled's own lock on its files: another holder, not damage.
-            sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+            // sled's own lock on its files: another holder, not damage. sled reports it as an
+            // error of kind Other whose text names the lock (seen right after a close in the
+            // same process, while sled's threads still hold it).
+            sled::Error::Io(io)
+                if io.kind() == std::io::ErrorKind::WouldBlock
+                    || io.to_string().contains("could not acquire lock") =>
+            {
                 StoreError::Locked {
                     path: db_dir.to_path_buf(),
                     holder: " (the database files are locked)".into(),
@@ -432,6 +437,19 @@ fn is_disk_full(e: &StoreError) -> bool {
 mod tests {
     use super::*;
     use crate::NewRecord;
+
+    /// sled's own file lock, held by another open of the same folder, is reported as a lock,
+    /// not as damage (whose message tells the operator to move the folder aside).
+    #[test]
+    fn a_database_locked_by_another_open_is_reported_as_locked_not_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = open_db(dir.path(), 1 << 20).unwrap();
+        match open_db(dir.path(), 1 << 20) {
+            Err(StoreError::Locked { .. }) => {}
+            Err(e) => panic!("a lock reported as {e:?}"),
+            Ok(_) => panic!("sled opened a folder it holds already"),
+        }
+    }
 
     /// What a failed flush does (the commit path calls `poison`): nothing after it is
     /// acknowledged, writes are refused with the reason, and what was durable stays readable.

@@ -659,6 +659,9 @@ impl Log {
 
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, Instant};
+
+    use crate::error::StoreError;
     use crate::{NewRecord, Store, StoreConfig};
 
     fn record(body: &[u8]) -> NewRecord<'_> {
@@ -699,6 +702,21 @@ mod tests {
         );
     }
 
+    /// Opens the store again after a close in this process. sled's threads may still hold its
+    /// file lock for a moment then (`StoreError::Locked`); that one error is retried.
+    fn reopen(dir: &std::path::Path) -> Store {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match Store::open(dir, StoreConfig::default()) {
+                Ok(store) => return store,
+                Err(StoreError::Locked { .. }) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => panic!("reopening the store in {}: {e}", dir.display()),
+            }
+        }
+    }
+
     #[test]
     fn kv_writes_become_durable_and_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -712,7 +730,7 @@ mod tests {
             assert!(kv.put(b"big", &vec![0; crate::MAX_KV_VALUE + 1]).is_err());
             store.close().unwrap();
         }
-        let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        let store = reopen(dir.path());
         let kv = store.kv("test").unwrap();
         let entries: Vec<_> = kv.entries().map(Result::unwrap).collect();
         assert_eq!(entries, vec![(b"b".to_vec(), b"2".to_vec())]);
@@ -740,7 +758,7 @@ mod tests {
             store.wait_durable(last.ticket).unwrap();
             store.close().unwrap();
         }
-        let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        let store = reopen(dir.path());
         assert_eq!(
             store.log().cursor("files", "a.log").unwrap().as_deref(),
             Some(&b"100004"[..])
