@@ -20,6 +20,7 @@ check:
 bench:
 	scripts/setup.sh run
 	$(CARGO) bench --bench store
+	$(CARGO) bench --bench chp_relay
 
 build:
 	scripts/setup.sh run
